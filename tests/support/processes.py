@@ -1,0 +1,100 @@
+"""Real tracker processes for integration tests: Celery worker, beat, Flower, the sim.
+
+Each writes its output to a log file in the test's temporary directory, so a failing
+test can show it and the secrets test can scan it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _log_handle: object = field(repr=False, default=None)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not print {text!r} in {timeout}s:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        handle = self._log_handle
+        if handle is not None:
+            handle.close()  # type: ignore[attr-defined]
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    handle = open(log_path, "ab")  # noqa: SIM115 - closed in Proc.stop
+    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=log_dir)
+    return Proc(name, process, log_path, handle)
+
+
+def celery(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tracker", *arguments]
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 4) -> Proc:
+    proc = start(
+        name,
+        celery(
+            "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+        ),
+        env,
+        log_dir,
+    )
+    proc.wait_for_output(" ready.", timeout=60)
+    return proc
+
+
+def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Proc:
+    proc = start(
+        name,
+        celery("beat", "--loglevel", "INFO", "--schedule", str(log_dir / f"{name}-schedule")),
+        env,
+        log_dir,
+    )
+    proc.wait_for_output("beat: Starting", timeout=60)
+    return proc
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.25, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from tracker.domain.ids import NotTextError, iter_id_tokens, parse_order_id, parse_order_ids, split_id_text
+
+
+@pytest.mark.parametrize("raw", [1, "1", " 42 ", "9223372036854775807", 9223372036854775807])
+def test_valid_ids(raw: object) -> None:
+    assert parse_order_id(raw) == int(str(raw).strip())
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("abc", "not a positive whole number"),
+        ("-5", "not a positive whole number"),
+        (-5, "positive"),
+        (0, "positive"),
+        ("0", "positive"),
+        ("", "empty"),
+        ("   ", "empty"),
+        (10**30, "too large"),
+        ("1" + "0" * 30, "too large"),
+        ("9223372036854775808", "too large"),
+        (1.5, "type float"),
+        (True, "boolean"),
+        (None, "type NoneType"),
+        ("١٢٣", "not a positive whole number"),
+        ({"id": 1}, "type dict"),
+    ],
+)
+def test_invalid_ids_have_reasons(raw: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_order_id(raw)
+
+
+def test_valid_ids_survive_invalid_neighbours_and_duplicates_fold() -> None:
+    parsed = parse_order_ids(["1", "x", 2, "1", -3, "3"])
+    assert parsed.valid == [1, 2, 3]
+    assert [given for given, _ in parsed.rejected] == ["'x'", "-3"]
+    assert parsed.duplicates == 1
+
+
+def test_file_text_separators_and_comments() -> None:
+    text = "1, 2 3\n# a comment 99\n\n4;5 # trailing 100\n\t6\n"
+    assert split_id_text(text) == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_streaming_tokens_match_whole_text_whatever_the_chunking() -> None:
+    text = "".join(f"{n}{',' if n % 3 else chr(10)}" for n in range(1, 500)) + "# end 7\n8"
+    expected = split_id_text(text)
+    for size in (1, 7, 64, 10_000):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(iter_id_tokens(chunks)) == expected
+
+
+def test_an_endless_line_is_cut_at_separators_with_bounded_memory() -> None:
+    chunks = ["123 " * 1000] * 50
+    tokens = list(iter_id_tokens(chunks, max_line=4096))
+    assert tokens == ["123"] * 50_000
+
+
+def test_binary_data_is_refused() -> None:
+    with pytest.raises(NotTextError):
+        list(iter_id_tokens(["12\n", "\x00\x01\x02"]))

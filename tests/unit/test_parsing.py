@@ -1,0 +1,552 @@
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.provider import parsing
+from tracker.provider.errors import (
+    IncorrectRequest,
+    InsufficientFunds,
+    InvalidKey,
+    NotJSON,
+    ProviderError,
+    ProviderRefused,
+    ProviderRejected,
+    UnexpectedShape,
+)
+from tracker.provider.types import (
+    Balance,
+    CancelAccepted,
+    ItemError,
+    OrderReport,
+    RefillReport,
+    Service,
+)
+
+SEEDS = Path(__file__).resolve().parent.parent / "fixtures" / "seeds"
+KEY = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+
+
+def seed(name: str) -> str:
+    return (SEEDS / name).read_text(encoding="utf-8")
+
+
+def partial_usd() -> OrderReport:
+    return OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.27819"), 3572, 157, "USD")
+
+
+def in_progress(currency: str | None) -> OrderReport:
+    return OrderReport(OrderStatus.IN_PROGRESS, "In progress", Decimal("1.44219"), 234, 10, currency)
+
+
+def panel_services(cancel: bool | None, description: str | None) -> list[Service]:
+    return [
+        Service(1, "Followers", "Default", "First Category", Decimal("0.90"), 50, 10000,
+                True, cancel, description),
+        Service(2, "Comments", "Custom Comments", "Second Category", Decimal("8"), 10, 1500,
+                False, cancel, description),
+    ]
+
+
+COMPLETED = RefillReport(RefillStatus.COMPLETED, "Completed")
+REJECTED = RefillReport(RefillStatus.REJECTED, "Rejected")
+
+# fixture file -> (parser, exact expected value)
+EXPECTED: dict[str, tuple[Callable[[str], object], object]] = {
+    "000_services.json": (parsing.parse_services, panel_services(True, None)),
+    "002_services.json": (parsing.parse_services, panel_services(True, None)),
+    "004_services.json": (parsing.parse_services, panel_services(True, None)),
+    "003_services.json": (parsing.parse_services, panel_services(None, "Some Description")),
+    "001_services.json": (parsing.parse_services, [
+        Service(1, "Youtube views", "Default", "Youtube", Decimal("2.5"), 200, 10000,
+                True, None, None),
+        Service(2, "Facebook comments", "Custom Comments", "Facebook", Decimal("4"), 10, 1500,
+                False, None, None),
+    ]),
+    "000_add.json": (parsing.parse_add, 23501),
+    "002_add.json": (parsing.parse_add, 23501),
+    "003_add.json": (parsing.parse_add, 23501),
+    "004_add.json": (parsing.parse_add, 23501),
+    "000_status.json": (parsing.parse_status, partial_usd()),
+    "002_status.json": (parsing.parse_status, partial_usd()),
+    "003_status.json": (parsing.parse_status, partial_usd()),
+    "004_status.json": (parsing.parse_status, partial_usd()),
+    "001_status.json": (parsing.parse_status, OrderReport(
+        OrderStatus.COMPLETED, "Completed", Decimal("2.5"), 168, -2, None)),
+    "000_status_multi.json": (parsing.parse_status_multi, {
+        1: partial_usd(), 10: ItemError("Incorrect order ID"), 100: in_progress("USD")}),
+    "002_status_multi.json": (parsing.parse_status_multi, {
+        1: partial_usd(), 10: ItemError("Incorrect order ID"), 100: in_progress("USD")}),
+    "003_status_multi.json": (parsing.parse_status_multi, {
+        1: partial_usd(), 10: ItemError("Incorrect order ID"), 100: in_progress("USD")}),
+    "001_status_multi.json": (parsing.parse_status_multi, {
+        123: OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.27819"), 3572, 157, None),
+        456: ItemError("Incorrect order ID"),
+        789: in_progress(None)}),
+    "000_refill.json": (parsing.parse_refill, "1"),
+    "002_refill.json": (parsing.parse_refill, "1"),
+    "003_refill.json": (parsing.parse_refill, "1"),
+    "004_refill.json": (parsing.parse_refill, "1"),
+    "000_refill_multi.json": (parsing.parse_refill_multi, {
+        1: "1", 2: "2", 3: ItemError("Incorrect order ID")}),
+    "002_refill_multi.json": (parsing.parse_refill_multi, {
+        1: "1", 2: "2", 3: ItemError("Incorrect order ID")}),
+    "000_refill_status.json": (parsing.parse_refill_status, COMPLETED),
+    "001_refill_status.json": (parsing.parse_refill_status, COMPLETED),
+    "002_refill_status.json": (parsing.parse_refill_status, COMPLETED),
+    "003_refill_status.json": (parsing.parse_refill_status, COMPLETED),
+    "004_refill_status.json": (parsing.parse_refill_status, COMPLETED),
+    "000_refill_status_multi.json": (parsing.parse_refill_status_multi, {
+        "1": COMPLETED, "2": REJECTED, "3": ItemError("Refill not found")}),
+    "002_refill_status_multi.json": (parsing.parse_refill_status_multi, {
+        "1": COMPLETED, "2": REJECTED, "3": ItemError("Refill not found")}),
+    "001_refill_status_multi.json": (parsing.parse_refill_status_multi, {
+        "1": COMPLETED, "2": REJECTED, "3": ItemError("Incorrect refill ID")}),
+    "002_cancel.json": (parsing.parse_cancel, {
+        9: ItemError("Incorrect order ID"), 2: CancelAccepted("1")}),
+    "000_balance.json": (parsing.parse_balance, Balance(Decimal("100.84292"), "USD")),
+    "002_balance.json": (parsing.parse_balance, Balance(Decimal("100.84292"), "USD")),
+    "003_balance.json": (parsing.parse_balance, Balance(Decimal("100.84292"), "USD")),
+    "004_balance.json": (parsing.parse_balance, Balance(Decimal("100.84292"), "USD")),
+    "001_balance.json": (parsing.parse_balance, Balance(Decimal("68.6868"), "USD")),
+}
+BROKEN = {"004_status_multi_broken.json"}
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    on_disk = {path.name for path in SEEDS.glob("*.json")}
+    assert on_disk == set(EXPECTED) | BROKEN
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_seed_fixture_parses_to_exact_values(name: str) -> None:
+    parse, expected = EXPECTED[name]
+    assert parse(seed(name)) == expected
+
+
+def test_money_keeps_the_providers_digits() -> None:
+    # Decimal("0.90") == Decimal("0.9"), so equality alone would not notice lost digits.
+    services = parsing.parse_services(seed("000_services.json"))
+    assert [str(service.rate) for service in services] == ["0.90", "8"]
+    report = parsing.parse_status(seed("000_status.json"))
+    assert isinstance(report, OrderReport)
+    assert str(report.charge) == "0.27819"
+    assert str(parsing.parse_balance(seed("000_balance.json")).amount) == "100.84292"
+
+
+def test_seed_004_broken_multi_status_is_not_json() -> None:
+    with pytest.raises(NotJSON) as caught:
+        parsing.parse_status_multi(seed("004_status_multi_broken.json"))
+    assert caught.value.action == "status"
+    assert "status" in str(caught.value)
+
+
+# --- numbers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"charge": "0.27819", "start_count": "3572", "remains": "157", "status": "Partial"}',
+        '{"charge": 0.27819, "start_count": 3572, "remains": 157, "status": "Partial"}',
+        '{"charge": " 0.27819 ", "start_count": 3572.0, "remains": "157", "status": "Partial"}',
+    ],
+)
+def test_numbers_as_strings_or_json_numbers(body: str) -> None:
+    report = parsing.parse_status(body)
+    assert report == OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.27819"), 3572, 157, None)
+
+
+@pytest.mark.parametrize("blank", ['""', "null", '"  "'])
+def test_blank_numbers_are_none(blank: str) -> None:
+    body = f'{{"charge": {blank}, "start_count": {blank}, "remains": {blank}, "status": "Pending"}}'
+    report = parsing.parse_status(body)
+    assert isinstance(report, OrderReport)
+    assert (report.charge, report.start_count, report.remains) == (None, None, None)
+
+
+def test_missing_numbers_are_none() -> None:
+    assert parsing.parse_status('{"status": "Pending"}') == OrderReport(
+        OrderStatus.PENDING, "Pending", None, None, None, None
+    )
+
+
+@pytest.mark.parametrize(
+    ("literal", "digits"),
+    [("0.1", "0.1"), ("0.27819", "0.27819"), ("1.10", "1.10"), ("0.00000001", "1E-8"),
+     ("100.84292", "100.84292"), ("3", "3")],
+)
+def test_json_numbers_become_exact_decimals(literal: str, digits: str) -> None:
+    balance = parsing.parse_balance(f'{{"balance": {literal}, "currency": "USD"}}')
+    assert str(balance.amount) == digits
+    assert balance.amount == Decimal(literal)
+
+
+@pytest.mark.parametrize("remains", ['"-2"', "-5", '"-0"'])
+def test_negative_remains_is_kept(remains: str) -> None:
+    report = parsing.parse_status(f'{{"status": "Completed", "remains": {remains}}}')
+    assert isinstance(report, OrderReport)
+    assert report.remains == int(json.loads(remains))
+
+
+def test_missing_currency_is_none() -> None:
+    report = parsing.parse_status('{"status": "Completed", "charge": "1"}')
+    assert isinstance(report, OrderReport) and report.currency is None
+    assert parsing.parse_balance('{"balance": "5"}') == Balance(Decimal("5"), None)
+
+
+@pytest.mark.parametrize("charge", ['"abc"', '"1,234.5"', "true", "[1]", '"Infinity"', '"0x10"'])
+def test_unreadable_number_in_single_status_is_unexpected_shape(charge: str) -> None:
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_status(f'{{"status": "Completed", "charge": {charge}}}')
+
+
+def test_non_finite_json_number_is_not_json() -> None:
+    with pytest.raises(NotJSON):
+        parsing.parse_status('{"status": "Completed", "charge": NaN}')
+
+
+def test_unreadable_entry_in_a_batch_spoils_only_that_id() -> None:
+    body = '{"1": {"status": "Completed", "remains": "N/A"}, "2": {"status": "Pending"}, "3": 7}'
+    result = parsing.parse_status_multi(body)
+    assert result[2] == OrderReport(OrderStatus.PENDING, "Pending", None, None, None, None)
+    for order_id in (1, 3):
+        entry = result[order_id]
+        assert isinstance(entry, ItemError)
+        assert entry.message.startswith("unreadable answer")
+        assert not entry.means_not_found
+
+
+# --- statuses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("In progress", OrderStatus.IN_PROGRESS),
+        ("In Progress", OrderStatus.IN_PROGRESS),
+        ("inprogress", OrderStatus.IN_PROGRESS),
+        ("in_progress", OrderStatus.IN_PROGRESS),
+        ("Canceled", OrderStatus.CANCELED),
+        ("Cancelled", OrderStatus.CANCELED),
+        ("Complete", OrderStatus.COMPLETED),
+        ("Completed", OrderStatus.COMPLETED),
+        ("Refunded", OrderStatus.CANCELED),
+        ("Something new", OrderStatus.UNKNOWN),
+    ],
+)
+def test_status_spellings_normalised_and_raw_kept(raw: str, expected: OrderStatus) -> None:
+    multi = parsing.parse_status_multi(json.dumps({"5": {"status": raw}}))
+    assert multi == {5: OrderReport(expected, raw, None, None, None, None)}
+
+
+def test_status_that_says_not_found_is_an_item_error() -> None:
+    assert parsing.parse_status('{"status": "Order not found"}') == ItemError("Order not found")
+
+
+# --- IDs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ['{"refill": "1"}', '{"refill": 1}', '{"refill": " 1 "}'])
+def test_refill_id_as_string_or_number(body: str) -> None:
+    assert parsing.parse_refill(body) == "1"
+
+
+def test_refill_ids_in_batches_are_strings() -> None:
+    assert parsing.parse_refill_multi('[{"order": "7", "refill": 70}]') == {7: "70"}
+    assert parsing.parse_refill_status_multi('[{"refill": 70, "status": "Pending"}]') == {
+        "70": RefillReport(RefillStatus.PENDING, "Pending")
+    }
+
+
+@pytest.mark.parametrize("bad_id", ['"abc"', '"0"', '"-1"', '"1.5"', '""', "0", "-3", "true"])
+def test_order_ids_that_are_not_positive_integers(bad_id: str) -> None:
+    as_key = json.loads(bad_id) if bad_id.startswith('"') else bad_id
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_status_multi(json.dumps({str(as_key): {"status": "Pending"}}))
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_refill_multi(f'[{{"order": {bad_id}, "refill": 1}}]')
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_cancel(f'[{{"order": {bad_id}, "cancel": 1}}]')
+
+
+@pytest.mark.parametrize("body", ['{"order": 0}', '{"order": "x"}', "{}", "[]", '{"order": null}'])
+def test_add_without_a_valid_order_id(body: str) -> None:
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_add(body)
+
+
+@pytest.mark.parametrize("body", ['{"order": 23501}', '{"order": "23501"}',
+                                  '{"order": 23501, "error": null}', '{"order": 23501, "error": ""}'])
+def test_add_accepts_string_ids_and_a_null_error(body: str) -> None:
+    assert parsing.parse_add(body) == 23501
+
+
+# --- shapes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"status": "Completed"}', '{"refill": "Completed"}', '{"status": "completed", "refill": 4}'],
+)
+def test_refill_status_as_status_or_refill_field(body: str) -> None:
+    result = parsing.parse_refill_status(body)
+    assert isinstance(result, RefillReport)
+    assert result.status is RefillStatus.COMPLETED
+
+
+def test_multi_status_answered_as_a_list() -> None:
+    body = '[{"order": 1, "status": "Partial", "remains": 3}, {"order": "2", "error": "Incorrect order ID"}]'
+    assert parsing.parse_status_multi(body) == {
+        1: OrderReport(OrderStatus.PARTIAL, "Partial", None, None, 3, None),
+        2: ItemError("Incorrect order ID"),
+    }
+
+
+def test_multi_refill_status_answered_as_an_object() -> None:
+    body = '{"11": {"status": "Completed"}, "12": "Rejected", "13": {"error": "Refill not found"}}'
+    assert parsing.parse_refill_status_multi(body) == {
+        "11": COMPLETED, "12": REJECTED, "13": ItemError("Refill not found")
+    }
+
+
+def test_multi_refill_and_cancel_answered_as_objects() -> None:
+    assert parsing.parse_refill_multi('{"5": 55, "6": {"error": "Refill is disabled"}}') == {
+        5: "55", 6: ItemError("Refill is disabled")
+    }
+    assert parsing.parse_cancel('{"5": 1, "6": {"error": "Incorrect order ID"}}') == {
+        5: CancelAccepted("1"), 6: ItemError("Incorrect order ID")
+    }
+
+
+@pytest.mark.parametrize("body", ["{}", "[]"])
+def test_empty_batches(body: str) -> None:
+    assert parsing.parse_status_multi(body) == {}
+    assert parsing.parse_refill_status_multi(body) == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "parse", "key", "message"),
+    [
+        ('{"10": {"error": "Incorrect order ID"}}', parsing.parse_status_multi, 10,
+         "Incorrect order ID"),
+        ('[{"refill": 3, "status": {"error": "Refill not found"}}]',
+         parsing.parse_refill_status_multi, "3", "Refill not found"),
+        ('[{"order": 3, "refill": {"error": "Refill is disabled"}}]', parsing.parse_refill_multi, 3,
+         "Refill is disabled"),
+        ('[{"order": 9, "cancel": {"error": "Incorrect order ID"}}]', parsing.parse_cancel, 9,
+         "Incorrect order ID"),
+        ('[{"order": 9, "error": "Order not found"}]', parsing.parse_cancel, 9, "Order not found"),
+    ],
+)
+def test_errors_nested_in_batch_entries(
+    body: str, parse: Callable[[str], dict[object, object]], key: object, message: str
+) -> None:
+    assert parse(body) == {key: ItemError(message)}
+
+
+@pytest.mark.parametrize(
+    ("cancel", "expected"),
+    [("1", CancelAccepted("1")), ("true", CancelAccepted("true")),
+     ('"ok"', CancelAccepted("ok")), ("false", ItemError("cancel not accepted: false")),
+     ("0", ItemError("cancel not accepted: 0"))],
+)
+def test_cancel_values(cancel: str, expected: object) -> None:
+    assert parsing.parse_cancel(f'[{{"order": 4, "cancel": {cancel}}}]') == {4: expected}
+
+
+def test_services_with_and_without_desc_and_cancel() -> None:
+    body = json.dumps([
+        {"service": "7", "name": "A", "rate": 1.5, "min": 10, "max": "100", "refill": "1",
+         "cancel": "0", "description": "long text"},
+        {"service": 8, "name": "B", "rate": "2", "min": "1", "max": 5, "refill": False},
+        {"service": 9, "name": "C", "type": "Default", "category": "X", "rate": "0.5",
+         "min": "1", "max": "2", "dripfeed": True, "desc": "short", "cancel": True},
+    ])
+    assert parsing.parse_services(body) == [
+        Service(7, "A", None, None, Decimal("1.5"), 10, 100, True, False, "long text"),
+        Service(8, "B", None, None, Decimal("2"), 1, 5, False, None, None),
+        Service(9, "C", "Default", "X", Decimal("0.5"), 1, 2, False, True, "short"),
+    ]
+
+
+def test_services_keyed_by_id_and_a_missing_refill_flag() -> None:
+    body = '{"3": {"service": 3, "name": "A", "rate": "1", "min": "1", "max": "2"}}'
+    [service] = parsing.parse_services(body)
+    assert (service.service_id, service.refill, service.cancel) == (3, False, None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['[{"name": "no id"}]', '[{"service": 1, "refill": "maybe"}]', "[1, 2]", '"services"'],
+)
+def test_unreadable_services(body: str) -> None:
+    with pytest.raises(UnexpectedShape):
+        parsing.parse_services(body)
+
+
+@pytest.mark.parametrize(
+    ("parse", "body"),
+    [
+        (parsing.parse_status, "[]"),
+        (parsing.parse_status, '{"charge": "1"}'),
+        (parsing.parse_status_multi, '"x"'),
+        (parsing.parse_status_multi, "[1, 2]"),
+        (parsing.parse_refill, '{"refill": true}'),
+        (parsing.parse_refill, '{"refill": null}'),
+        (parsing.parse_refill_status, '{"status": 5}'),
+        (parsing.parse_balance, '{"currency": "USD"}'),
+        (parsing.parse_balance, '{"balance": "lots"}'),
+        (parsing.parse_cancel, "5"),
+    ],
+)
+def test_wrong_shapes(parse: Callable[[str], object], body: str) -> None:
+    with pytest.raises(UnexpectedShape):
+        parse(body)
+
+
+# --- not JSON ------------------------------------------------------------------------
+
+PHP_WARNING = (
+    "<br />\n<b>Warning</b>:  Undefined array key \"currency\" in <b>/var/www/api.php</b>"
+    " on line <b>12</b><br />\n" + '{"charge": "1", "status": "Completed"}'
+)
+CLOUDFLARE = (
+    "<!DOCTYPE html>\n<html><head><title>Just a moment...</title></head>"
+    "<body>Checking your browser before accessing. Cloudflare Ray ID: 7d1a</body></html>"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (PHP_WARNING, "PHP warning"),
+        ("Notice: Undefined index: orders in /srv/api.php on line 4\n{}", "PHP warning"),
+        (CLOUDFLARE, "HTML"),
+        ("<html><body>502 Bad Gateway</body></html>", "HTML"),
+        ('{"charge": "0.27819", "status": "Parti', "invalid JSON"),
+        ('{"1": {"status": "Partial"}', "invalid JSON"),
+        ("", "empty body"),
+        ("  \n ", "empty body"),
+        ("NaN", "invalid JSON"),
+        ('{"a": 1} {"b": 2}', "invalid JSON"),
+    ],
+)
+def test_not_json(body: str, reason: str) -> None:
+    for parse in (parsing.parse_status, parsing.parse_status_multi, parsing.parse_balance):
+        with pytest.raises(NotJSON) as caught:
+            parse(body)
+        assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize("wrapping", ["\ufeff{}", "\n\t {} \r\n", "\ufeff\n{}\n"])
+def test_bom_and_whitespace_around_json_are_fine(wrapping: str) -> None:
+    body = wrapping.replace("{}", '{"status": "Pending"}')
+    assert parsing.parse_status(body) == OrderReport(
+        OrderStatus.PENDING, "Pending", None, None, None, None
+    )
+
+
+# --- top-level errors ----------------------------------------------------------------
+
+ALL_PARSERS: list[Callable[[str], object]] = [
+    parsing.parse_services, parsing.parse_add, parsing.parse_status, parsing.parse_status_multi,
+    parsing.parse_refill, parsing.parse_refill_multi, parsing.parse_refill_status,
+    parsing.parse_refill_status_multi, parsing.parse_cancel, parsing.parse_balance,
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Invalid API key", InvalidKey),
+        ("Not enough funds", InsufficientFunds),
+        ("Incorrect request", IncorrectRequest),
+        ("Refill is disabled", ProviderRefused),
+    ],
+)
+@pytest.mark.parametrize("parse", ALL_PARSERS)
+def test_top_level_errors_are_typed(
+    parse: Callable[[str], object], message: str, expected: type[ProviderRejected]
+) -> None:
+    with pytest.raises(ProviderRejected) as caught:
+        parse(json.dumps({"error": message}))
+    assert type(caught.value) is expected
+    assert caught.value.provider_message == message
+
+
+@pytest.mark.parametrize(
+    ("parse", "message"),
+    [(parsing.parse_status, "Incorrect order ID"), (parsing.parse_refill_status, "Refill not found")],
+)
+def test_single_not_found_is_an_item_error(parse: Callable[[str], object], message: str) -> None:
+    result = parse(json.dumps({"error": message}))
+    assert result == ItemError(message)
+    assert isinstance(result, ItemError) and result.means_not_found
+
+
+def test_refill_refusal_nested_in_a_single_refill_is_raised() -> None:
+    with pytest.raises(ProviderRefused) as caught:
+        parsing.parse_refill('{"refill": {"error": "Refill is available after 24 hours"}}')
+    assert caught.value.provider_message == "Refill is available after 24 hours"
+
+
+def test_top_level_error_message_helper() -> None:
+    assert parsing.top_level_error_message('{"error": "Invalid API key"}') == "Invalid API key"
+    assert parsing.top_level_error_message('{"error": null, "order": 1}') is None
+    assert parsing.top_level_error_message("<html>") is None
+
+
+# --- the key never shows -------------------------------------------------------------
+
+
+def _everything_about(error: BaseException) -> str:
+    # Nothing chained: a chained exception could carry the unredacted body.
+    assert error.__context__ is None and error.__cause__ is None
+    return "".join(traceback.format_exception(error)) + repr(error) + str(vars(error))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"<html><body>Bad request: key={KEY}&action=status</body></html>",
+        f'<br /><b>Warning</b>: bad key {KEY} on line 3<br />{{"status": "Pending"}}',
+        f'{{"status": "Parti {KEY}',
+        f'{{"charge": "{KEY}", "status": "Completed"}}',
+        f'{{"status": ["{KEY}"]}}',
+        f'{{"error": "Invalid API key {KEY}"}}',
+        f'{{"error": "Refused for key={KEY}"}}',
+        f'{{"error": {{"message": "{KEY} is wrong"}}}}',
+        f'{{"key": "{KEY}", "action": "status"}}',
+    ],
+)
+def test_key_is_never_in_an_error(body: str) -> None:
+    with pytest.raises(ProviderError) as caught:
+        parsing.parse_status(body, secrets=[KEY])
+    assert KEY not in _everything_about(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'{{"1": {{"error": "Incorrect order ID for {KEY}"}}}}',
+        f'{{"1": {{"status": "Completed", "remains": "{KEY}"}}}}',
+        f'{{"1": "{KEY}"}}',
+    ],
+)
+def test_key_is_never_in_an_item_error(body: str) -> None:
+    [entry] = parsing.parse_status_multi(body, secrets=[KEY]).values()
+    assert isinstance(entry, ItemError)
+    assert KEY not in entry.message
+
+
+def test_key_in_a_batch_id_is_redacted() -> None:
+    with pytest.raises(UnexpectedShape) as caught:
+        parsing.parse_status_multi(json.dumps({KEY: {"status": "Pending"}}), secrets=[KEY])
+    assert KEY not in _everything_about(caught.value)

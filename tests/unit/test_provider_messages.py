@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import pytest
+
+from tracker.domain.provider_messages import (
+    RefillRefusal,
+    classify_refill_refusal,
+    classify_top_level_error,
+    means_not_found,
+)
+from tracker.provider.errors import (
+    IncorrectRequest,
+    InsufficientFunds,
+    InvalidKey,
+    ProviderRefused,
+    ProviderRejected,
+)
+from tracker.provider.types import ItemError
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Incorrect order ID",
+        "incorrect order id",
+        "Incorrect order ID.",
+        "Order not found",
+        "order not found!",
+        "Incorrect refill ID",
+        "Refill not found",
+        "invalid order id",
+        "Invalid order_id",
+        "Order ID not found",
+        "Order does not exist",
+        "No such order",
+    ],
+)
+def test_means_not_found(message: str) -> None:
+    assert means_not_found(message)
+    assert ItemError(message).means_not_found
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Incorrect request",
+        "User not found",
+        "Invalid API key",
+        "Not enough funds",
+        "Order is not completed yet",
+        "Refill is disabled",
+        "",
+    ],
+)
+def test_does_not_mean_not_found(message: str) -> None:
+    assert not means_not_found(message)
+    assert not ItemError(message).means_not_found
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Invalid API key", InvalidKey),
+        ("Incorrect key", InvalidKey),
+        ("incorrect api key.", InvalidKey),
+        ("API key is invalid", InvalidKey),
+        ("The API key is disabled", InvalidKey),
+        ("User not found", InvalidKey),
+        ("User inactive", InvalidKey),
+        ("user is inactive", InvalidKey),
+        ("Account is suspended", InvalidKey),
+        ("Not enough funds", InsufficientFunds),
+        ("Not enough funds on balance", InsufficientFunds),
+        ("Insufficient balance", InsufficientFunds),
+        ("insufficient funds", InsufficientFunds),
+        ("Incorrect request", IncorrectRequest),
+        ("Incorrect action", IncorrectRequest),
+        ("invalid action", IncorrectRequest),
+        ("Missing parameter", IncorrectRequest),
+        ("missing required parameter: link", IncorrectRequest),
+        ("Parameter link is required", IncorrectRequest),
+        ("Incorrect order ID", ProviderRefused),
+        ("Refill is disabled", ProviderRefused),
+        ("Quantity less than minimal 50", ProviderRefused),
+        ("something went wrong", ProviderRefused),
+    ],
+)
+def test_classify_top_level_error(message: str, expected: type[ProviderRejected]) -> None:
+    assert classify_top_level_error(message) is expected
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Refill is too early", RefillRefusal.RETRY_LATER),
+        ("Too early for refill", RefillRefusal.RETRY_LATER),
+        ("Refill is available after 24 hours", RefillRefusal.RETRY_LATER),
+        ("Order not completed", RefillRefusal.RETRY_LATER),
+        ("Order is not completed yet", RefillRefusal.RETRY_LATER),
+        ("You have active order with this link. Please wait", RefillRefusal.RETRY_LATER),
+        ("Please try again later", RefillRefusal.RETRY_LATER),
+        ("Refill is not available yet", RefillRefusal.RETRY_LATER),
+        ("Refill already requested", RefillRefusal.ALREADY_ACTIVE),
+        ("You already have an active refill", RefillRefusal.ALREADY_ACTIVE),
+        ("Active refill exists for this order", RefillRefusal.ALREADY_ACTIVE),
+        ("Refill is already in progress", RefillRefusal.ALREADY_ACTIVE),
+        ("Refill is disabled", RefillRefusal.DISABLED),
+        ("Refill not available for this service", RefillRefusal.DISABLED),
+        ("No refill", RefillRefusal.DISABLED),
+        ("This service has no refill", RefillRefusal.DISABLED),
+        ("Refill period expired", RefillRefusal.WINDOW_EXPIRED),
+        ("Guarantee expired", RefillRefusal.WINDOW_EXPIRED),
+        ("The guarantee period for this order has expired", RefillRefusal.WINDOW_EXPIRED),
+        ("Refill time is over", RefillRefusal.WINDOW_EXPIRED),
+        ("Incorrect order ID", RefillRefusal.NOT_FOUND),
+        ("Order not found", RefillRefusal.NOT_FOUND),
+        ("Refill not found", RefillRefusal.NOT_FOUND),
+        ("Service is under maintenance", RefillRefusal.OTHER),
+        ("", RefillRefusal.OTHER),
+    ],
+)
+def test_classify_refill_refusal(message: str, expected: RefillRefusal) -> None:
+    assert classify_refill_refusal(message) is expected
+
+
+def test_refusal_classes_ignore_case_and_punctuation() -> None:
+    assert classify_refill_refusal("REFILL-IS-DISABLED!!!") is RefillRefusal.DISABLED
+    assert classify_top_level_error("  invalid   API-key  ") is InvalidKey

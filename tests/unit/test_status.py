@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from tracker.domain.status import (
+    FINAL_ORDER_STATUSES,
+    FINAL_REFILL_STATUSES,
+    OrderStatus,
+    RefillStatus,
+    normalize_order_status,
+    normalize_refill_status,
+)
+from tracker.provider.parsing import parse_refill_status, parse_status
+from tracker.provider.types import OrderReport, RefillReport
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Pending", OrderStatus.PENDING),
+        ("pending", OrderStatus.PENDING),
+        ("Processing", OrderStatus.PROCESSING),
+        ("In progress", OrderStatus.IN_PROGRESS),
+        ("In Progress", OrderStatus.IN_PROGRESS),
+        ("inprogress", OrderStatus.IN_PROGRESS),
+        ("in_progress", OrderStatus.IN_PROGRESS),
+        ("IN-PROGRESS ", OrderStatus.IN_PROGRESS),
+        ("Completed", OrderStatus.COMPLETED),
+        ("Complete", OrderStatus.COMPLETED),
+        ("Partial", OrderStatus.PARTIAL),
+        ("Canceled", OrderStatus.CANCELED),
+        ("Cancelled", OrderStatus.CANCELED),
+        ("Refunded", OrderStatus.CANCELED),
+        ("Teleported", OrderStatus.UNKNOWN),
+        ("", OrderStatus.UNKNOWN),
+    ],
+)
+def test_order_status_spellings(raw: str, expected: OrderStatus) -> None:
+    assert normalize_order_status(raw) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Pending", RefillStatus.PENDING),
+        ("In progress", RefillStatus.IN_PROGRESS),
+        ("in_progress", RefillStatus.IN_PROGRESS),
+        ("Processing", RefillStatus.IN_PROGRESS),
+        ("Completed", RefillStatus.COMPLETED),
+        ("Complete", RefillStatus.COMPLETED),
+        ("Rejected", RefillStatus.REJECTED),
+        ("Canceled", RefillStatus.CANCELED),
+        ("Cancelled", RefillStatus.CANCELED),
+        ("Partial", RefillStatus.UNKNOWN),
+        ("Whatever", RefillStatus.UNKNOWN),
+    ],
+)
+def test_refill_status_spellings(raw: str, expected: RefillStatus) -> None:
+    assert normalize_refill_status(raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["Refunded", "In Progress", "Teleported", "cancelled"])
+def test_parsed_order_keeps_the_raw_spelling(raw: str) -> None:
+    report = parse_status('{"status": "%s"}' % raw)
+    assert isinstance(report, OrderReport)
+    assert report.raw_status == raw
+    assert report.status is normalize_order_status(raw)
+
+
+def test_unknown_refill_status_keeps_raw() -> None:
+    report = parse_refill_status('{"status": "Awaiting moderation"}')
+    assert report == RefillReport(RefillStatus.UNKNOWN, "Awaiting moderation")
+
+
+def test_unknown_and_in_flight_statuses_are_not_final() -> None:
+    assert OrderStatus.UNKNOWN not in FINAL_ORDER_STATUSES
+    assert OrderStatus.IN_PROGRESS not in FINAL_ORDER_STATUSES
+    assert OrderStatus.NOT_FOUND in FINAL_ORDER_STATUSES
+    assert RefillStatus.UNKNOWN not in FINAL_REFILL_STATUSES
+    assert RefillStatus.REJECTED in FINAL_REFILL_STATUSES

@@ -1,0 +1,17 @@
+"""tracker: keeps an SMM reseller shop's orders in sync with its upstream API v2 providers.
+
+`celery -A tracker ...` finds the Celery app here as ``tracker.app``. It is loaded lazily
+so that the CLI and the pure domain modules do not pay for importing Celery.
+"""
+
+from typing import Any
+
+__all__ = ["app", "celery"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        from tracker.worker.app import app
+
+        return app
+    raise AttributeError(f"module 'tracker' has no attribute {name!r}")

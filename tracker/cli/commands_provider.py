@@ -1,0 +1,162 @@
+"""``tracker provider add|list|sync``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tracker.cli.db import database
+from tracker.cli.errors import CLIError
+from tracker.cli.output import print_json, print_table
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.db.models import Provider, Service
+from tracker.usecases.catalog import store_balance, store_catalog
+from tracker.usecases.enqueue import provider_by_name
+from tracker.usecases.gateway import ProviderAccess
+from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.usecases.views import iso, money
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+
+
+def register(commands: Any) -> None:
+    provider = commands.add_parser("provider", help="register and inspect providers")
+    actions = provider.add_subparsers(dest="provider_command", metavar="ACTION", required=True)
+
+    add = actions.add_parser(
+        "add",
+        help="register a provider (or update it)",
+        description="Register a provider. The API key is read once from the environment "
+        "variable named by --key-env, encrypted, and stored; it never goes on a command line.",
+    )
+    add.add_argument("name")
+    add.add_argument("--url", required=True, help="the provider's API v2 URL")
+    add.add_argument("--key-env", metavar="VAR", help="environment variable holding the API key")
+    add.add_argument("--rate-limit", type=float, metavar="REQ_PER_S", help="max requests per second (default 5)")
+    add.add_argument("--refill-days", type=int, metavar="DAYS", help="default guarantee window (default 30)")
+    add.add_argument("--batch-size", type=int, help="IDs per status call, 1-100 (default 100)")
+    add.add_argument("--poll-interval", type=float, metavar="SECONDS", help="override TRACKER_POLL_INTERVAL")
+    add.add_argument("--balance-alert-below", type=_decimal, metavar="AMOUNT", help="alert when the balance drops below")
+    add.set_defaults(handler=_add)
+
+    listing = actions.add_parser("list", help="list providers (keys are masked)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    sync = actions.add_parser("sync", help="fetch the services catalog and the balance")
+    sync.add_argument("name")
+    sync.set_defaults(handler=_sync)
+
+
+def _read_key(args: argparse.Namespace, exists: bool) -> str | None:
+    if args.key_env is None:
+        if exists:
+            return None
+        raise CLIError("a new provider needs --key-env VAR naming the variable that holds its API key", 2)
+    value = os.environ.get(args.key_env)
+    if value is None or not value.strip():
+        raise CLIError(f"environment variable {args.key_env} is not set or empty", 2)
+    return value
+
+
+def _add(args: argparse.Namespace) -> int:
+    with database() as session:
+        exists = session.scalar(select(Provider.id).where(Provider.name == args.name)) is not None
+        spec = ProviderSpec(
+            name=args.name,
+            url=args.url,
+            api_key=_read_key(args, exists),
+            rate_limit=args.rate_limit,
+            refill_days=args.refill_days,
+            batch_size=args.batch_size,
+            poll_interval=args.poll_interval,
+            balance_alert_below=args.balance_alert_below,
+        )
+        provider, created = upsert_provider(session, spec, get_settings(), utcnow())
+        print(f"{'added' if created else 'updated'} provider {provider.name} (key {provider.key_hint})")
+    return 0
+
+
+def provider_view(provider: Provider, services: int) -> dict[str, Any]:
+    return {
+        "name": provider.name,
+        "url": provider.api_url,
+        "key": provider.key_hint,
+        "batch_size": provider.batch_size,
+        "rate_limit": provider.rate_limit,
+        "poll_interval": provider.poll_interval,
+        "refill_days": provider.refill_days,
+        "paused": provider.paused,
+        "paused_reason": provider.paused_reason,
+        "consecutive_failures": provider.consecutive_failures,
+        "circuit_open_until": iso(provider.circuit_open_until),
+        "services": services,
+        "balance": money(provider.balance),
+        "currency": provider.balance_currency,
+        "balance_checked_at": iso(provider.balance_checked_at),
+        "catalog_synced_at": iso(provider.catalog_synced_at),
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    with database() as session:
+        counts = dict(
+            session.execute(select(Service.provider_id, func.count()).group_by(Service.provider_id)).all()
+        )
+        views = [
+            provider_view(provider, counts.get(provider.id, 0))
+            for provider in session.scalars(select(Provider).order_by(Provider.name))
+        ]
+    if args.json:
+        print_json(views)
+        return 0
+    print_table(
+        ["NAME", "URL", "KEY", "RATE/S", "BATCH", "REFILL DAYS", "SERVICES", "BALANCE", "STATE"],
+        [
+            [
+                view["name"],
+                view["url"],
+                view["key"],
+                view["rate_limit"],
+                view["batch_size"],
+                view["refill_days"],
+                view["services"],
+                f"{view['balance']} {view['currency'] or ''}".strip() if view["balance"] else "-",
+                "paused: " + (view["paused_reason"] or "") if view["paused"] else "active",
+            ]
+            for view in views
+        ],
+    )
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from tracker.provider.client import ProviderClient
+
+    settings = get_settings()
+    with database() as session:
+        access = ProviderAccess.of(provider_by_name(session, args.name), settings)
+    with ProviderClient(access.api_url, access.api_key) as client:
+        entries = client.services()
+        balance = client.balance()
+    with database() as session:
+        provider = provider_by_name(session, args.name)
+        added = store_catalog(session, provider, entries, utcnow())
+        store_balance(provider, balance, utcnow())
+    with_refill = sum(1 for entry in entries if entry.refill)
+    with_cancel = sum(1 for entry in entries if entry.cancel)
+    print(
+        f"{access.name}: {len(entries)} services ({added} new, {with_refill} with refill, "
+        f"{with_cancel} with cancel); balance {balance.amount} {balance.currency or ''}".rstrip()
+    )
+    return 0

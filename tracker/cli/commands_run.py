@@ -1,0 +1,43 @@
+"""``tracker db upgrade``, ``tracker run``, ``tracker sim``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tracker.config import get_settings
+
+
+def register(commands: Any) -> None:
+    db = commands.add_parser("db", help="database maintenance")
+    db_actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_actions.add_parser("upgrade", help="apply the Alembic migrations")
+    upgrade.set_defaults(handler=_db_upgrade)
+
+    run = commands.add_parser(
+        "run",
+        help="run worker, beat and Flower together (local use) until Ctrl-C",
+        description="Applies the migrations, starts a bundled Redis server unless "
+        "TRACKER_BROKER_URL is set, then runs the Celery worker, beat and Flower "
+        "(on 127.0.0.1) until Ctrl-C.",
+    )
+    run.add_argument("--flower-port", type=int, default=5555)
+    run.add_argument("--loglevel", default="INFO")
+    run.set_defaults(handler=_run)
+
+    # Dispatched before parsing (see tracker.cli.main); listed here for `tracker --help`.
+    commands.add_parser("sim", help="run the simulated API v2 provider on 127.0.0.1 (see `tracker sim --help`)")
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from tracker.db import migrate
+
+    migrate.upgrade()
+    print("database schema is up to date")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tracker.ops.runner import run
+
+    return run(get_settings(), flower_port=args.flower_port, loglevel=args.loglevel)

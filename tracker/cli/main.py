@@ -1,0 +1,55 @@
+"""The ``tracker`` command. Each subcommand lives in its own module; this one wires them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tracker.cli import commands_orders, commands_provider, commands_run
+from tracker.cli.errors import CLIError, known_errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracker",
+        description="Keeps an SMM shop's orders in sync with its upstream API v2 providers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands_run.register(commands)
+    commands_provider.register(commands)
+    commands_orders.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sim"]:
+        # The simulator owns its options, `tracker sim --help` included.
+        from tracker.sim.cli import run_sim
+
+        return run_sim(arguments[1:])
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+    except CLIError as error:
+        print(f"tracker: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except known_errors() as error:
+        print(f"tracker: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The schema, as SQLAlchemy 2.0 typed mappings.
+
+The database is the source of truth for what is due: ``orders.next_poll_at`` says when an
+order must next be polled, and doubles as its lease while a poll is in flight (see
+``tracker.db.claims``). History tables (``order_events``, ``refill_events``,
+``refill_attempts``) are append-only: rows are inserted, never updated or deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from tracker.db.types import BigIntPK, Money, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Provider(Base):
+    __tablename__ = "providers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    api_url: Mapped[str] = mapped_column(String(2048))
+    # Fernet token; see tracker.secrets. The plain key never touches the database.
+    api_key_encrypted: Mapped[str] = mapped_column(Text)
+    key_hint: Mapped[str] = mapped_column(String(16))
+    batch_size: Mapped[int] = mapped_column(Integer, default=100)
+    rate_limit: Mapped[float] = mapped_column(Float, default=5.0)
+    poll_interval: Mapped[float | None] = mapped_column(Float)
+    refill_days: Mapped[int] = mapped_column(Integer, default=30)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    paused_reason: Mapped[str | None] = mapped_column(String(255))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    circuit_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Learned from the provider: None until tried. Some panels only answer single `refill=`.
+    supports_multi_refill_status: Mapped[bool | None] = mapped_column(Boolean)
+    balance: Mapped[Decimal | None] = mapped_column(Money)
+    balance_currency: Mapped[str | None] = mapped_column(String(8))
+    balance_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    balance_alert_below: Mapped[Decimal | None] = mapped_column(Money)
+    catalog_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    services: Mapped[list[Service]] = relationship(back_populates="provider")
+
+
+class Service(Base):
+    """One entry of a provider's services catalog."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("provider_id", "service_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
+    service_id: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(Text)
+    type: Mapped[str | None] = mapped_column(String(128))
+    category: Mapped[str | None] = mapped_column(Text)
+    rate: Mapped[Decimal | None] = mapped_column(Money)
+    min: Mapped[int | None] = mapped_column(BigInteger)
+    max: Mapped[int | None] = mapped_column(BigInteger)
+    refill: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel: Mapped[bool | None] = mapped_column(Boolean)
+    # Overrides of the provider's defaults, set by the operator, kept across catalog syncs.
+    refill_days: Mapped[int | None] = mapped_column(Integer)
+    auto_refill_hours: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    provider: Mapped[Provider] = relationship(back_populates="services")
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "external_id"),
+        # The dispatcher's claim query walks this index only: due, active orders.
+        Index(
+            "ix_orders_due",
+            "provider_id",
+            "next_poll_at",
+            postgresql_where=text("NOT final"),
+            sqlite_where=text("final = 0"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
+    external_id: Mapped[int] = mapped_column(BigInteger)
+    service_id: Mapped[int | None] = mapped_column(BigInteger)
+    quantity: Mapped[int | None] = mapped_column(BigInteger)
+    link: Mapped[str | None] = mapped_column(Text)
+    # None until the first successful poll: the tracker has not seen the order yet.
+    status: Mapped[str | None] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))
+    remains: Mapped[int | None] = mapped_column(BigInteger)
+    charge: Mapped[Decimal | None] = mapped_column(Money)
+    start_count: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(8))
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When the provider's answer that this row reflects was requested. Older answers that
+    # arrive late are ignored, so a slow poll can never move an order backwards.
+    last_observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set while a poll batch holds the order; a task whose claim no longer matches does nothing.
+    claim_id: Mapped[int | None] = mapped_column(BigInteger)
+    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    consecutive_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    event_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # False once the provider said refill is disabled for this order.
+    refillable: Mapped[bool | None] = mapped_column(Boolean)
+    next_auto_refill_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    provider: Mapped[Provider] = relationship()
+
+
+class OrderEvent(Base):
+    """One observed change of an order. ``seq`` numbers them per order, from 1.
+
+    The unique (order_id, seq) is the last line of defence against a transition being
+    recorded twice by two workers racing on the same order.
+    """
+
+    __tablename__ = "order_events"
+    __table_args__ = (UniqueConstraint("order_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))
+    remains: Mapped[int | None] = mapped_column(BigInteger)
+    charge: Mapped[Decimal | None] = mapped_column(Money)
+    start_count: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Drop(Base):
+    """A drop in an order's count, from the shop, a count probe, or a scheduled policy."""
+
+    __tablename__ = "drops"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    observed_count: Mapped[int | None] = mapped_column(BigInteger)
+    expected_count: Mapped[int | None] = mapped_column(BigInteger)
+    eligible: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RefillRequest(Base):
+    """Our effort to get a refill accepted for one drop, retried until it ends.
+
+    ``state``: ``pending`` (will retry at ``next_attempt_at``), ``accepted``,
+    ``gave_up`` (window closed, refill disabled, or attempt cap reached).
+    """
+
+    __tablename__ = "refill_requests"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    drop_id: Mapped[int | None] = mapped_column(ForeignKey("drops.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claim_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_message: Mapped[str | None] = mapped_column(Text)
+    refill_id: Mapped[int | None] = mapped_column(ForeignKey("refills.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RefillAttempt(Base):
+    """Every call we made to request a refill, and what came of it."""
+
+    __tablename__ = "refill_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("refill_requests.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class Refill(Base):
+    """A refill the provider accepted, polled through ``refill_status`` to its end."""
+
+    __tablename__ = "refills"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "external_id"),
+        Index(
+            "ix_refills_due",
+            "provider_id",
+            "next_poll_at",
+            postgresql_where=text("NOT final"),
+            sqlite_where=text("final = 0"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claim_id: Mapped[int | None] = mapped_column(BigInteger)
+    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    consecutive_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    event_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RefillEvent(Base):
+    __tablename__ = "refill_events"
+    __table_args__ = (UniqueConstraint("refill_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    refill_id: Mapped[int] = mapped_column(ForeignKey("refills.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))

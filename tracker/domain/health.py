@@ -1,0 +1,82 @@
+"""Provider health: the circuit breaker and what one tick may send. Pure.
+
+A provider's circuit opens after ``threshold`` consecutive failed calls (transport
+errors, 5xx, unreadable answers). While it is open the dispatcher sends nothing. When the
+cool-down has passed the circuit is half-open: one batch goes out as a probe; success
+closes the circuit, failure re-opens it for twice as long (capped). An invalid key pauses
+the provider until an operator fixes it: no number of retries can succeed, and hammering
+a panel with a bad key is how accounts get banned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+OPEN_BASE_SECONDS = 30.0
+OPEN_CAP_SECONDS = 1800.0
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    paused: bool = False
+    consecutive_failures: int = 0
+    circuit_open_until: datetime | None = None
+
+    def state(self, now: datetime) -> CircuitState:
+        if self.paused:
+            return CircuitState.PAUSED
+        if self.circuit_open_until is None:
+            return CircuitState.CLOSED
+        if now < self.circuit_open_until:
+            return CircuitState.OPEN
+        return CircuitState.HALF_OPEN
+
+
+def after_success(health: Health) -> Health:
+    return replace(health, consecutive_failures=0, circuit_open_until=None)
+
+
+def after_failure(health: Health, now: datetime, *, threshold: int) -> Health:
+    failures = health.consecutive_failures + 1
+    if failures < threshold:
+        return replace(health, consecutive_failures=failures)
+    opened = OPEN_BASE_SECONDS * 2.0 ** (failures - threshold)
+    return replace(
+        health,
+        consecutive_failures=failures,
+        circuit_open_until=now + timedelta(seconds=min(OPEN_CAP_SECONDS, opened)),
+    )
+
+
+def after_rate_limited(health: Health, now: datetime, retry_after: float | None) -> Health:
+    """429: stay away for Retry-After (at least a few seconds); not a health failure."""
+    wait = max(5.0, retry_after or 0.0)
+    until = now + timedelta(seconds=min(OPEN_CAP_SECONDS, wait))
+    current = health.circuit_open_until
+    return replace(health, circuit_open_until=max(until, current) if current else until)
+
+
+def batches_per_tick(
+    health: Health, now: datetime, *, rate_limit: float, tick_interval: float
+) -> int:
+    """How many poll batches one dispatcher tick may hand out for this provider.
+
+    Never more than the rate limit allows within one tick, so the queue holds at most one
+    tick's worth of calls per provider and a slow provider cannot build a backlog.
+    """
+    state = health.state(now)
+    if state in (CircuitState.PAUSED, CircuitState.OPEN):
+        return 0
+    if state is CircuitState.HALF_OPEN:
+        return 1
+    return max(1, math.ceil(rate_limit * tick_interval))

@@ -1,0 +1,184 @@
+"""What the free-text messages of API v2 providers mean.
+
+Providers answer errors as ``{"error": "<free text>"}`` and every panel words them a little
+differently. All matching of those words lives here, so the worker, the refill retry task
+and the client agree on one reading. Matching is done on a *squashed* message: lower case,
+every run of non-alphanumeric characters turned into one space ("Incorrect order-ID!" ->
+"incorrect order id"). Unrecognised wording always falls through to the most cautious
+class (``ProviderRefused`` / ``RefillRefusal.OTHER``), never to an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from tracker.provider.errors import (
+    IncorrectRequest,
+    InsufficientFunds,
+    InvalidKey,
+    ProviderRefused,
+    ProviderRejected,
+)
+
+
+def _squash(message: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", message.lower()).split())
+
+
+def _matches_any(patterns: tuple[re.Pattern[str], ...], message: str) -> bool:
+    squashed = _squash(message)
+    return any(pattern.search(squashed) for pattern in patterns)
+
+
+def _compile(*patterns: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(pattern) for pattern in patterns)
+
+
+_NOT_FOUND = _compile(
+    r"\b(incorrect|invalid|wrong|unknown|bad) (order|refill) ?id\b",
+    r"\b(incorrect|invalid|wrong|unknown|bad) (order|refill)$",
+    r"\b(order|refill)( ?id)? (is |was )?not found\b",
+    r"\b(order|refill)( ?id)? (does not|doesn t|do not|don t) exists?\b",
+    r"\bno such (order|refill)\b",
+)
+
+
+def means_not_found(message: str) -> bool:
+    """True when the message says the order or refill ID does not exist at the provider.
+
+    Recognised: "Incorrect order ID", "Order not found", "Incorrect refill ID",
+    "Refill not found", "invalid order id", "Order ID not found", "Order does not exist",
+    "No such order" (any case and punctuation).
+    """
+    return _matches_any(_NOT_FOUND, message)
+
+
+_INVALID_KEY = _compile(
+    r"\b(invalid|incorrect|wrong|bad|unknown) (api )?key\b",
+    r"\b(api )?key (is )?(invalid|incorrect|wrong|not valid|not found|disabled|inactive|"
+    r"expired|revoked|blocked)\b",
+    r"\buser (is )?(not found|inactive|disabled|blocked|banned|suspended)\b",
+    r"\b(inactive|disabled|blocked|banned|suspended) (user|account)\b",
+    r"\baccount (is )?(inactive|disabled|blocked|banned|suspended)\b",
+)
+_INSUFFICIENT_FUNDS = _compile(
+    r"\bnot enough (funds|balance|money)\b",
+    r"\binsufficient (funds|balance)\b",
+    r"\b(low|negative) balance\b",
+    r"\bbalance (is )?(too )?low\b",
+)
+_INCORRECT_REQUEST = _compile(
+    r"\b(incorrect|invalid|unknown|bad|wrong|unsupported) (request|action|method|param|"
+    r"params|parameter|parameters)\b",
+    r"\bmissing (required )?(param|params|parameter|parameters|field|fields|action)\b",
+    r"\b(param|parameter|field) \w+ (is )?required\b",
+    r"\brequired (param|parameter|field)\b",
+)
+
+
+def classify_top_level_error(message: str) -> type[ProviderRejected]:
+    """Map a top-level ``{"error": message}`` to the exception class callers act on.
+
+    ===================  ========================================================
+    class                recognised wording (any case and punctuation)
+    ===================  ========================================================
+    InvalidKey           "Invalid API key", "Incorrect key", "API key is invalid",
+                         "key disabled/expired/revoked", "User not found",
+                         "User inactive", "account is suspended/blocked"
+    InsufficientFunds    "Not enough funds", "insufficient balance/funds",
+                         "low balance", "balance is too low"
+    IncorrectRequest     "Incorrect request", "Incorrect action", "invalid action",
+                         "unknown method", "missing parameter", "parameter X is
+                         required"
+    ProviderRefused      anything else (refill refusals, add refusals, ...)
+    ===================  ========================================================
+
+    Checked in that order: a message naming both the key and the request blames the key,
+    because pausing the provider is the safe reaction.
+    """
+    if _matches_any(_INVALID_KEY, message):
+        return InvalidKey
+    if _matches_any(_INSUFFICIENT_FUNDS, message):
+        return InsufficientFunds
+    if _matches_any(_INCORRECT_REQUEST, message):
+        return IncorrectRequest
+    return ProviderRefused
+
+
+class RefillRefusal(StrEnum):
+    RETRY_LATER = "retry_later"
+    DISABLED = "disabled"
+    NOT_FOUND = "not_found"
+    ALREADY_ACTIVE = "already_active"
+    WINDOW_EXPIRED = "window_expired"
+    OTHER = "other"
+
+
+_WINDOW_EXPIRED = _compile(
+    r"\b(refill|guarantee|warranty)( (period|time|window|days))? (has |is )?"
+    r"(expired|ended|over|closed|passed)\b",
+    r"\b(guarantee|warranty|refill period)\b.*\b(expired|ended)\b",
+    r"\bexpired (refill|guarantee|warranty)\b",
+)
+_ALREADY_ACTIVE = _compile(
+    r"\brefill\b.*\balready\b",
+    r"\balready\b.*\brefill",
+    r"\bactive refill\b",
+    r"\brefill (is )?(in progress|pending|processing|active)\b",
+)
+_RETRY_LATER = _compile(
+    r"\btoo (early|soon)\b",
+    r"\bavailable (after|in|from|on)\b",
+    r"\bnot (yet )?(completed|complete|finished)\b",
+    r"\bactive order\b",
+    r"\btry (again )?later\b",
+    r"\b(please )?wait (until|for)\b",
+    r"\bnot available yet\b",
+    r"\b(order|it) is (still )?(in progress|processing|pending)\b",
+)
+_DISABLED = _compile(
+    r"\brefill (is )?(disabled|unavailable|not (available|allowed|supported|enabled|possible))\b",
+    r"\bno refill\b",
+    r"\bnon refill\b",
+    r"\bnot refillable\b",
+    r"\b(does not|doesn t) (support|have) refill\b",
+)
+
+
+def classify_refill_refusal(message: str) -> RefillRefusal:
+    """Say what a refused ``refill`` request means for the refill retry task.
+
+    ===============  ============================================================
+    result           recognised wording (any case and punctuation)
+    ===============  ============================================================
+    NOT_FOUND        everything ``means_not_found`` accepts ("Incorrect order ID",
+                     "Order not found", "Refill not found", ...)
+    WINDOW_EXPIRED   "Refill period expired", "Guarantee expired", "refill time is
+                     over", "warranty has ended"
+    ALREADY_ACTIVE   "Refill already requested", "active refill", "refill is already
+                     in progress", "You already have a refill" (one refill in flight)
+    RETRY_LATER      "too early", "Refill is available after 24 hours", "not
+                     completed", "Order is not completed yet", "You have active order
+                     with this link", "try again later", "please wait until",
+                     "not available yet"
+    DISABLED         "Refill is disabled", "Refill not available for this service",
+                     "No refill", "service does not support refill"
+    OTHER            anything else
+    ===============  ============================================================
+
+    Checked top to bottom. RETRY_LATER comes before DISABLED so "refill not available
+    yet" means later, not never; ALREADY_ACTIVE comes before RETRY_LATER so a refill in
+    flight is not requested again as if nothing had happened.
+    """
+    if means_not_found(message):
+        return RefillRefusal.NOT_FOUND
+    for patterns, refusal in (
+        (_WINDOW_EXPIRED, RefillRefusal.WINDOW_EXPIRED),
+        (_ALREADY_ACTIVE, RefillRefusal.ALREADY_ACTIVE),
+        (_RETRY_LATER, RefillRefusal.RETRY_LATER),
+        (_DISABLED, RefillRefusal.DISABLED),
+    ):
+        if _matches_any(patterns, message):
+            return refusal
+    return RefillRefusal.OTHER

@@ -1,0 +1,50 @@
+"""When to poll next: adaptive intervals and back-off. Pure arithmetic.
+
+Adaptive polling (documented in the README): an order whose last answer changed something
+is polled again after one base interval. Each run of three unchanged answers doubles the
+interval, up to ``max_factor`` base intervals, so a stale In-progress order costs a
+fraction of the calls of a moving one. Final orders are never polled. Every delay gets
++/-10% jitter so that orders enqueued together spread out instead of hitting the
+provider in one burst forever after.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+UNCHANGED_POLLS_PER_DOUBLING = 3
+JITTER = 0.10
+
+
+def poll_delay(
+    unchanged_polls: int,
+    *,
+    base_interval: float,
+    max_factor: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until the next poll of an active order."""
+    factor = min(max_factor, 2.0 ** (unchanged_polls // UNCHANGED_POLLS_PER_DOUBLING))
+    jitter = (rng or random).uniform(-JITTER, JITTER)
+    return base_interval * factor * (1.0 + jitter)
+
+
+def failure_backoff(
+    consecutive_failures: int,
+    *,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait after the n-th consecutive failure: exponential, full jitter, capped.
+
+    Full jitter (uniform between half and all of the exponential step) keeps many workers
+    that failed together from retrying together.
+    """
+    step = min(cap, base * 2.0 ** max(0, consecutive_failures - 1))
+    return (rng or random).uniform(step / 2.0, step)
+
+
+def next_time(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)

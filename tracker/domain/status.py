@@ -1,0 +1,100 @@
+"""Normalisation of the status strings providers send.
+
+Providers spell the same status many ways ("In progress", "In Progress", "inprogress",
+"in_progress"; "Canceled", "Cancelled", "Refunded"). We keep the raw spelling and map it
+onto one canonical vocabulary. Anything unrecognised is ``Unknown``, never an exception:
+a new spelling from a provider must not stop tracking.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    PENDING = "Pending"
+    PROCESSING = "Processing"
+    IN_PROGRESS = "In progress"
+    COMPLETED = "Completed"
+    PARTIAL = "Partial"
+    CANCELED = "Canceled"
+    UNKNOWN = "Unknown"
+    # Never sent by a provider: the tracker concludes it after K consecutive
+    # "Incorrect order ID" answers.
+    NOT_FOUND = "Not found"
+
+
+FINAL_ORDER_STATUSES: frozenset[OrderStatus] = frozenset(
+    {OrderStatus.COMPLETED, OrderStatus.PARTIAL, OrderStatus.CANCELED, OrderStatus.NOT_FOUND}
+)
+
+
+class RefillStatus(StrEnum):
+    PENDING = "Pending"
+    IN_PROGRESS = "In progress"
+    COMPLETED = "Completed"
+    REJECTED = "Rejected"
+    CANCELED = "Canceled"
+    UNKNOWN = "Unknown"
+    # The provider answered "Refill not found" / "Incorrect refill ID" K times in a row.
+    NOT_FOUND = "Not found"
+
+
+FINAL_REFILL_STATUSES: frozenset[RefillStatus] = frozenset(
+    {RefillStatus.COMPLETED, RefillStatus.REJECTED, RefillStatus.CANCELED, RefillStatus.NOT_FOUND}
+)
+
+
+def _squash(raw: str) -> str:
+    """Lower-case and drop everything but letters: "In_Progress " -> "inprogress"."""
+    return re.sub(r"[^a-z]", "", raw.lower())
+
+
+_ORDER_SPELLINGS: dict[str, OrderStatus] = {
+    "pending": OrderStatus.PENDING,
+    "awaiting": OrderStatus.PENDING,
+    "queued": OrderStatus.PENDING,
+    "processing": OrderStatus.PROCESSING,
+    "inprogress": OrderStatus.IN_PROGRESS,
+    "inprocess": OrderStatus.IN_PROGRESS,
+    "active": OrderStatus.IN_PROGRESS,
+    "running": OrderStatus.IN_PROGRESS,
+    "completed": OrderStatus.COMPLETED,
+    "complete": OrderStatus.COMPLETED,
+    "done": OrderStatus.COMPLETED,
+    "success": OrderStatus.COMPLETED,
+    "partial": OrderStatus.PARTIAL,
+    "partiallycompleted": OrderStatus.PARTIAL,
+    "partialrefund": OrderStatus.PARTIAL,
+    "canceled": OrderStatus.CANCELED,
+    "cancelled": OrderStatus.CANCELED,
+    "refunded": OrderStatus.CANCELED,
+    "refund": OrderStatus.CANCELED,
+}
+
+_REFILL_SPELLINGS: dict[str, RefillStatus] = {
+    "pending": RefillStatus.PENDING,
+    "awaiting": RefillStatus.PENDING,
+    "queued": RefillStatus.PENDING,
+    "processing": RefillStatus.IN_PROGRESS,
+    "inprogress": RefillStatus.IN_PROGRESS,
+    "inprocess": RefillStatus.IN_PROGRESS,
+    "completed": RefillStatus.COMPLETED,
+    "complete": RefillStatus.COMPLETED,
+    "done": RefillStatus.COMPLETED,
+    "success": RefillStatus.COMPLETED,
+    "rejected": RefillStatus.REJECTED,
+    "refused": RefillStatus.REJECTED,
+    "declined": RefillStatus.REJECTED,
+    "canceled": RefillStatus.CANCELED,
+    "cancelled": RefillStatus.CANCELED,
+}
+
+
+def normalize_order_status(raw: str) -> OrderStatus:
+    return _ORDER_SPELLINGS.get(_squash(raw), OrderStatus.UNKNOWN)
+
+
+def normalize_refill_status(raw: str) -> RefillStatus:
+    return _REFILL_SPELLINGS.get(_squash(raw), RefillStatus.UNKNOWN)

@@ -1,0 +1,385 @@
+"""Typed HTTP client for one API v2 provider."""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+import math
+import re
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from types import TracebackType
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from tracker.provider import parsing
+from tracker.provider.errors import (
+    HTTPError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    TransportError,
+)
+from tracker.provider.redact import excerpt, redact
+from tracker.provider.types import (
+    Balance,
+    CancelResult,
+    OrderResult,
+    RefillCreation,
+    RefillResult,
+    Service,
+)
+
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 20.0)
+MAX_IDS_PER_CALL = 100
+_POOL_SIZE = 16
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One HTTP call, for metrics. ``error`` is the error class name, None on success."""
+
+    action: str
+    ids: int
+    seconds: float
+    error: str | None = None
+
+
+class _Parser(Protocol[T_co]):
+    def __call__(self, text: str, *, secrets: Sequence[str] = ...) -> T_co: ...
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), never < 0."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("tracker")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"tracker/{version}"
+
+
+_CHARSET = re.compile(r"charset\s*=\s*\"?([\w.:-]+)", re.IGNORECASE)
+
+
+def _decode(response: requests.Response) -> str:
+    """Body text: the declared charset if valid, else UTF-8 (never requests' guessing)."""
+    match = _CHARSET.search(response.headers.get("Content-Type", ""))
+    encoding = "utf-8"
+    if match:
+        try:
+            encoding = codecs.lookup(match.group(1)).name
+        except LookupError:
+            pass
+    return response.content.decode(encoding, errors="replace")
+
+
+def _worth_retrying(error: ProviderError) -> bool:
+    if isinstance(error, TransportError):
+        return True
+    if isinstance(error, RateLimited):
+        return False  # the caller honours Retry-After; hammering would make it worse
+    return isinstance(error, HTTPError) and 500 <= error.status_code < 600
+
+
+def _checked_order_id(order_id: int) -> int:
+    if isinstance(order_id, bool) or not isinstance(order_id, int) or order_id <= 0:
+        raise ValueError(f"order IDs are positive integers, got {order_id!r}")
+    return order_id
+
+
+def _checked_refill_id(refill_id: str) -> str:
+    if not isinstance(refill_id, str) or not refill_id or refill_id != refill_id.strip():
+        raise ValueError(f"refill IDs are non-empty strings, got {refill_id!r}")
+    if "," in refill_id:
+        raise ValueError(f"refill IDs cannot contain a comma, got {refill_id!r}")
+    return refill_id
+
+
+class ProviderClient:
+    """Calls one provider's API v2 and returns typed results (see ``parsing``).
+
+    One ``requests.Session`` per client, with its own connection pool and no urllib3-level
+    retries: retrying is decided here, per action.
+
+    Retries: only the read-only actions ``services``, ``status``, ``refill_status`` and
+    ``balance`` are retried automatically (``retries`` times, after
+    ``retry_backoff * 2**attempt`` seconds), and only after a transport error or a 5xx.
+    ``add``, ``refill`` and ``cancel`` are NEVER retried automatically: they are not
+    idempotent, and a request that timed out may well have been executed, so retrying
+    could buy an order or request a refill twice. HTTP 429 is never retried here either:
+    ``RateLimited.retry_after`` tells the caller how long to leave the provider alone.
+
+    Batch methods split the IDs (de-duplicated, order kept) into calls of at most
+    ``max_ids_per_call`` IDs. The result holds only IDs that were asked and answered; an
+    asked ID missing from the answer is simply absent, and the caller decides. A batch
+    method raises on the first failing call, so a caller of ``refill_multi`` or ``cancel``
+    that must keep every accepted ID should pass at most ``max_ids_per_call`` IDs at once.
+
+    Redirects are not followed: a redirected POST either loses its body or, with 307/308,
+    resends the key to another address. A 3xx is an ``HTTPError`` naming the new location.
+
+    A 4xx whose body is a JSON ``{"error": ...}`` is parsed like a 2xx one, so a panel that
+    answers "Invalid API key" with HTTP 401 still raises ``InvalidKey``.
+
+    Hooks: ``before_call(action)`` runs before every HTTP request, retries included (the
+    rate limiter's hook; it may sleep or raise). ``after_call(record)`` runs after every
+    HTTP request with a ``CallRecord``.
+
+    The key is never part of ``repr``, of ``api_url``, or of any exception message: the
+    requests exceptions are not chained (their request object carries the form body) and
+    every message passes through ``redact``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        max_ids_per_call: int = MAX_IDS_PER_CALL,
+        retries: int = 2,
+        retry_backoff: float = 0.5,
+        before_call: Callable[[str], None] | None = None,
+        after_call: Callable[[CallRecord], None] | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the provider URL must look like https://host/api/v2")
+        if not key:
+            raise ValueError("the API key is empty")
+        if not 1 <= max_ids_per_call <= MAX_IDS_PER_CALL:
+            raise ValueError(f"max_ids_per_call must be 1..{MAX_IDS_PER_CALL}")
+        if retries < 0 or retry_backoff < 0:
+            raise ValueError("retries and retry_backoff cannot be negative")
+        if len(timeout) != 2 or min(timeout) <= 0:
+            raise ValueError("timeout is (connect seconds, read seconds), both > 0")
+        self._url = url
+        self._key = key
+        userinfo, _, _ = parts.netloc.rpartition("@")
+        self._secrets = tuple(s for s in (key, userinfo, parts.password) if s)
+        self._timeout = (float(timeout[0]), float(timeout[1]))
+        self._max_ids = max_ids_per_call
+        self._retries = retries
+        self._retry_backoff = retry_backoff
+        self._before_call = before_call
+        self._after_call = after_call
+        self._headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
+        self._owns_session = session is None
+        self._session = session if session is not None else self._new_session()
+
+    @staticmethod
+    def _new_session() -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=_POOL_SIZE, pool_maxsize=_POOL_SIZE, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    @property
+    def api_url(self) -> str:
+        """The endpoint without credentials (no userinfo, no key in the query)."""
+        parts = urlsplit(self._url)
+        netloc = parts.netloc.rpartition("@")[2]
+        query = redact(parts.query, self._secrets)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+    def __repr__(self) -> str:
+        return f"ProviderClient(api_url={self.api_url!r}, timeout={self._timeout!r})"
+
+    def close(self) -> None:
+        """Close the connection pool (only a session this client created)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> ProviderClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- actions ---------------------------------------------------------------------
+
+    def services(self) -> list[Service]:
+        return self._call("services", {}, 0, parsing.parse_services, idempotent=True)
+
+    def add(
+        self,
+        service: int,
+        link: str,
+        quantity: int | None = None,
+        *,
+        runs: int | None = None,
+        interval: int | None = None,
+        comments: Sequence[str] | None = None,
+    ) -> int:
+        params: dict[str, object] = {"service": service, "link": link}
+        optional = {"quantity": quantity, "runs": runs, "interval": interval}
+        params.update({name: value for name, value in optional.items() if value is not None})
+        if comments is not None:
+            params["comments"] = "\n".join(comments)
+        return self._call("add", params, 0, parsing.parse_add, idempotent=False)
+
+    def status(self, order_id: int) -> OrderResult:
+        params = {"order": _checked_order_id(order_id)}
+        return self._call("status", params, 1, parsing.parse_status, idempotent=True)
+
+    def status_multi(self, order_ids: Sequence[int]) -> dict[int, OrderResult]:
+        ids = [_checked_order_id(order_id) for order_id in order_ids]
+        return self._batched("status", "orders", ids, parsing.parse_status_multi, True)
+
+    def refill(self, order_id: int) -> str:
+        params = {"order": _checked_order_id(order_id)}
+        return self._call("refill", params, 1, parsing.parse_refill, idempotent=False)
+
+    def refill_multi(self, order_ids: Sequence[int]) -> dict[int, RefillCreation]:
+        ids = [_checked_order_id(order_id) for order_id in order_ids]
+        return self._batched("refill", "orders", ids, parsing.parse_refill_multi, False)
+
+    def refill_status(self, refill_id: str) -> RefillResult:
+        params = {"refill": _checked_refill_id(refill_id)}
+        return self._call("refill_status", params, 1, parsing.parse_refill_status, idempotent=True)
+
+    def refill_status_multi(self, refill_ids: Sequence[str]) -> dict[str, RefillResult]:
+        ids = [_checked_refill_id(refill_id) for refill_id in refill_ids]
+        parse = parsing.parse_refill_status_multi
+        return self._batched("refill_status", "refills", ids, parse, True)
+
+    def cancel(self, order_ids: Sequence[int]) -> dict[int, CancelResult]:
+        ids = [_checked_order_id(order_id) for order_id in order_ids]
+        return self._batched("cancel", "orders", ids, parsing.parse_cancel, False)
+
+    def balance(self) -> Balance:
+        return self._call("balance", {}, 0, parsing.parse_balance, idempotent=True)
+
+    # --- machinery -------------------------------------------------------------------
+
+    def _chunks(self, ids: Sequence[K]) -> Iterator[list[K]]:
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), self._max_ids):
+            yield unique[start : start + self._max_ids]
+
+    def _batched(
+        self,
+        action: str,
+        field: str,
+        ids: Sequence[K],
+        parse: _Parser[dict[K, V]],
+        idempotent: bool,
+    ) -> dict[K, V]:
+        result: dict[K, V] = {}
+        for chunk in self._chunks(ids):
+            params = {field: ",".join(str(entry_id) for entry_id in chunk)}
+            answer = self._call(action, params, len(chunk), parse, idempotent=idempotent)
+            asked = set(chunk)
+            result.update((key, value) for key, value in answer.items() if key in asked)
+        return result
+
+    def _call(
+        self,
+        action: str,
+        params: Mapping[str, object],
+        ids: int,
+        parse: _Parser[T],
+        *,
+        idempotent: bool,
+    ) -> T:
+        attempts = 1 + (self._retries if idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                return self._attempt(action, params, ids, parse)
+            except (TransportError, HTTPError) as error:
+                if attempt + 1 >= attempts or not _worth_retrying(error):
+                    raise
+            time.sleep(self._retry_backoff * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _attempt(
+        self, action: str, params: Mapping[str, object], ids: int, parse: _Parser[T]
+    ) -> T:
+        if self._before_call is not None:
+            self._before_call(action)
+        started = time.monotonic()
+        try:
+            result = parse(self._text(action, self._post(action, params)), secrets=self._secrets)
+        except ProviderError as error:
+            self._record(action, ids, started, type(error).__name__)
+            raise
+        self._record(action, ids, started, None)
+        return result
+
+    def _record(self, action: str, ids: int, started: float, error: str | None) -> None:
+        if self._after_call is not None:
+            self._after_call(CallRecord(action, ids, time.monotonic() - started, error))
+
+    def _post(self, action: str, params: Mapping[str, object]) -> requests.Response:
+        form = {"key": self._key, "action": action}
+        form.update((name, str(value)) for name, value in params.items())
+        try:
+            return self._session.post(
+                self._url,
+                data=form,
+                headers=self._headers,
+                timeout=self._timeout,
+                verify=True,
+                allow_redirects=False,
+            )
+        except requests.Timeout as error:
+            failure: TransportError = ProviderTimeout(action, self._describe(error))
+        except (requests.RequestException, OSError) as error:
+            # ConnectionError, ChunkedEncodingError (body cut short), connection reset...
+            raise TransportError(action, self._describe(error)) from error
+        # Raised outside the except block so the requests exception, whose request object
+        # holds the form body with the key, is not attached as __context__.
+        raise failure
+
+    def _describe(self, error: BaseException) -> str:
+        text = f"{type(error).__name__}: {redact(str(error), self._secrets)}"
+        return text if len(text) <= 300 else text[:299] + "…"
+
+    def _text(self, action: str, response: requests.Response) -> str:
+        code = response.status_code
+        text = _decode(response)
+        if 200 <= code < 300:
+            return text
+        body = excerpt(text, self._secrets)
+        if code == 429:
+            raise RateLimited(action, body, parse_retry_after(response.headers.get("Retry-After")))
+        if 400 <= code < 500 and code != 408 and parsing.top_level_error_message(text):
+            return text  # the parser raises the matching ProviderRejected
+        if 300 <= code < 400:
+            location = redact(response.headers.get("Location", "?"), self._secrets)
+            body = f"redirect to {location} (not followed); {body}"
+        raise HTTPError(action, code, body)

@@ -1,0 +1,98 @@
+"""The error taxonomy of provider calls.
+
+Callers choose what to do by class, never by message:
+
+- ``TransportError``: the request did not complete (timeout, refused, reset). Retry later.
+- ``HTTPError``: a non-2xx answer. 5xx: retry later. ``RateLimited`` (429): wait
+  ``retry_after`` seconds before calling this provider again.
+- ``InvalidResponse``: a 2xx answer we cannot understand (HTML, Cloudflare page, truncated
+  JSON, a PHP warning before the JSON, or JSON of the wrong shape). Retry later; if it
+  persists the provider's circuit opens.
+- ``ProviderRejected``: a well-formed top-level ``{"error": ...}``. Its subclasses say
+  whether to pause the provider (``InvalidKey``), alert (``InsufficientFunds``), or give up
+  on the request (``IncorrectRequest``).
+
+Messages never contain the API key: every excerpt of a body goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base class. ``action`` is the API v2 action that failed, e.g. ``"status"``."""
+
+    retryable: bool = False
+
+    def __init__(self, action: str, message: str) -> None:
+        super().__init__(f"{action}: {message}")
+        self.action = action
+        self.message = message
+
+
+class TransportError(ProviderError):
+    """Timeout, connection refused, connection reset: the request did not complete."""
+
+    retryable = True
+
+
+class ProviderTimeout(TransportError):
+    pass
+
+
+class HTTPError(ProviderError):
+    def __init__(self, action: str, status_code: int, excerpt: str) -> None:
+        super().__init__(action, f"HTTP {status_code}: {excerpt}")
+        self.status_code = status_code
+        self.excerpt = excerpt
+        self.retryable = status_code >= 500 or status_code in (408, 425, 429)
+
+
+class RateLimited(HTTPError):
+    """HTTP 429. ``retry_after`` is in seconds, from the Retry-After header when given."""
+
+    def __init__(self, action: str, excerpt: str, retry_after: float | None) -> None:
+        super().__init__(action, 429, excerpt)
+        self.retry_after = retry_after
+
+
+class InvalidResponse(ProviderError):
+    """A 2xx answer that is not the JSON we expect. ``excerpt`` is short and key-free."""
+
+    retryable = True
+
+    def __init__(self, action: str, reason: str, excerpt: str) -> None:
+        super().__init__(action, f"{reason}; body starts: {excerpt!r}")
+        self.reason = reason
+        self.excerpt = excerpt
+
+
+class NotJSON(InvalidResponse):
+    """HTML, a Cloudflare page, truncated JSON, a PHP warning in front of the JSON."""
+
+
+class UnexpectedShape(InvalidResponse):
+    """Valid JSON, but not the structure this action answers with."""
+
+
+class ProviderRejected(ProviderError):
+    """A top-level ``{"error": "..."}`` answer."""
+
+    def __init__(self, action: str, provider_message: str) -> None:
+        super().__init__(action, f"provider said: {provider_message}")
+        self.provider_message = provider_message
+
+
+class InvalidKey(ProviderRejected):
+    """The provider does not accept our API key. Pause the provider; retrying cannot help."""
+
+
+class InsufficientFunds(ProviderRejected):
+    """Not enough funds on the provider account."""
+
+
+class IncorrectRequest(ProviderRejected):
+    """The provider did not understand the request (bad action, bad parameters)."""
+
+
+class ProviderRefused(ProviderRejected):
+    """Any other top-level error, e.g. a refill refusal. ``classify_refill_refusal`` says more."""

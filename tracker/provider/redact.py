@@ -1,0 +1,49 @@
+"""Keep API keys out of anything a human or a log may read.
+
+Provider bodies are half-trusted: a misconfigured panel may echo the request back, and
+some error pages print the form fields. Every excerpt of a body, every provider message
+and every transport error message goes through ``redact`` before it is stored in an
+exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+
+# ``key=...`` as in a form body or a query string (also ``api_key=`` / ``api-key=``).
+_FORM_KEY = re.compile(r"(?i)(?<![a-z0-9])((?:api[_-]?)?key=)[^&\s\"'<>]*")
+# ``"key": "..."`` or ``"key": 123`` in JSON.
+_JSON_KEY = re.compile(r'(?i)("(?:api[_-]?)?key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+
+
+def _spellings(secret: str) -> set[str]:
+    """The secret as it may appear in a body: raw, URL-encoded, JSON-escaped."""
+    return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), json.dumps(secret)[1:-1]}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Remove every occurrence of each non-empty secret and any ``key`` parameter value."""
+    spellings = {spelling for secret in secrets if secret for spelling in _spellings(secret)}
+    if spellings:
+        # Longest first, so a secret that contains another is masked whole.
+        alternatives = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
+        text = re.sub(alternatives, MASK, text, flags=re.IGNORECASE)
+    text = _FORM_KEY.sub(lambda m: m.group(1) + MASK, text)
+    return _JSON_KEY.sub(lambda m: m.group(1) + f'"{MASK}"', text)
+
+
+def excerpt(body: bytes | str, secrets: Iterable[str], limit: int = 160) -> str:
+    """A short, single-line, key-free excerpt of a body for an error message.
+
+    Redaction happens before truncation: cutting first could leave half a key visible.
+    """
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(redact(text, secrets).split())
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + "…"

@@ -1,0 +1,160 @@
+"""``SimAdmin``: a small HTTP client of the sim's admin API.
+
+For tests and demos that run the sim as a separate process (``tracker sim``). It has the
+same admin methods, with the same signatures and results, as the in-process
+``SimServer``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import requests
+
+
+class SimAdminError(ValueError):
+    """The admin API refused a request (bad input, unknown order, ...).
+
+    A ``ValueError``, like the errors of the in-process ``SimServer`` methods.
+    """
+
+
+class SimAdmin:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        """``base_url``: ``http://HOST:PORT``; an ``.../api/v2`` URL is accepted too."""
+        base = base_url.rstrip("/")
+        for suffix in ("/api/v2", "/admin"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        self.base_url = base
+        self.timeout = timeout
+        self._session = requests.Session()
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/api/v2"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self.base_url}/admin"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _call(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> Any:
+        response = self._session.request(
+            method, f"{self.base_url}{path}", json=body, params=params, timeout=self.timeout
+        )
+        payload = response.json()
+        if response.status_code != 200:
+            raise SimAdminError(f"{method} {path}: HTTP {response.status_code}: {payload}")
+        return payload
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._call("GET", "/admin/health")
+                return
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def seed_orders(
+        self,
+        count: int = 1,
+        service: int = 1,
+        quantity: int | None = None,
+        outcome: str | None = None,
+        pending_s: float | None = None,
+        progress_s: float | None = None,
+        link: str = "https://example.com/sim-target",
+        age_s: float = 0.0,
+        start_count: int | None = None,
+        natural_drop: bool | None = None,
+    ) -> list[int]:
+        reply = self._call(
+            "POST",
+            "/admin/orders",
+            {
+                "count": count, "service": service, "quantity": quantity, "outcome": outcome,
+                "pending_s": pending_s, "progress_s": progress_s, "link": link,
+                "age_s": age_s, "start_count": start_count, "natural_drop": natural_drop,
+                # Seeded ids are consecutive: the range is enough, however many there are.
+                "return_ids": False,
+            },
+        )
+        return list(range(reply["first"], reply["last"] + 1))
+
+    def _ids_query(self, ids: Iterable[int]) -> dict[str, str]:
+        return {"ids": ",".join(str(order_id) for order_id in ids)}
+
+    def truth(self, ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
+        orders = self._call("GET", "/admin/orders", params=self._ids_query(ids))["orders"]
+        return {int(key): value for key, value in orders.items()}
+
+    def refill_truth(self, ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
+        refills = self._call("GET", "/admin/refills", params=self._ids_query(ids))["refills"]
+        return {int(key): value for key, value in refills.items()}
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/admin/stats")
+        return result
+
+    def reset_stats(self) -> None:
+        self._call("POST", "/admin/stats/reset")
+
+    def inject_fault(
+        self,
+        kind: str,
+        count: int | None = None,
+        probability: float | None = None,
+        actions: Sequence[str] | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        self._call(
+            "POST",
+            "/admin/faults",
+            {
+                "kind": kind, "count": count, "probability": probability,
+                "actions": list(actions) if actions is not None else None, "seconds": seconds,
+            },
+        )
+
+    def clear_faults(self) -> int:
+        cleared: int = self._call("DELETE", "/admin/faults")["cleared"]
+        return cleared
+
+    def set_config(self, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/admin/config", changes)
+        return result
+
+    def release_held(self) -> int:
+        released: int = self._call("POST", "/admin/release")["released"]
+        return released
+
+    def drop(self, order: int, amount: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/admin/drop", {"order": order, "amount": amount})
+        return result
+
+    def count(self, order: int) -> dict[str, Any] | None:
+        response = self._session.get(
+            f"{self.base_url}/count", params={"order": str(order)}, timeout=self.timeout
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def advance(self, seconds: float) -> float:
+        sim_now: float = self._call("POST", "/admin/clock", {"advance_s": seconds})["sim_now"]
+        return sim_now
+
+    def reset(self) -> None:
+        self._call("POST", "/admin/reset")

@@ -1,0 +1,125 @@
+"""Start tracking order IDs handed over by the shop. Idempotent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tracker.db.models import Order, Provider
+from tracker.domain.ids import parse_order_id, parse_order_ids
+
+# Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
+INSERT_CHUNK = 2000
+
+
+class UnknownProvider(LookupError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        listing = ", ".join(sorted(known)) or "none yet; add one with `tracker provider add`"
+        super().__init__(f"unknown provider {name!r} (known providers: {listing})")
+        self.name = name
+
+
+@dataclass(slots=True)
+class TrackResult:
+    provider: str
+    added: int = 0
+    already_tracked: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = (
+            f"{self.provider}: {self.added} new, {self.already_tracked} already tracked"
+            f", {len(self.rejected)} rejected"
+        )
+        if self.duplicates:
+            text += f", {self.duplicates} duplicates ignored"
+        return text
+
+
+def provider_by_name(session: Session, name: object) -> Provider:
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownProvider(repr(name), session.scalars(select(Provider.name)).all())
+    provider = session.scalar(select(Provider).where(Provider.name == name.strip()))
+    if provider is None:
+        raise UnknownProvider(name, session.scalars(select(Provider.name)).all())
+    return provider
+
+
+def parse_service_id(raw: object) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return parse_order_id(raw)
+    except ValueError as exc:
+        raise ValueError(f"service {raw!r} {exc}") from None
+
+
+def track_orders(
+    session: Session,
+    provider_name: object,
+    raw_ids: Iterable[object],
+    *,
+    service: object = None,
+    now: datetime,
+) -> TrackResult:
+    """Register order IDs; valid ones are tracked even when others in the call are not."""
+    provider = provider_by_name(session, provider_name)
+    service_id = parse_service_id(service)
+    parsed = parse_order_ids(raw_ids)
+    result = TrackResult(provider.name, duplicates=parsed.duplicates, rejected=parsed.rejected)
+    for start in range(0, len(parsed.valid), INSERT_CHUNK):
+        chunk = parsed.valid[start : start + INSERT_CHUNK]
+        added = _insert_new(session, provider.id, chunk, service_id, now)
+        result.added += added
+        result.already_tracked += len(chunk) - added
+        if service_id is not None and added < len(chunk):
+            # An order first tracked without its service learns it now.
+            session.execute(
+                update(Order)
+                .where(
+                    Order.provider_id == provider.id,
+                    Order.external_id.in_(chunk),
+                    Order.service_id.is_(None),
+                )
+                .values(service_id=service_id, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return result
+
+
+def _insert_new(
+    session: Session, provider_id: int, external_ids: list[int], service_id: int | None, now: datetime
+) -> int:
+    rows = [
+        {
+            "provider_id": provider_id,
+            "external_id": external_id,
+            "service_id": service_id,
+            "next_poll_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for external_id in external_ids
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement = pg_insert(Order).values(rows).on_conflict_do_nothing(
+            index_elements=["provider_id", "external_id"]
+        )
+    elif dialect == "sqlite":
+        statement = sqlite_insert(Order).values(rows).on_conflict_do_nothing(
+            index_elements=["provider_id", "external_id"]
+        )
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise RuntimeError(f"unsupported database {dialect}")
+    inserted = session.execute(statement.returning(Order.id)).scalars().all()
+    return len(inserted)
+
+

@@ -1,0 +1,101 @@
+"""Access to providers from a worker: decrypted credentials, cached clients, rate limit.
+
+One ``ProviderClient`` (one connection pool) per provider per process, rebuilt when the
+provider's URL or key changes. Every HTTP call first takes a slot from the shared Redis
+rate limiter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from tracker.config import Settings
+from tracker.db.models import Provider
+from tracker.provider.client import ProviderClient
+from tracker.ratelimit import RateLimiter
+from tracker.secrets import decrypt_api_key
+
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAccess:
+    """What a worker needs to call one provider. ``api_key`` never appears in its repr."""
+
+    id: int
+    name: str
+    api_url: str
+    api_key: str = field(repr=False)
+    batch_size: int
+    rate_limit: float
+
+    @classmethod
+    def load(cls, session: Session, provider_id: int, settings: Settings) -> ProviderAccess | None:
+        provider = session.get(Provider, provider_id)
+        if provider is None:
+            return None
+        return cls.of(provider, settings)
+
+    @classmethod
+    def of(cls, provider: Provider, settings: Settings) -> ProviderAccess:
+        return cls(
+            id=provider.id,
+            name=provider.name,
+            api_url=provider.api_url,
+            api_key=decrypt_api_key(settings, provider.api_key_encrypted),
+            batch_size=provider.batch_size,
+            rate_limit=provider.rate_limit,
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        material = f"{self.api_url}\n{self.api_key}\n{self.rate_limit}\n{self.batch_size}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+class Gateway:
+    def __init__(self, settings: Settings, rate_limiter: RateLimiter | None) -> None:
+        self._settings = settings
+        self._rate_limiter = rate_limiter
+        self._clients: dict[int, tuple[str, ProviderClient]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        return self._rate_limiter
+
+    def client(self, access: ProviderAccess) -> ProviderClient:
+        with self._lock:
+            cached = self._clients.get(access.id)
+            if cached is not None and cached[0] == access.fingerprint:
+                return cached[1]
+            if cached is not None:
+                cached[1].close()
+            client = ProviderClient(
+                access.api_url,
+                access.api_key,
+                timeout=(self._settings.http_connect_timeout, self._settings.http_read_timeout),
+                max_ids_per_call=access.batch_size,
+                before_call=self._throttle(access),
+            )
+            self._clients[access.id] = (access.fingerprint, client)
+            return client
+
+    def _throttle(self, access: ProviderAccess) -> Callable[[str], None]:
+        limiter = self._rate_limiter
+
+        def before_call(_action: str) -> None:
+            if limiter is not None:
+                limiter.acquire(access.id, access.rate_limit)
+
+        return before_call
+
+    def close(self) -> None:
+        with self._lock:
+            for _, client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,86 @@
+"""Persisting provider health after a call: circuit breaker, pause, 429 cool-down."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
+
+from tracker.db.models import Provider
+from tracker.domain.health import Health, after_failure, after_rate_limited
+from tracker.provider.errors import InvalidKey, ProviderError, RateLimited
+from tracker.ratelimit import RateLimiter
+
+log = logging.getLogger("tracker.health")
+
+
+def health_of(provider: Provider) -> Health:
+    return Health(
+        paused=provider.paused,
+        consecutive_failures=provider.consecutive_failures,
+        circuit_open_until=provider.circuit_open_until,
+    )
+
+
+def record_success(session: Session, provider_id: int) -> None:
+    """Close the circuit. Written only when there is something to reset: every poll batch
+    succeeds here, and an unconditional write would serialise them all on one row."""
+    session.execute(
+        update(Provider)
+        .where(
+            Provider.id == provider_id,
+            or_(Provider.consecutive_failures > 0, Provider.circuit_open_until.is_not(None)),
+        )
+        .values(consecutive_failures=0, circuit_open_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_failure(
+    session: Session,
+    provider_id: int,
+    error: ProviderError,
+    now: datetime,
+    *,
+    threshold: int,
+    rate_limiter: RateLimiter | None,
+) -> Health:
+    """Update the provider's health for one failed call and return it."""
+    provider = session.get(Provider, provider_id, with_for_update=True)
+    if provider is None:
+        return Health()
+    health = health_of(provider)
+    if isinstance(error, InvalidKey):
+        provider.paused = True
+        provider.paused_reason = "the provider rejected the API key"
+        log.error(
+            "provider paused: the API key was rejected; fix it with "
+            "`tracker provider add` and the provider resumes",
+            extra={"provider": provider.name, "action": error.action},
+        )
+        health = health_of(provider)
+    elif isinstance(error, RateLimited):
+        health = after_rate_limited(health, now, error.retry_after)
+        if rate_limiter is not None:
+            rate_limiter.cool_down(provider_id, max(5.0, error.retry_after or 0.0))
+        log.warning(
+            "provider rate-limited us (HTTP 429); cooling down",
+            extra={"provider": provider.name, "retry_after": error.retry_after},
+        )
+    else:
+        health = after_failure(health, now, threshold=threshold)
+        log.warning(
+            "provider call failed: %s",
+            error,
+            extra={
+                "provider": provider.name,
+                "failures": health.consecutive_failures,
+                "circuit_open_until": health.circuit_open_until,
+            },
+        )
+    provider.consecutive_failures = health.consecutive_failures
+    provider.circuit_open_until = health.circuit_open_until
+    provider.updated_at = now
+    return health

@@ -1,0 +1,85 @@
+"""Celery tasks. Each is thin: load IDs, call a use case, commit, then enqueue follow-ups.
+
+Task arguments are IDs only (Flower shows them); never payloads or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.db.session import unit_of_work
+from tracker.ratelimit import RateLimiter
+from tracker.usecases.dispatch import claim_due_order_batches
+from tracker.usecases.enqueue import track_orders as track_orders_usecase
+from tracker.usecases.gateway import Gateway
+from tracker.usecases.polling import poll_order_batch
+
+log = logging.getLogger("tracker.tasks")
+
+_gateway_lock = threading.Lock()
+_gateway: Gateway | None = None
+
+
+def gateway() -> Gateway:
+    """The worker process's provider gateway (client pool + shared rate limiter)."""
+    global _gateway
+    with _gateway_lock:
+        if _gateway is None:
+            settings = get_settings()
+            _gateway = Gateway(settings, RateLimiter.from_url(settings.broker_url))
+        return _gateway
+
+
+# Database hiccups (a killed connection, a failover) are retried: every task is one
+# transaction, so a retry starts from a clean slate and nothing is half-written.
+DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, DBAPIError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+class InvalidTaskInput(ValueError):
+    """The task was called with arguments it cannot use. Not retried."""
+
+
+@shared_task(name="tracker.track_orders", **DB_RETRY)
+def track_orders(provider: str, order_ids: list[int | str], service: int | None = None) -> dict[str, Any]:
+    if not isinstance(order_ids, list | tuple):
+        raise InvalidTaskInput(
+            f"order_ids must be a list of order IDs, got {type(order_ids).__name__}"
+        )
+    try:
+        with unit_of_work() as session:
+            result = track_orders_usecase(session, provider, order_ids, service=service, now=utcnow())
+    except LookupError as exc:
+        raise InvalidTaskInput(str(exc)) from None
+    except ValueError as exc:
+        raise InvalidTaskInput(str(exc)) from None
+    for given, reason in result.rejected[:20]:
+        log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})
+    log.info("track_orders %s", result.describe(), extra={"provider": result.provider})
+    return {"added": result.added, "already_tracked": result.already_tracked, "rejected": len(result.rejected)}
+
+
+@shared_task(name="tracker.dispatch_polls", **DB_RETRY)
+def dispatch_polls() -> int:
+    batches = claim_due_order_batches(get_settings(), utcnow())
+    # Claims are committed: only now may the poll tasks exist.
+    for batch in batches:
+        poll_status_batch.delay(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids)
+    return len(batches)
+
+
+@shared_task(name="tracker.poll_status_batch", **DB_RETRY)
+def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
+    poll_order_batch(provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
