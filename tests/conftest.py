@@ -92,6 +92,8 @@ def tracker_env(
         "TRACKER_TICK_INTERVAL": "1",
         "TRACKER_MAX_POLL_BACKOFF": "2",
         "TRACKER_NOT_FOUND_AFTER": "3",
+        # Short leases, so work lost with the broker comes back within the test's patience.
+        "TRACKER_LEASE_SECONDS": "10",
         "TRACKER_STATE_DIR": str(tmp_path / "state"),
         "TRACKER_MODE": "production",
     }

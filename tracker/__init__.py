@@ -6,7 +6,9 @@ so that the CLI and the pure domain modules do not pay for importing Celery.
 
 from typing import Any
 
-__all__ = ["app", "celery"]
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "app", "celery"]
 
 
 def __getattr__(name: str) -> Any:

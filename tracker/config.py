@@ -38,6 +38,13 @@ def _number(env: dict[str, str], name: str, default: float, *, minimum: float) -
     return value
 
 
+def _optional_number(env: dict[str, str], name: str, *, minimum: float) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _number(env, name, 0.0, minimum=minimum)
+
+
 def _integer(env: dict[str, str], name: str, default: int, *, minimum: int) -> int:
     value = _number(env, name, default, minimum=minimum)
     if value != int(value):
@@ -60,6 +67,19 @@ class Settings:
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
     circuit_failure_threshold: int = 5
+    # Refill requests: attempts before giving up, and the back-off between them
+    # (exponential from base, full jitter, capped).
+    refill_max_attempts: int = 12
+    refill_retry_base: float = 300.0
+    refill_retry_cap: float = 21600.0
+    # Scheduled refill policy for providers and services without their own: every N
+    # hours inside the guarantee window. None: off.
+    auto_refill_hours: float | None = None
+    auto_refill_scan_interval: float = 60.0
+    # Dotted path of the count probe callable (see tracker.probes). None: no probe.
+    count_probe: str | None = None
+    count_probe_interval: float = 3600.0
+    catalog_sync_interval: float = 86400.0
     secret_key: str | None = field(default=None, repr=False)
     mode: str = "local"
     state_dir: Path = Path(".tracker")
@@ -105,6 +125,18 @@ class Settings:
             http_read_timeout=_number(env, "TRACKER_HTTP_READ_TIMEOUT", 30.0, minimum=0.1),
             circuit_failure_threshold=_integer(
                 env, "TRACKER_CIRCUIT_FAILURES", 5, minimum=1
+            ),
+            refill_max_attempts=_integer(env, "TRACKER_REFILL_MAX_ATTEMPTS", 12, minimum=1),
+            refill_retry_base=_number(env, "TRACKER_REFILL_RETRY_BASE", 300.0, minimum=0.1),
+            refill_retry_cap=_number(env, "TRACKER_REFILL_RETRY_CAP", 21600.0, minimum=0.1),
+            auto_refill_hours=_optional_number(env, "TRACKER_AUTO_REFILL_HOURS", minimum=0.0),
+            auto_refill_scan_interval=_number(
+                env, "TRACKER_AUTO_REFILL_SCAN_INTERVAL", 60.0, minimum=0.1
+            ),
+            count_probe=env.get("TRACKER_COUNT_PROBE", "").strip() or None,
+            count_probe_interval=_number(env, "TRACKER_COUNT_PROBE_INTERVAL", 3600.0, minimum=0.1),
+            catalog_sync_interval=_number(
+                env, "TRACKER_CATALOG_SYNC_INTERVAL", 86400.0, minimum=1.0
             ),
             secret_key=env.get("TRACKER_SECRET_KEY", "").strip() or None,
             mode=mode,

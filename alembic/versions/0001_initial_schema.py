@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 03:10:11.331812
+Create Date: 2026-11-22 03:28:07.041881
 """
 
 from collections.abc import Sequence
@@ -20,7 +20,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    
     op.create_table('providers',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -41,6 +40,7 @@ def upgrade() -> None:
     sa.Column('balance_checked_at', tracker.db.types.UTCDateTime(), nullable=True),
     sa.Column('balance_alert_below', tracker.db.types.Money(), nullable=True),
     sa.Column('catalog_synced_at', tracker.db.types.UTCDateTime(), nullable=True),
+    sa.Column('auto_refill_hours', sa.Float(), nullable=True),
     sa.Column('created_at', tracker.db.types.UTCDateTime(), nullable=False),
     sa.Column('updated_at', tracker.db.types.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_providers')),
@@ -69,6 +69,7 @@ def upgrade() -> None:
     sa.Column('completed_at', tracker.db.types.UTCDateTime(), nullable=True),
     sa.Column('refillable', sa.Boolean(), nullable=True),
     sa.Column('next_auto_refill_at', tracker.db.types.UTCDateTime(), nullable=True),
+    sa.Column('count_probed_at', tracker.db.types.UTCDateTime(), nullable=True),
     sa.Column('created_at', tracker.db.types.UTCDateTime(), nullable=False),
     sa.Column('updated_at', tracker.db.types.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['provider_id'], ['providers.id'], name=op.f('fk_orders_provider_id_providers'), ondelete='CASCADE'),
@@ -97,6 +98,18 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_services')),
     sa.UniqueConstraint('provider_id', 'service_id', name=op.f('uq_services_provider_id'))
     )
+    op.create_table('cancel_requests',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('requested_at', tracker.db.types.UTCDateTime(), nullable=False),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('message', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_cancel_requests_order_id_orders'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_cancel_requests'))
+    )
+    with op.batch_alter_table('cancel_requests', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_cancel_requests_order_id'), ['order_id'], unique=False)
+
     op.create_table('drops',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -166,9 +179,12 @@ def upgrade() -> None:
     )
     op.create_table('refill_requests',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('provider_id', sa.Integer(), nullable=False),
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('drop_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('trigger', sa.String(length=16), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('final', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', tracker.db.types.UTCDateTime(), nullable=True),
     sa.Column('claim_id', sa.BigInteger(), nullable=True),
@@ -178,11 +194,14 @@ def upgrade() -> None:
     sa.Column('updated_at', tracker.db.types.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['drop_id'], ['drops.id'], name=op.f('fk_refill_requests_drop_id_drops'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_refill_requests_order_id_orders'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['provider_id'], ['providers.id'], name=op.f('fk_refill_requests_provider_id_providers'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['refill_id'], ['refills.id'], name=op.f('fk_refill_requests_refill_id_refills'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_refill_requests'))
     )
     with op.batch_alter_table('refill_requests', schema=None) as batch_op:
+        batch_op.create_index('ix_refill_requests_due', ['provider_id', 'next_attempt_at'], unique=False, postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
         batch_op.create_index(batch_op.f('ix_refill_requests_order_id'), ['order_id'], unique=False)
+        batch_op.create_index('uq_refill_requests_one_pending', ['order_id'], unique=True, postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
 
     op.create_table('refill_attempts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -196,17 +215,17 @@ def upgrade() -> None:
     with op.batch_alter_table('refill_attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_refill_attempts_request_id'), ['request_id'], unique=False)
 
-    
 
 
 def downgrade() -> None:
-    
     with op.batch_alter_table('refill_attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_refill_attempts_request_id'))
 
     op.drop_table('refill_attempts')
     with op.batch_alter_table('refill_requests', schema=None) as batch_op:
+        batch_op.drop_index('uq_refill_requests_one_pending', postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
         batch_op.drop_index(batch_op.f('ix_refill_requests_order_id'))
+        batch_op.drop_index('ix_refill_requests_due', postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
 
     op.drop_table('refill_requests')
     op.drop_table('refill_events')
@@ -220,10 +239,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_drops_order_id'))
 
     op.drop_table('drops')
+    with op.batch_alter_table('cancel_requests', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_cancel_requests_order_id'))
+
+    op.drop_table('cancel_requests')
     op.drop_table('services')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_due', postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
 
     op.drop_table('orders')
     op.drop_table('providers')
-    

@@ -42,7 +42,9 @@ def partial_usd() -> OrderReport:
 
 
 def in_progress(currency: str | None) -> OrderReport:
-    return OrderReport(OrderStatus.IN_PROGRESS, "In progress", Decimal("1.44219"), 234, 10, currency)
+    return OrderReport(
+        OrderStatus.IN_PROGRESS, "In progress", Decimal("1.44219"), 234, 10, currency
+    )
 
 
 def panel_services(cancel: bool | None, description: str | None) -> list[Service]:
@@ -160,7 +162,8 @@ def test_seed_004_broken_multi_status_is_not_json() -> None:
 )
 def test_numbers_as_strings_or_json_numbers(body: str) -> None:
     report = parsing.parse_status(body)
-    assert report == OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.27819"), 3572, 157, None)
+    expected = OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.27819"), 3572, 157, None)
+    assert report == expected
 
 
 @pytest.mark.parametrize("blank", ['""', "null", '"  "'])
@@ -282,8 +285,11 @@ def test_add_without_a_valid_order_id(body: str) -> None:
         parsing.parse_add(body)
 
 
-@pytest.mark.parametrize("body", ['{"order": 23501}', '{"order": "23501"}',
-                                  '{"order": 23501, "error": null}', '{"order": 23501, "error": ""}'])
+@pytest.mark.parametrize(
+    "body",
+    ['{"order": 23501}', '{"order": "23501"}', '{"order": 23501, "error": null}',
+     '{"order": 23501, "error": ""}'],
+)
 def test_add_accepts_string_ids_and_a_null_error(body: str) -> None:
     assert parsing.parse_add(body) == 23501
 
@@ -302,7 +308,10 @@ def test_refill_status_as_status_or_refill_field(body: str) -> None:
 
 
 def test_multi_status_answered_as_a_list() -> None:
-    body = '[{"order": 1, "status": "Partial", "remains": 3}, {"order": "2", "error": "Incorrect order ID"}]'
+    body = (
+        '[{"order": 1, "status": "Partial", "remains": 3},'
+        ' {"order": "2", "error": "Incorrect order ID"}]'
+    )
     assert parsing.parse_status_multi(body) == {
         1: OrderReport(OrderStatus.PARTIAL, "Partial", None, None, 3, None),
         2: ItemError("Incorrect order ID"),
@@ -483,7 +492,10 @@ def test_top_level_errors_are_typed(
 
 @pytest.mark.parametrize(
     ("parse", "message"),
-    [(parsing.parse_status, "Incorrect order ID"), (parsing.parse_refill_status, "Refill not found")],
+    [
+        (parsing.parse_status, "Incorrect order ID"),
+        (parsing.parse_refill_status, "Refill not found"),
+    ],
 )
 def test_single_not_found_is_an_item_error(parse: Callable[[str], object], message: str) -> None:
     result = parse(json.dumps({"error": message}))

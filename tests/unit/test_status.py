@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tracker.domain.status import (
@@ -61,7 +63,7 @@ def test_refill_status_spellings(raw: str, expected: RefillStatus) -> None:
 
 @pytest.mark.parametrize("raw", ["Refunded", "In Progress", "Teleported", "cancelled"])
 def test_parsed_order_keeps_the_raw_spelling(raw: str) -> None:
-    report = parse_status('{"status": "%s"}' % raw)
+    report = parse_status(json.dumps({"status": raw}))
     assert isinstance(report, OrderReport)
     assert report.raw_status == raw
     assert report.status is normalize_order_status(raw)

@@ -25,6 +25,17 @@ def register(commands: Any) -> None:
     run.add_argument("--loglevel", default="INFO")
     run.set_defaults(handler=_run)
 
+    flower = commands.add_parser(
+        "flower",
+        help="run Flower for a deployment (requires FLOWER_BASIC_AUTH outside local mode)",
+        description="Starts `celery -A tracker flower`. Outside local mode it refuses to start "
+        "without FLOWER_BASIC_AUTH (user:password[,user2:password2]); in local mode it binds "
+        "127.0.0.1 unless --address says otherwise.",
+    )
+    flower.add_argument("--address", default=None, help="default 0.0.0.0 in production, 127.0.0.1 in local mode")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.set_defaults(handler=_flower)
+
     # Dispatched before parsing (see tracker.cli.main); listed here for `tracker --help`.
     commands.add_parser("sim", help="run the simulated API v2 provider on 127.0.0.1 (see `tracker sim --help`)")
 
@@ -41,3 +52,22 @@ def _run(args: argparse.Namespace) -> int:
     from tracker.ops.runner import run
 
     return run(get_settings(), flower_port=args.flower_port, loglevel=args.loglevel)
+
+
+def _flower(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from tracker.cli.errors import CLIError
+
+    settings = get_settings()
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if not settings.local_mode and ":" not in auth:
+        raise CLIError(
+            "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
+            "(outside local mode Flower shows every task and can enqueue them)"
+        )
+    address = args.address or ("127.0.0.1" if settings.local_mode else "0.0.0.0")
+    command = [sys.executable, "-m", "celery", "-A", "tracker", "flower", f"--address={address}", f"--port={args.port}"]
+    # Flower reads FLOWER_BASIC_AUTH from the environment itself; never put it on argv.
+    os.execv(sys.executable, command)

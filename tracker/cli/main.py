@@ -7,7 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tracker.cli import commands_orders, commands_provider, commands_run
+from tracker import logs
+from tracker.cli import (
+    commands_orders,
+    commands_provider,
+    commands_refill,
+    commands_run,
+)
 from tracker.cli.errors import CLIError, known_errors
 
 
@@ -21,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_run.register(commands)
     commands_provider.register(commands)
     commands_orders.register(commands)
+    commands_refill.register(commands)
     return parser
 
 
@@ -33,11 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sim(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    logs.install(handler)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         code: int = args.handler(args)
     except CLIError as error:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import ClassVar, Protocol, cast
 
-from sqlalchemy import Column, Table, false, select, update
+from sqlalchemy import Column, FromClause, Table, false, select, update
 from sqlalchemy.orm import Session
 
 
@@ -34,7 +34,7 @@ class Claim:
 
 
 class _Pollable(Protocol):
-    __table__: Table
+    __table__: ClassVar[FromClause]
 
 
 def new_claim_id() -> int:
@@ -51,34 +51,39 @@ def claim_due(
     batch_size: int,
     max_batches: int,
     fill_horizon: timedelta = timedelta(0),
+    due_column: str = "next_poll_at",
 ) -> list[Claim]:
-    """Claim up to ``max_batches`` batches of due rows of one provider."""
-    table = model.__table__
+    """Claim up to ``max_batches`` batches of due rows of one provider.
+
+    ``due_column`` names the row's due time and lease (``next_poll_at`` for polls,
+    ``next_attempt_at`` for refill requests); a NULL there is never due.
+    """
+    table = cast(Table, model.__table__)
     id_col: Column[int] = table.c.id
-    next_poll_at: Column[datetime] = table.c.next_poll_at
+    due: Column[datetime] = table.c[due_column]
     on_postgres = session.get_bind().dialect.name == "postgresql"
     claims: list[Claim] = []
     for _ in range(max_batches):
         candidates = (
-            select(id_col, next_poll_at)
+            select(id_col, due)
             .where(
                 table.c.provider_id == provider_id,
                 table.c.final == false(),
-                next_poll_at <= now + fill_horizon,
+                due <= now + fill_horizon,
             )
-            .order_by(next_poll_at)
+            .order_by(due)
             .limit(batch_size)
         )
         if on_postgres:
             candidates = candidates.with_for_update(skip_locked=True)
         rows = session.execute(candidates).all()
-        if not rows or rows[0].next_poll_at > now:
+        if not rows or rows[0][1] > now:
             break
-        claim = Claim(new_claim_id(), [row.id for row in rows])
+        claim = Claim(new_claim_id(), [row[0] for row in rows])
         session.execute(
             update(table)
             .where(id_col.in_(claim.row_ids))
-            .values(next_poll_at=lease_until, claim_id=claim.claim_id)
+            .values({due_column: lease_until, "claim_id": claim.claim_id})
         )
         claims.append(claim)
         if len(rows) < batch_size:

@@ -66,6 +66,9 @@ class Provider(Base):
     balance_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     balance_alert_below: Mapped[Decimal | None] = mapped_column(Money)
     catalog_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Scheduled refill policy: request a refill every N hours inside the guarantee window.
+    # None: TRACKER_AUTO_REFILL_HOURS decides; 0: off for this provider.
+    auto_refill_hours: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -138,6 +141,8 @@ class Order(Base):
     # False once the provider said refill is disabled for this order.
     refillable: Mapped[bool | None] = mapped_column(Boolean)
     next_auto_refill_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the count probe last read this order's count (None: never).
+    count_probed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -167,7 +172,8 @@ class OrderEvent(Base):
 
 
 class Drop(Base):
-    """A drop in an order's count, from the shop, a count probe, or a scheduled policy."""
+    """A drop in an order's count, reported by the shop (``source='shop'``) or read by the
+    count probe (``'probe'``). A scheduled auto-refill records no drop: it never saw one."""
 
     __tablename__ = "drops"
 
@@ -185,15 +191,40 @@ class RefillRequest(Base):
     """Our effort to get a refill accepted for one drop, retried until it ends.
 
     ``state``: ``pending`` (will retry at ``next_attempt_at``), ``accepted``,
-    ``gave_up`` (window closed, refill disabled, or attempt cap reached).
+    ``gave_up`` (window closed, refill disabled, or attempt cap reached). ``final`` is
+    ``state != 'pending'``, kept as a column for the dispatcher's partial index.
+    ``trigger``: ``drop`` (a recorded drop, ``drop_id``) or ``schedule`` (auto-refill).
+
+    ``next_attempt_at`` doubles as the lease while an attempt is claimed (see
+    ``tracker.db.claims``); it is None once the request has ended.
     """
 
     __tablename__ = "refill_requests"
+    __table_args__ = (
+        Index(
+            "ix_refill_requests_due",
+            "provider_id",
+            "next_attempt_at",
+            postgresql_where=text("NOT final"),
+            sqlite_where=text("final = 0"),
+        ),
+        # At most one refill request in flight per order, whatever races the workers run.
+        Index(
+            "uq_refill_requests_one_pending",
+            "order_id",
+            unique=True,
+            postgresql_where=text("NOT final"),
+            sqlite_where=text("final = 0"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
     drop_id: Mapped[int | None] = mapped_column(ForeignKey("drops.id", ondelete="SET NULL"))
+    trigger: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claim_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -260,3 +291,20 @@ class RefillEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(32))
     to_status: Mapped[str] = mapped_column(String(32))
     raw_status: Mapped[str | None] = mapped_column(String(64))
+
+
+class CancelRequest(Base):
+    """One ``cancel`` we sent for an order, and the provider's answer. Append-only.
+
+    ``outcome``: ``accepted``, ``refused`` (by the provider, or by us before sending:
+    service without cancel, order final or unknown), or ``unknown`` (the call failed
+    after it may have been executed; cancel is never repeated automatically).
+    """
+
+    __tablename__ = "cancel_requests"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)

@@ -9,17 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, false, insert, select, update
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from tracker.db.bulk import claimed_external_ids as claimed_external
+from tracker.db.bulk import insert_rows, lock_claimed_rows, release_claimed, update_rows
 from tracker.db.models import Order, OrderEvent
 from tracker.domain.status import OrderStatus
 from tracker.domain.tracking import OrderState, Transition
 
-_orders = Order.__table__
-_events = OrderEvent.__table__
+_orders = cast(Table, Order.__table__)
+_events = cast(Table, OrderEvent.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,39 +35,28 @@ class ClaimedOrder:
 
 def claimed_external_ids(session: Session, claim_id: int, order_ids: Sequence[int]) -> dict[int, int]:
     """Row id -> provider order ID, for rows still held by ``claim_id`` and not final."""
-    rows = session.execute(
-        select(_orders.c.id, _orders.c.external_id).where(
-            _orders.c.id.in_(order_ids),
-            _orders.c.claim_id == claim_id,
-            _orders.c.final == false(),
-        )
-    ).all()
-    return {row.id: row.external_id for row in rows}
+    return claimed_external(session, _orders, claim_id, order_ids)
+
+
+_CLAIMED_COLUMNS = (
+    "id",
+    "external_id",
+    "event_count",
+    "completed_at",
+    "status",
+    "raw_status",
+    "remains",
+    "charge",
+    "start_count",
+    "currency",
+    "last_observed_at",
+    "consecutive_not_found",
+    "unchanged_polls",
+)
 
 
 def lock_claimed(session: Session, claim_id: int, order_ids: Sequence[int]) -> list[ClaimedOrder]:
     """The claimed rows with their state, locked for this transaction on PostgreSQL."""
-    query = (
-        select(
-            _orders.c.id,
-            _orders.c.external_id,
-            _orders.c.event_count,
-            _orders.c.completed_at,
-            _orders.c.status,
-            _orders.c.raw_status,
-            _orders.c.remains,
-            _orders.c.charge,
-            _orders.c.start_count,
-            _orders.c.currency,
-            _orders.c.last_observed_at,
-            _orders.c.consecutive_not_found,
-            _orders.c.unchanged_polls,
-        )
-        .where(_orders.c.id.in_(order_ids), _orders.c.claim_id == claim_id)
-        .order_by(_orders.c.id)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
     return [
         ClaimedOrder(
             id=row.id,
@@ -84,27 +75,13 @@ def lock_claimed(session: Session, claim_id: int, order_ids: Sequence[int]) -> l
                 unchanged_polls=row.unchanged_polls,
             ),
         )
-        for row in session.execute(query)
+        for row in lock_claimed_rows(session, _orders, claim_id, order_ids, _CLAIMED_COLUMNS)
     ]
 
 
 def write_states(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """One executemany UPDATE. Each dict holds ``row_id`` plus the columns to set, and every
-    dict must have the same keys."""
-    if not rows:
-        return
-    columns = [key for key in rows[0] if key != "row_id"]
-    # Bind names must differ from column names in an UPDATE's SET clause.
-    statement = (
-        update(_orders)
-        .where(_orders.c.id == bindparam("row_id"))
-        .values({column: bindparam(f"new_{column}") for column in columns})
-    )
-    parameters = [
-        {"row_id": row["row_id"], **{f"new_{column}": row[column] for column in columns}}
-        for row in rows
-    ]
-    session.connection().execute(statement, parameters)
+    """One executemany UPDATE of orders (see ``bulk.update_rows``)."""
+    update_rows(session, _orders, rows)
 
 
 def state_columns(state: OrderState, *, now: datetime, next_poll_at: datetime) -> dict[str, Any]:
@@ -141,17 +118,11 @@ def event_row(order_id: int, seq: int, at: datetime, transition: Transition) -> 
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(insert(_events), list(rows))
+    insert_rows(session, _events, rows)
 
 
 def release_claim(
     session: Session, claim_id: int, order_ids: Sequence[int], *, next_poll_at: datetime
 ) -> int:
     """Give claimed rows back, due again at ``next_poll_at``; the data is untouched."""
-    result = session.connection().execute(
-        update(_orders)
-        .where(_orders.c.id.in_(order_ids), _orders.c.claim_id == claim_id)
-        .values(next_poll_at=next_poll_at, claim_id=None)
-    )
-    return int(result.rowcount)
+    return release_claimed(session, _orders, claim_id, order_ids, due_at=next_poll_at)

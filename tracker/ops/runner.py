@@ -14,6 +14,7 @@ from types import FrameType
 from tracker.config import Settings
 from tracker.db import migrate
 from tracker.ops.bundled_redis import BundledRedis
+from tracker.ops.children import die_with_parent
 
 
 @dataclass
@@ -38,6 +39,10 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
         bundled.start()
         environment["TRACKER_BROKER_URL"] = bundled.url
     broker = environment.get("TRACKER_BROKER_URL", settings.broker_url)
+    # Local mode only: Flower listens on 127.0.0.1, so its HTTP API (which shops use to
+    # enqueue from any language) may answer without credentials. Deployments use
+    # `tracker flower`, which insists on FLOWER_BASIC_AUTH.
+    environment.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     # Local mode: Flower listens on loopback only; production deploys use `tracker flower`.
     commands = {
         "worker": celery_command("worker", "--loglevel", loglevel, "--hostname", "tracker@%h"),
@@ -55,7 +60,7 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for name, command in commands.items():
-            children.append(Child(name, subprocess.Popen(command, env=environment)))
+            children.append(Child(name, subprocess.Popen(command, env=environment, preexec_fn=die_with_parent)))
         print(
             f"tracker running: database {_describe_database(settings.database_url)}, "
             f"broker {'bundled Redis at ' + broker if bundled else 'TRACKER_BROKER_URL'}, "

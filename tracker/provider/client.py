@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from types import TracebackType
 from typing import Protocol, TypeVar
@@ -72,8 +72,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -266,7 +266,11 @@ class ProviderClient:
 
     def refill_multi(self, order_ids: Sequence[int]) -> dict[int, RefillCreation]:
         ids = [_checked_order_id(order_id) for order_id in order_ids]
-        return self._batched("refill", "orders", ids, parsing.parse_refill_multi, False)
+        # A one-ID `orders=` request may be answered in the single form (seed 004's panel).
+        return self._batched(
+            "refill", "orders", ids, parsing.parse_refill_multi, False,
+            parse_single_id=parsing.parse_refill_one_of_multi,
+        )
 
     def refill_status(self, refill_id: str) -> RefillResult:
         params = {"refill": _checked_refill_id(refill_id)}
@@ -298,11 +302,13 @@ class ProviderClient:
         ids: Sequence[K],
         parse: _Parser[dict[K, V]],
         idempotent: bool,
+        parse_single_id: Callable[[K], _Parser[dict[K, V]]] | None = None,
     ) -> dict[K, V]:
         result: dict[K, V] = {}
         for chunk in self._chunks(ids):
             params = {field: ",".join(str(entry_id) for entry_id in chunk)}
-            answer = self._call(action, params, len(chunk), parse, idempotent=idempotent)
+            chunk_parse = parse_single_id(chunk[0]) if parse_single_id and len(chunk) == 1 else parse
+            answer = self._call(action, params, len(chunk), chunk_parse, idempotent=idempotent)
             asked = set(chunk)
             result.update((key, value) for key, value in answer.items() if key in asked)
         return result
@@ -360,7 +366,7 @@ class ProviderClient:
             failure: TransportError = ProviderTimeout(action, self._describe(error))
         except (requests.RequestException, OSError) as error:
             # ConnectionError, ChunkedEncodingError (body cut short), connection reset...
-            raise TransportError(action, self._describe(error)) from error
+            failure = TransportError(action, self._describe(error))
         # Raised outside the except block so the requests exception, whose request object
         # holds the form body with the key, is not attached as __context__.
         raise failure

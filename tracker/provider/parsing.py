@@ -38,11 +38,15 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tracker.domain.provider_messages import classify_top_level_error, means_not_found
-from tracker.domain.status import OrderStatus, RefillStatus
-from tracker.domain.status import normalize_order_status, normalize_refill_status
+from tracker.domain.status import (
+    OrderStatus,
+    RefillStatus,
+    normalize_order_status,
+    normalize_refill_status,
+)
 from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape
 from tracker.provider.redact import excerpt, redact
 from tracker.provider.types import (
@@ -392,7 +396,9 @@ def _batch(
     for raw_id, entry in _id_entries(answer, data, id_field):
         entry_id = answer.read(read_id, raw_id, f"{id_field} ID")
         value = answer.read_entry(read_entry, entry)
-        result[entry_id] = answer.item_error(value.message) if isinstance(value, ItemError) else value
+        if isinstance(value, ItemError):  # the provider's own words may echo the key
+            value = answer.item_error(value.message)
+        result[entry_id] = value
     return result
 
 
@@ -449,6 +455,25 @@ def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:
 def parse_refill_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
     answer, data = _load("refill", text, secrets)
     return _batch(answer, data, "order", _positive_id, _refill_creation)
+
+
+def parse_refill_one_of_multi(order_id: int) -> Callable[..., dict[int, RefillCreation]]:
+    """The parser for a multi refill request that carried only ``order_id``: it accepts
+    the list form, and also the single form ``{"refill": "19"}`` that some panels (seed
+    004) answer a one-ID ``orders=`` request with. Reading that answer as a failure would
+    make a caller request, and get, a second refill."""
+
+    def parse(text: str, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
+        answer, data = _load("refill", text, secrets)
+        if isinstance(data, dict) and "refill" in data and "order" not in data and not _is_id_keyed(data):
+            return {order_id: parse_refill(text, secrets=secrets)}
+        return parse_refill_multi(text, secrets=secrets)
+
+    return parse
+
+
+def _is_id_keyed(data: dict[str, Any]) -> bool:
+    return bool(data) and all(key.strip().isdigit() for key in data)
 
 
 def parse_refill_status(text: str, *, secrets: Sequence[str] = ()) -> RefillResult:

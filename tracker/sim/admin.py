@@ -13,6 +13,8 @@ from typing import Any
 
 import requests
 
+_IDS_PER_QUERY = 1000
+
 
 class SimAdminError(ValueError):
     """The admin API refused a request (bad input, unknown order, ...).
@@ -26,8 +28,7 @@ class SimAdmin:
         """``base_url``: ``http://HOST:PORT``; an ``.../api/v2`` URL is accepted too."""
         base = base_url.rstrip("/")
         for suffix in ("/api/v2", "/admin"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
+            base = base.removesuffix(suffix)
         self.base_url = base
         self.timeout = timeout
         self._session = requests.Session()
@@ -82,25 +83,37 @@ class SimAdmin:
             "POST",
             "/admin/orders",
             {
-                "count": count, "service": service, "quantity": quantity, "outcome": outcome,
-                "pending_s": pending_s, "progress_s": progress_s, "link": link,
-                "age_s": age_s, "start_count": start_count, "natural_drop": natural_drop,
+                "count": count,
+                "service": service,
+                "quantity": quantity,
+                "outcome": outcome,
+                "pending_s": pending_s,
+                "progress_s": progress_s,
+                "link": link,
+                "age_s": age_s,
+                "start_count": start_count,
+                "natural_drop": natural_drop,
                 # Seeded ids are consecutive: the range is enough, however many there are.
                 "return_ids": False,
             },
         )
         return list(range(reply["first"], reply["last"] + 1))
 
-    def _ids_query(self, ids: Iterable[int]) -> dict[str, str]:
-        return {"ids": ",".join(str(order_id) for order_id in ids)}
+    def _by_id(self, path: str, field: str, ids: Iterable[int]) -> dict[int, Any]:
+        # Ids travel in the query string; chunks keep the request line short.
+        wanted = list(ids)
+        found: dict[int, Any] = {}
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = ",".join(str(item) for item in wanted[start : start + _IDS_PER_QUERY])
+            reply = self._call("GET", path, params={"ids": chunk})[field]
+            found.update((int(key), value) for key, value in reply.items())
+        return found
 
     def truth(self, ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
-        orders = self._call("GET", "/admin/orders", params=self._ids_query(ids))["orders"]
-        return {int(key): value for key, value in orders.items()}
+        return self._by_id("/admin/orders", "orders", ids)
 
     def refill_truth(self, ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
-        refills = self._call("GET", "/admin/refills", params=self._ids_query(ids))["refills"]
-        return {int(key): value for key, value in refills.items()}
+        return self._by_id("/admin/refills", "refills", ids)
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/admin/stats")
@@ -121,8 +134,11 @@ class SimAdmin:
             "POST",
             "/admin/faults",
             {
-                "kind": kind, "count": count, "probability": probability,
-                "actions": list(actions) if actions is not None else None, "seconds": seconds,
+                "kind": kind,
+                "count": count,
+                "probability": probability,
+                "actions": list(actions) if actions is not None else None,
+                "seconds": seconds,
             },
         )
 
@@ -139,7 +155,9 @@ class SimAdmin:
         return released
 
     def drop(self, order: int, amount: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/admin/drop", {"order": order, "amount": amount})
+        result: dict[str, Any] = self._call(
+            "POST", "/admin/drop", {"order": order, "amount": amount}
+        )
         return result
 
     def count(self, order: int) -> dict[str, Any] | None:

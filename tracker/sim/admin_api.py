@@ -122,8 +122,10 @@ def handle_admin(
         ("DELETE", "/admin/faults"): lambda: (200, {"cleared": provider.faults.clear()}),
         ("POST", "/admin/release"): lambda: (200, {"released": provider.gate.release()}),
         ("POST", "/admin/drop"): lambda: _drop(provider, body),
-        ("GET", "/admin/clock"): lambda: (200, {"sim_now": provider.now(),
-                                               "speed": provider.clock.speed}),
+        ("GET", "/admin/clock"): lambda: (
+            200,
+            {"sim_now": provider.now(), "speed": provider.clock.speed},
+        ),
         ("POST", "/admin/clock"): lambda: _clock(provider, body),
         ("POST", "/admin/reset"): lambda: _reset(provider),
         ("GET", "/count"): lambda: _count(provider, query),

@@ -17,7 +17,12 @@ Params = Mapping[str, str]
 Answer = Any
 
 # The parameter that carries a list of IDs, per action.
-_MULTI_PARAM = {"status": "orders", "refill": "orders", "refill_status": "refills", "cancel": "orders"}
+_MULTI_PARAM = {
+    "status": "orders",
+    "refill": "orders",
+    "refill_status": "refills",
+    "cancel": "orders",
+}
 _SINGLE_PARAM = {"status": "order", "refill": "order", "refill_status": "refill", "cancel": "order"}
 
 
@@ -194,7 +199,9 @@ def _cancel(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
     items: list[tuple[int | str, str | None]] = []
     for token in tokens:
         order_id = parse_id(token)
-        error = provider.request_cancel(order_id) if order_id is not None else msg.ERR_ORDER_NOT_FOUND
+        error = (
+            provider.request_cancel(order_id) if order_id is not None else msg.ERR_ORDER_NOT_FOUND
+        )
         items.append((_id_key(token), error))
     return dialect.cancel_multi(items)
 

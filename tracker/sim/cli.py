@@ -46,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8700, help="port (default %(default)s; 0 = a free port)"
     )
     parser.add_argument(
-        "--dialect", choices=sorted(DIALECTS), default="standard",
+        "--dialect",
+        choices=sorted(DIALECTS),
+        default="standard",
         help="which provider's answer shapes to mimic (default %(default)s)",
     )
     parser.add_argument(
-        "--speed", type=_positive_float, default=1.0,
+        "--speed",
+        type=_positive_float,
+        default=1.0,
         help="sim seconds per real second (default %(default)s; 60 = a sim minute per second)",
     )
     parser.add_argument(
@@ -58,23 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the order plans")
     parser.add_argument(
-        "--key-env", default="TRACKER_SIM_KEY", metavar="VAR",
+        "--key-env",
+        default="TRACKER_SIM_KEY",
+        metavar="VAR",
         help="if this environment variable is set, only its value is accepted as API key; "
         "otherwise any non-empty key is (default %(default)s)",
     )
     parser.add_argument(
-        "--refill-too-early-s", type=float, default=0.0,
+        "--refill-too-early-s",
+        type=float,
+        default=0.0,
         help="sim seconds after completion before a refill is accepted (default 0)",
     )
     parser.add_argument(
-        "--refill-window-s", type=float, default=None,
+        "--refill-window-s",
+        type=float,
+        default=None,
         help="sim seconds after completion after which refills are refused (default: never)",
     )
     parser.add_argument(
         "--balance", type=_decimal, default=Decimal("1000.00000"), help="starting balance"
     )
     parser.add_argument(
-        "--no-natural-drops", action="store_true",
+        "--no-natural-drops",
+        action="store_true",
         help="orders only drop when told to through POST /admin/drop",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the listening line")

@@ -215,7 +215,11 @@ DIALECTS: dict[str, Dialect] = {
     ),
     "promobox": Dialect(
         "promobox",
-        {**_STANDARD_ORDER, OrderStatus.IN_PROGRESS: "inprogress", OrderStatus.CANCELED: "Refunded"},
+        {
+            **_STANDARD_ORDER,
+            OrderStatus.IN_PROGRESS: "inprogress",
+            OrderStatus.CANCELED: "Refunded",
+        },
         {**_STANDARD_REFILL, RefillStatus.IN_PROGRESS: "inprogress"},
         multi_refill=False,
         multi_refill_status=False,

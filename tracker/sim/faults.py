@@ -221,7 +221,7 @@ _SERVER_ERROR_PAGE = (
 )
 
 _PHP_WARNING = (
-    b"<br />\n<b>Warning</b>:  Undefined array key \"currency\" in "
+    b'<br />\n<b>Warning</b>:  Undefined array key "currency" in '
     b"<b>/var/www/panel/app/Api/V2.php</b> on line <b>217</b><br />\n"
 )
 

@@ -171,7 +171,11 @@ def make_plan(
     if outcome is None:
         roll = (base & 0xFFFF) * _UNIT16
         outcome = (
-            Outcome.COMPLETED if roll < 0.80 else Outcome.PARTIAL if roll < 0.92 else Outcome.CANCELED
+            Outcome.COMPLETED
+            if roll < 0.80
+            else Outcome.PARTIAL
+            if roll < 0.92
+            else Outcome.CANCELED
         )
     start_count = batch.start_count
     if start_count is None:
@@ -206,16 +210,34 @@ def make_plan(
     drop_at: float | None = None
     drop_amount = 0
     forced = batch.natural_drop
-    if service.refill and delivered > 0 and (forced if forced is not None else natural_drops):
-        if forced or ((h2 >> 48) & 0xFFFF) * _UNIT16 < 0.20:
-            if not h3:
-                h3 = _mix(h2)
-            drop_at = final_at + 60.0 + 540.0 * ((h3 >> 16) & 0xFFFF) * _UNIT16
-            drop_amount = max(1, int(delivered * (0.02 + 0.08 * ((h3 >> 32) & 0xFFFF) * _UNIT16)))
+    drops = forced if forced is not None else natural_drops
+    if (
+        drops
+        and service.refill
+        and delivered > 0
+        and (forced or ((h2 >> 48) & 0xFFFF) * _UNIT16 < 0.20)
+    ):
+        if not h3:
+            h3 = _mix(h2)
+        drop_at = final_at + 60.0 + 540.0 * ((h3 >> 16) & 0xFFFF) * _UNIT16
+        drop_amount = max(1, int(delivered * (0.02 + 0.08 * ((h3 >> 32) & 0xFFFF) * _UNIT16)))
 
     return Plan(
-        order_id, service.service_id, quantity, rate, created_at, start_at, final_at, outcome,
-        delivered, step_times, start_count, full_charge, final_charge, drop_at, drop_amount,
+        order_id,
+        service.service_id,
+        quantity,
+        rate,
+        created_at,
+        start_at,
+        final_at,
+        outcome,
+        delivered,
+        step_times,
+        start_count,
+        full_charge,
+        final_charge,
+        drop_at,
+        drop_amount,
     )
 
 
@@ -231,8 +253,12 @@ def _natural_state(plan: Plan, t: float) -> OrderState:
     if t >= plan.final_at:
         started = plan.outcome is not Outcome.CANCELED
         return OrderState(
-            _FINAL_STATUS[plan.outcome], quantity - plan.delivered, plan.final_charge,
-            plan.start_count if started else 0, plan.delivered, True,
+            _FINAL_STATUS[plan.outcome],
+            quantity - plan.delivered,
+            plan.final_charge,
+            plan.start_count if started else 0,
+            plan.delivered,
+            True,
         )
     if t < plan.start_at or plan.outcome is Outcome.CANCELED:
         return OrderState(OrderStatus.PENDING, quantity, plan.full_charge, 0, 0, False)
@@ -240,8 +266,12 @@ def _natural_state(plan: Plan, t: float) -> OrderState:
     steps = len(plan.step_times) + 1
     delivered = min(plan.delivered, quantity) * step // steps
     return OrderState(
-        OrderStatus.IN_PROGRESS, quantity - delivered, plan.full_charge, plan.start_count,
-        delivered, False,
+        OrderStatus.IN_PROGRESS,
+        quantity - delivered,
+        plan.full_charge,
+        plan.start_count,
+        delivered,
+        False,
     )
 
 
@@ -259,12 +289,20 @@ def state_at(plan: Plan, t: float, cancel_at: float | None = None) -> OrderState
         started = before.status is not OrderStatus.PENDING
         if before.delivered > 0:
             return OrderState(
-                OrderStatus.PARTIAL, plan.quantity - before.delivered,
-                charge_for(plan.rate, before.delivered), plan.start_count, before.delivered, True,
+                OrderStatus.PARTIAL,
+                plan.quantity - before.delivered,
+                charge_for(plan.rate, before.delivered),
+                plan.start_count,
+                before.delivered,
+                True,
             )
         return OrderState(
-            OrderStatus.CANCELED, plan.quantity, ZERO_MONEY,
-            plan.start_count if started else 0, 0, True,
+            OrderStatus.CANCELED,
+            plan.quantity,
+            ZERO_MONEY,
+            plan.start_count if started else 0,
+            0,
+            True,
         )
     return _natural_state(plan, t)
 

@@ -226,7 +226,10 @@ class SimProvider:
         if batch is None:
             return None
         plan = make_plan(
-            self.config.seed, order_id, batch, self.services[batch.service_id],
+            self.config.seed,
+            order_id,
+            batch,
+            self.services[batch.service_id],
             self.config.natural_drops,
         )
         if len(plans) >= PLAN_CACHE_SIZE:
@@ -294,8 +297,13 @@ class SimProvider:
                 return msg.ERR_REFILL_ACTIVE
             restore = outstanding_drop(self._dropped(plan, state, t), earlier, t)
             refill = make_refill(
-                self.config.seed, self._next_refill_id, order_id, t, restore,
-                self.config.refill_pending_s, self.config.refill_progress_s,
+                self.config.seed,
+                self._next_refill_id,
+                order_id,
+                t,
+                restore,
+                self.config.refill_pending_s,
+                self.config.refill_progress_s,
             )
             self._next_refill_id += 1
             self._activity.refills[refill.refill_id] = refill
@@ -402,8 +410,12 @@ class SimProvider:
             "final": t >= refill.final_at,
             "restore": refill.restore,
             "timeline": [
-                {"at": at, "at_unix": self.clock.to_unix(at), "status": str(entry),
-                 "raw_status": dialect.spell_refill(entry)}
+                {
+                    "at": at,
+                    "at_unix": self.clock.to_unix(at),
+                    "status": str(entry),
+                    "raw_status": dialect.spell_refill(entry),
+                }
                 for at, entry in refill_timeline(refill, t)
             ],
         }
@@ -444,7 +456,8 @@ class SimProvider:
                 "outstanding_drop": dropped - restored,
                 "cancel": (
                     {"requested_at": cancel[0], "effective_at": cancel[1]}
-                    if cancel is not None else None
+                    if cancel is not None
+                    else None
                 ),
                 "plan": {
                     "outcome": str(plan.outcome),

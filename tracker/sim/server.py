@@ -19,7 +19,7 @@ from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from tracker.sim.admin_api import handle_admin
@@ -59,7 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 300
     server: _SimHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
     def do_GET(self) -> None:
@@ -109,7 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client went away (e.g. a worker killed mid-request)
             self.close_connection = True
 
-    def _send_json(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _send_json(
+        self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self._send(status, json.dumps(payload).encode(), JSON_TYPE, headers)
 
     def _route(self, method: str) -> None:
@@ -130,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._admin(method, url.path, url.query, raw)
             else:
                 self._send_json(404, {"error": "Not found"})
-        except Exception:  # a bug in the sim must answer 500, not kill the connection thread
+        except Exception:  # noqa: BLE001 - a sim bug must answer 500, not kill the thread
             traceback.print_exc(file=sys.stderr)
             self.close_connection = True
             self._send_json(500, {"error": "sim internal error"})
@@ -214,8 +216,10 @@ class SimServer:
             return
         self._httpd = _SimHTTPServer(self._address, self.provider)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-            name=f"sim-{self.port}", daemon=True,
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"sim-{self.port}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -234,7 +238,7 @@ class SimServer:
         while not stop.wait(check_s):
             pass
 
-    def __enter__(self) -> SimServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -285,9 +289,16 @@ class SimServer:
     ) -> list[int]:
         batch = self.provider.seed_orders(
             {
-                "count": count, "service": service, "quantity": quantity, "outcome": outcome,
-                "pending_s": pending_s, "progress_s": progress_s, "link": link,
-                "age_s": age_s, "start_count": start_count, "natural_drop": natural_drop,
+                "count": count,
+                "service": service,
+                "quantity": quantity,
+                "outcome": outcome,
+                "pending_s": pending_s,
+                "progress_s": progress_s,
+                "link": link,
+                "age_s": age_s,
+                "start_count": start_count,
+                "natural_drop": natural_drop,
             }
         )
         return list(range(batch.first_id, batch.last_id + 1))
@@ -316,8 +327,11 @@ class SimServer:
         seconds: float | None = None,
     ) -> None:
         spec = {
-            "kind": kind, "count": count, "probability": probability,
-            "actions": list(actions) if actions is not None else None, "seconds": seconds,
+            "kind": kind,
+            "count": count,
+            "probability": probability,
+            "actions": list(actions) if actions is not None else None,
+            "seconds": seconds,
         }
         status, payload = handle_admin(self.provider, "POST", "/admin/faults", {}, spec)
         if status != 200:

@@ -1,19 +1,26 @@
-"""Refreshing a provider's services catalog and balance."""
+"""Refreshing a provider's services catalog and balance: on demand (``tracker provider
+sync``) and from beat, about once per ``TRACKER_CATALOG_SYNC_INTERVAL``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tracker.config import Settings
 from tracker.db.models import Provider, Service
+from tracker.db.session import unit_of_work
+from tracker.provider.errors import ProviderError
 from tracker.provider.types import Balance
 from tracker.provider.types import Service as CatalogEntry
+from tracker.ratelimit import RateLimitBusy
+from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.provider_health import record_call
 
 log = logging.getLogger("tracker.catalog")
 
@@ -68,3 +75,51 @@ def store_balance(provider: Provider, balance: Balance, now: datetime) -> None:
             provider.balance_alert_below,
             extra={"provider": provider.name},
         )
+
+
+def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> list[SyncResult]:
+    """Refresh the catalog and balance of every active provider whose catalog is older
+    than ``catalog_sync_interval`` (or was never fetched). A failing provider is logged
+    and skipped; the others are still refreshed."""
+    stale_before = now - timedelta(seconds=settings.catalog_sync_interval)
+    with unit_of_work() as session:
+        due = [
+            ProviderAccess.of(provider, settings)
+            for provider in session.scalars(
+                select(Provider).where(
+                    Provider.paused.is_(False),
+                    or_(Provider.catalog_synced_at.is_(None), Provider.catalog_synced_at < stale_before),
+                )
+            )
+        ]
+    results: list[SyncResult] = []
+    for access in due:
+        error: ProviderError | None = None
+        try:
+            client = gateway.client(access)
+            entries = client.services()
+            balance = client.balance()
+        except RateLimitBusy:
+            continue
+        except ProviderError as failure:
+            error = failure
+            log.warning("catalog sync failed: %s", failure, extra={"provider": access.name})
+        with unit_of_work() as session:
+            record_call(session, access.id, error, now, settings, gateway.rate_limiter)
+            if error is not None:
+                continue
+            provider = session.get_one(Provider, access.id)
+            added = store_catalog(session, provider, entries, now)
+            store_balance(provider, balance, now)
+        results.append(
+            SyncResult(
+                provider=access.name,
+                services=len(entries),
+                added=added,
+                with_refill=sum(1 for entry in entries if entry.refill),
+                with_cancel=sum(1 for entry in entries if entry.cancel),
+                balance=balance.amount,
+                currency=balance.currency,
+            )
+        )
+    return results

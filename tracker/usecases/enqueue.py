@@ -108,18 +108,15 @@ def _insert_new(
         }
         for external_id in external_ids
     ]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement = pg_insert(Order).values(rows).on_conflict_do_nothing(
-            index_elements=["provider_id", "external_id"]
-        )
-    elif dialect == "sqlite":
-        statement = sqlite_insert(Order).values(rows).on_conflict_do_nothing(
-            index_elements=["provider_id", "external_id"]
-        )
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise RuntimeError(f"unsupported database {dialect}")
-    inserted = session.execute(statement.returning(Order.id)).scalars().all()
+    conflict_columns = ["provider_id", "external_id"]
+    statement = (
+        pg_insert(Order).on_conflict_do_nothing(index_elements=conflict_columns)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(Order).on_conflict_do_nothing(index_elements=conflict_columns)
+    )
+    # executemany: SQLAlchemy batches the rows into multi-row INSERTs itself
+    # ("insertmanyvalues") and keeps RETURNING, without compiling one giant statement.
+    inserted = session.execute(statement.returning(Order.id), rows).scalars().all()
     return len(inserted)
 
 

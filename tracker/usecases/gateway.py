@@ -8,18 +8,24 @@ rate limiter.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
-from tracker.provider.client import ProviderClient
+from tracker.logs import register_secret
+from tracker.metrics import CallMetrics
+from tracker.provider.client import CallRecord, ProviderClient
 from tracker.ratelimit import RateLimiter
 from tracker.secrets import decrypt_api_key
 
+
+log = logging.getLogger("tracker.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +48,13 @@ class ProviderAccess:
 
     @classmethod
     def of(cls, provider: Provider, settings: Settings) -> ProviderAccess:
+        api_key = decrypt_api_key(settings, provider.api_key_encrypted)
+        register_secret(api_key)
         return cls(
             id=provider.id,
             name=provider.name,
             api_url=provider.api_url,
-            api_key=decrypt_api_key(settings, provider.api_key_encrypted),
+            api_key=api_key,
             batch_size=provider.batch_size,
             rate_limit=provider.rate_limit,
         )
@@ -58,9 +66,12 @@ class ProviderAccess:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, rate_limiter: RateLimiter | None) -> None:
+    def __init__(
+        self, settings: Settings, rate_limiter: RateLimiter | None, metrics: CallMetrics | None = None
+    ) -> None:
         self._settings = settings
         self._rate_limiter = rate_limiter
+        self._metrics = metrics
         self._clients: dict[int, tuple[str, ProviderClient]] = {}
         self._lock = threading.Lock()
 
@@ -81,6 +92,7 @@ class Gateway:
                 timeout=(self._settings.http_connect_timeout, self._settings.http_read_timeout),
                 max_ids_per_call=access.batch_size,
                 before_call=self._throttle(access),
+                after_call=self._count(access),
             )
             self._clients[access.id] = (access.fingerprint, client)
             return client
@@ -93,6 +105,20 @@ class Gateway:
                 limiter.acquire(access.id, access.rate_limit)
 
         return before_call
+
+    def _count(self, access: ProviderAccess) -> Callable[[CallRecord], None]:
+        metrics = self._metrics
+
+        def after_call(call: CallRecord) -> None:
+            if metrics is None:
+                return
+            try:
+                metrics.record(access.id, call)
+            except redis.RedisError as error:
+                # Counters are for monitoring; losing one must never fail a poll.
+                log.debug("call metrics not recorded: %s", error)
+
+        return after_call
 
     def close(self) -> None:
         with self._lock:

@@ -8,9 +8,15 @@ from datetime import datetime
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
+from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.domain.health import Health, after_failure, after_rate_limited
-from tracker.provider.errors import InvalidKey, ProviderError, RateLimited
+from tracker.provider.errors import (
+    InvalidKey,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+)
 from tracker.ratelimit import RateLimiter
 
 log = logging.getLogger("tracker.health")
@@ -84,3 +90,21 @@ def record_failure(
     provider.circuit_open_until = health.circuit_open_until
     provider.updated_at = now
     return health
+
+
+def record_call(
+    session: Session,
+    provider_id: int,
+    error: ProviderError | None,
+    now: datetime,
+    settings: Settings,
+    rate_limiter: RateLimiter | None,
+) -> Health | None:
+    """Record how one call went; the provider's health after a failure, None after a
+    success. A well-formed refusal (``{"error": ...}``) is the provider working as it
+    should, except for a rejected key, which pauses it."""
+    if error is None or (isinstance(error, ProviderRejected) and not isinstance(error, InvalidKey)):
+        record_success(session, provider_id)
+        return None
+    threshold = settings.circuit_failure_threshold
+    return record_failure(session, provider_id, error, now, threshold=threshold, rate_limiter=rate_limiter)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
+from tracker.logs import register_secret
 from tracker.secrets import encrypt_api_key, key_hint
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -85,6 +86,7 @@ def upsert_provider(session: Session, spec: ProviderSpec, settings: Settings, no
         session.add(provider)
     provider.api_url = validate_url(spec.url)
     if spec.api_key is not None:
+        register_secret(spec.api_key.strip())
         provider.api_key_encrypted = encrypt_api_key(settings, spec.api_key.strip())
         provider.key_hint = key_hint(spec.api_key.strip())
         # A new key is the fix for a paused provider: resume it.

@@ -11,7 +11,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tracker.db.models import Order, OrderEvent, Provider, Refill, RefillEvent
+from tracker.db.models import (
+    CancelRequest,
+    Drop,
+    Order,
+    OrderEvent,
+    Provider,
+    Refill,
+    RefillAttempt,
+    RefillEvent,
+    RefillRequest,
+)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -106,8 +116,67 @@ def _refills(session: Session, order_id: int) -> list[dict[str, Any]]:
     return views
 
 
+def _drops(session: Session, order_id: int) -> list[dict[str, Any]]:
+    drops = session.scalars(select(Drop).where(Drop.order_id == order_id).order_by(Drop.id)).all()
+    return [
+        {
+            "at": iso(drop.detected_at),
+            "source": drop.source,
+            "observed_count": drop.observed_count,
+            "expected_count": drop.expected_count,
+            "eligible": drop.eligible,
+            "reason": drop.reason,
+        }
+        for drop in drops
+    ]
+
+
+def _refill_requests(session: Session, order_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(RefillRequest, Refill.external_id)
+        .outerjoin(Refill, Refill.id == RefillRequest.refill_id)
+        .where(RefillRequest.order_id == order_id)
+        .order_by(RefillRequest.id)
+    ).all()
+    views = []
+    for request, refill_id in rows:
+        attempts = session.scalars(
+            select(RefillAttempt).where(RefillAttempt.request_id == request.id).order_by(RefillAttempt.id)
+        ).all()
+        views.append(
+            {
+                "trigger": request.trigger,
+                "state": request.state,
+                "refill_id": refill_id,
+                "attempts": [
+                    {"at": iso(attempt.at), "outcome": attempt.outcome, "message": attempt.message}
+                    for attempt in attempts
+                ],
+                "next_attempt_at": iso(request.next_attempt_at) if not request.final else None,
+                "last_message": request.last_message,
+                "created_at": iso(request.created_at),
+                "updated_at": iso(request.updated_at),
+            }
+        )
+    return views
+
+
+def _cancel_requests(session: Session, order_id: int) -> list[dict[str, Any]]:
+    requests = session.scalars(
+        select(CancelRequest).where(CancelRequest.order_id == order_id).order_by(CancelRequest.id)
+    ).all()
+    return [
+        {"at": iso(request.requested_at), "outcome": request.outcome, "message": request.message}
+        for request in requests
+    ]
+
+
 def order_detail(session: Session, order: Order, provider_name: str) -> dict[str, Any]:
     view = order_summary(order, provider_name)
     view["events"] = _order_events(session, order.id)
     view["refills"] = _refills(session, order.id)
+    view["refillable"] = order.refillable
+    view["drops"] = _drops(session, order.id)
+    view["refill_requests"] = _refill_requests(session, order.id)
+    view["cancel_requests"] = _cancel_requests(session, order.id)
     return view

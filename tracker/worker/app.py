@@ -16,11 +16,12 @@ from typing import Any
 
 from celery import Celery
 
-from tracker.config import get_settings
+from tracker.config import Settings, get_settings
 
 VISIBILITY_TIMEOUT = 900
 TASK_SOFT_TIME_LIMIT = 100
 TASK_TIME_LIMIT = 120
+CATALOG_CHECK_SECONDS = 3600.0
 
 
 def build_config() -> dict[str, Any]:
@@ -46,25 +47,42 @@ def build_config() -> dict[str, Any]:
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
         "worker_hijack_root_logger": False,
-        "beat_schedule": beat_schedule(settings.tick_interval),
+        # On a lost broker connection, cancel running tasks so their redelivered
+        # messages are the only copies (our tasks are idempotent either way).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.state_dir / "celerybeat-schedule"),
         "enable_utc": True,
         "timezone": "UTC",
     }
 
 
-def beat_schedule(tick_interval: float) -> dict[str, dict[str, Any]]:
-    # A tick that waited longer than one interval in the queue is worthless: drop it.
-    expiry = {"expires": max(1.0, tick_interval)}
-    return {
-        "dispatch-order-polls": {
-            "task": "tracker.dispatch_polls",
-            "schedule": tick_interval,
-            "options": expiry,
-        },
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    tick_interval = settings.tick_interval
+
+    def every(task: str, seconds: float) -> dict[str, Any]:
+        # A run that waited longer than its own interval in the queue is worthless: drop it.
+        return {"task": task, "schedule": seconds, "options": {"expires": max(1.0, seconds)}}
+
+    schedule = {
+        "dispatch-order-polls": every("tracker.dispatch_polls", tick_interval),
+        "dispatch-refills": every("tracker.dispatch_refills", tick_interval),
+        "schedule-auto-refills": every(
+            "tracker.schedule_auto_refills", settings.auto_refill_scan_interval
+        ),
+        # Hourly runs refresh each provider's catalog once it is older than the sync
+        # interval (a day by default), and a newly added provider's within the hour.
+        "sync-catalogs": every(
+            "tracker.sync_catalogs", min(CATALOG_CHECK_SECONDS, settings.catalog_sync_interval)
+        ),
     }
+    if settings.count_probe is not None:
+        schedule["probe-counts"] = every("tracker.probe_counts", settings.count_probe_interval)
+    return schedule
 
 
 app = Celery("tracker")
 app.conf.update(build_config())
-app.autodiscover_tasks(["tracker.worker"], related_name="tasks", force=True)
+app.conf.include = ["tracker.worker.tasks", "tracker.worker.refill_tasks"]
+
+import tracker.worker.signals  # noqa: F401 - registers the worker hooks

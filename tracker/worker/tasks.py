@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.session import unit_of_work
+from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
 from tracker.usecases.dispatch import claim_due_order_batches
 from tracker.usecases.enqueue import track_orders as track_orders_usecase
@@ -33,7 +34,11 @@ def gateway() -> Gateway:
     with _gateway_lock:
         if _gateway is None:
             settings = get_settings()
-            _gateway = Gateway(settings, RateLimiter.from_url(settings.broker_url))
+            _gateway = Gateway(
+                settings,
+                RateLimiter.from_url(settings.broker_url),
+                CallMetrics.from_url(settings.broker_url),
+            )
         return _gateway
 
 

@@ -1,0 +1,177 @@
+"""The poll path against a real database and the sim over HTTP, in process: claims and
+leases, applying answers, idempotence, and what a failed call leaves behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import TEST_API_KEY
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.db.claims import claim_due
+from tracker.db.models import Order, OrderEvent, Provider
+from tracker.db.session import unit_of_work
+from tracker.sim.server import SimServer
+from tracker.usecases.dispatch import claim_due_order_batches
+from tracker.usecases.enqueue import track_orders
+from tracker.usecases.gateway import Gateway
+from tracker.usecases.polling import poll_order_batch
+from tracker.usecases.providers import ProviderSpec, upsert_provider
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    # speed ~0: the sim's clock stands still, so every poll gets the same answers.
+    with SimServer(dialect="standard", speed=1e-6, seed=7) as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(tracker_env: dict[str, str]) -> Iterator[Gateway]:
+    gateway = Gateway(get_settings(), rate_limiter=None)
+    yield gateway
+    gateway.close()
+
+
+def register(sim: SimServer, count: int, name: str = "panel", **seed: object) -> list[int]:
+    ids = sim.seed_orders(count=count, service=1, age_s=400, **seed)  # type: ignore[arg-type]
+    with unit_of_work() as session:
+        upsert_provider(session, ProviderSpec(name=name, url=sim.url, api_key=TEST_API_KEY, rate_limit=100), get_settings(), utcnow())
+        track_orders(session, name, ids, now=utcnow())
+    return ids
+
+
+def event_count() -> int:
+    with unit_of_work() as session:
+        return int(session.scalar(select(func.count()).select_from(OrderEvent)) or 0)
+
+
+def poll_everything_due(gateway: Gateway) -> int:
+    batches = claim_due_order_batches(get_settings(), utcnow())
+    for batch in batches:
+        poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+    return len(batches)
+
+
+def make_all_due() -> None:
+    with unit_of_work() as session:
+        session.execute(Order.__table__.update().values(next_poll_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_the_same_answers_applied_again_add_no_event(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 250, pending_s=10**6)
+    assert poll_everything_due(gateway) == 3
+    first = event_count()
+    assert first == 250
+    for _ in range(3):
+        make_all_due()
+        assert poll_everything_due(gateway) == 3
+    assert event_count() == first
+    assert sim.stats()["actions"]["status"]["calls"] == 12
+
+
+def test_a_claim_is_exclusive_until_its_lease_runs_out(sim: SimServer, tracker_env: dict[str, str]) -> None:
+    register(sim, 150)
+    now = utcnow()
+    lease_until = now + timedelta(seconds=30)
+    with unit_of_work() as session:
+        provider_id = session.scalar(select(Provider.id))
+        assert provider_id is not None
+        first = claim_due(session, Order, provider_id=provider_id, now=now, lease_until=lease_until, batch_size=100, max_batches=5)
+    with unit_of_work() as session:
+        again = claim_due(session, Order, provider_id=provider_id, now=now, lease_until=lease_until, batch_size=100, max_batches=5)
+    assert [len(claim.row_ids) for claim in first] == [100, 50]
+    assert again == []
+    with unit_of_work() as session:
+        after_lease = claim_due(
+            session, Order, provider_id=provider_id, now=lease_until, lease_until=lease_until + timedelta(seconds=30),
+            batch_size=100, max_batches=5,
+        )
+    assert sorted(row for claim in after_lease for row in claim.row_ids) == sorted(row for claim in first for row in claim.row_ids)
+
+
+def test_concurrent_dispatchers_never_claim_the_same_order(sim: SimServer, tracker_env: dict[str, str]) -> None:
+    register(sim, 2000)
+    claimed: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def dispatcher() -> None:
+        barrier.wait()
+        batches = claim_due_order_batches(get_settings(), utcnow())
+        claimed.append([row for batch in batches for row in batch.claim.row_ids])
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [row for rows in claimed for row in rows]
+    assert len(every) == len(set(every))
+    assert len(every) == 2000
+
+
+def test_a_task_delivered_after_its_lease_was_reclaimed_does_nothing(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 100)
+    stale = claim_due_order_batches(get_settings(), utcnow())[0]
+    # The lease runs out (say the broker lost the message) and a later tick re-claims.
+    fresh = claim_due_order_batches(get_settings(), utcnow() + timedelta(seconds=get_settings().lease_seconds + 1))[0]
+    summary = poll_order_batch(stale.provider_id, stale.claim.claim_id, stale.claim.row_ids, settings=get_settings(), gateway=gateway)
+    assert summary.asked == 0
+    assert "status" not in sim.stats()["actions"]
+    poll_order_batch(fresh.provider_id, fresh.claim.claim_id, fresh.claim.row_ids, settings=get_settings(), gateway=gateway)
+    assert event_count() == 100
+
+
+def test_a_failed_call_changes_no_data_and_backs_off(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 100, pending_s=10**6)
+    poll_everything_due(gateway)
+    before = event_count()
+    with unit_of_work() as session:
+        snapshot = {row.id: (row.status, row.remains, row.event_count) for row in session.scalars(select(Order))}
+    for kind in ("http_500", "html", "broken_json", "drop_connection"):
+        sim.inject_fault(kind, count=10)
+        make_all_due()
+        started = utcnow()
+        poll_everything_due(gateway)
+        sim.clear_faults()
+        with unit_of_work() as session:
+            orders = session.scalars(select(Order)).all()
+            provider = session.scalars(select(Provider)).one()
+            assert {row.id: (row.status, row.remains, row.event_count) for row in orders} == snapshot, kind
+            assert all(row.next_poll_at > started and row.claim_id is None for row in orders), kind
+            assert provider.consecutive_failures >= 1, kind
+    assert event_count() == before
+
+
+def test_an_invalid_key_pauses_the_provider_without_retrying(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 100)
+    sim.set_config(api_key="a-different-key")
+    poll_everything_due(gateway)
+    with unit_of_work() as session:
+        provider = session.scalars(select(Provider)).one()
+        assert provider.paused
+        assert "API key" in (provider.paused_reason or "")
+    make_all_due()
+    assert poll_everything_due(gateway) == 0
+    assert sim.stats()["actions"]["status"]["calls"] == 1
+
+
+def test_orders_reported_missing_end_not_found_after_k_answers(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 5)
+    with unit_of_work() as session:
+        track_orders(session, "panel", [999_999], now=utcnow())
+    k = get_settings().not_found_after
+    for attempt in range(1, k + 1):
+        make_all_due()
+        poll_everything_due(gateway)
+        with unit_of_work() as session:
+            ghost = session.scalars(select(Order).where(Order.external_id == 999_999)).one()
+        assert ghost.final is (attempt == k)
+    assert ghost.status == "Not found"

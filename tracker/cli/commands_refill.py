@@ -1,0 +1,178 @@
+"""``tracker report-drop``, ``tracker cancel``, ``tracker refill-policy``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sqlalchemy import select
+
+from tracker.cli.db import database
+from tracker.cli.errors import CLIError
+from tracker.cli.output import print_json, print_table
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.db.models import Service
+from tracker.usecases.cancel import ACCEPTED, cancel_orders
+from tracker.usecases.enqueue import parse_service_id, provider_by_name
+from tracker.usecases.gateway import Gateway
+from tracker.usecases.refills import UnknownOrder, report_drop
+
+
+def register(commands: Any) -> None:
+    drop = commands.add_parser(
+        "report-drop",
+        help="record that an order dropped, so a refill is requested",
+        description="Record a drop of a tracked order. When the order is refill-eligible a "
+        "refill request is opened and the worker sends it; otherwise the drop is still "
+        "recorded and the command exits 1 with the reason.",
+    )
+    drop.add_argument("provider")
+    drop.add_argument("order_id")
+    drop.set_defaults(handler=_report_drop)
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="ask the provider to cancel orders",
+        description="Cancel tracked orders whose service allows cancel, at most 100 IDs per "
+        "provider call. Other IDs are refused with the reason. Exits 1 unless every "
+        "cancel was accepted; the new status arrives through normal polling.",
+    )
+    cancel.add_argument("provider")
+    cancel.add_argument("ids", nargs="+", metavar="ID")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(handler=_cancel)
+
+    policy = commands.add_parser(
+        "refill-policy",
+        help="set a provider's or a service's guarantee window and auto-refill",
+        description="Without --service, sets the provider's defaults; with it, overrides "
+        "them for one service (kept across catalog syncs). --auto-refill-hours N requests "
+        "a refill every N hours inside the window (0: off; 'inherit' drops the override).",
+    )
+    policy.add_argument("provider")
+    policy.add_argument("--service", metavar="SID")
+    policy.add_argument(
+        "--refill-days", metavar="DAYS", help="guarantee window in days, or 'inherit'"
+    )
+    policy.add_argument(
+        "--auto-refill-hours",
+        metavar="HOURS",
+        help="hours between refills, 0 or 'inherit'",
+    )
+    policy.set_defaults(handler=_refill_policy)
+
+
+def _report_drop(args: argparse.Namespace) -> int:
+    try:
+        with database() as session:
+            report = report_drop(session, args.provider, args.order_id, now=utcnow())
+    except UnknownOrder as error:
+        raise CLIError(str(error)) from None
+    except ValueError as error:
+        raise CLIError(f"order ID {args.order_id!r} {error}", 2) from None
+    if not report.eligible:
+        raise CLIError(report.describe())
+    print(report.describe())
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    gateway = Gateway(settings, rate_limiter=None)
+    try:
+        lines = cancel_orders(
+            args.provider, args.ids, settings=settings, gateway=gateway
+        )
+    finally:
+        gateway.close()
+    if args.json:
+        print_json(
+            [
+                {
+                    "order_id": line.order_id,
+                    "outcome": line.outcome,
+                    "reason": line.reason,
+                }
+                for line in lines
+            ]
+        )
+    else:
+        print_table(
+            ["ORDER", "CANCEL", "REASON"],
+            [[line.order_id, line.outcome, line.reason] for line in lines],
+        )
+    return 0 if all(line.outcome == ACCEPTED for line in lines) else 1
+
+
+def _override(
+    text: str | None, name: str, parse: type[int | float]
+) -> tuple[bool, int | float | None]:
+    """(given, value): value None means 'inherit'."""
+    if text is None:
+        return False, None
+    if text.strip().lower() == "inherit":
+        return True, None
+    try:
+        value = parse(text)
+    except ValueError:
+        raise CLIError(
+            f"{name} must be a number or 'inherit', got {text!r}", 2
+        ) from None
+    if value < 0:
+        raise CLIError(f"{name} cannot be negative", 2)
+    return True, value
+
+
+def _refill_policy(args: argparse.Namespace) -> int:
+    days_given, days = _override(args.refill_days, "--refill-days", int)
+    hours_given, hours = _override(args.auto_refill_hours, "--auto-refill-hours", float)
+    with database() as session:
+        provider = provider_by_name(session, args.provider)
+        if args.service is None:
+            if days_given:
+                if days is None:
+                    raise CLIError(
+                        "a provider's --refill-days cannot inherit: give a number", 2
+                    )
+                provider.refill_days = int(days)
+            if hours_given:
+                provider.auto_refill_hours = hours
+            print(
+                f"{provider.name}: guarantee window {provider.refill_days} days, auto-refill "
+                f"{_hours(provider.auto_refill_hours, 'TRACKER_AUTO_REFILL_HOURS')}"
+            )
+            return 0
+        try:
+            service_id = parse_service_id(args.service)
+        except ValueError as error:
+            raise CLIError(str(error), 2) from None
+        service = session.scalar(
+            select(Service).where(
+                Service.provider_id == provider.id, Service.service_id == service_id
+            )
+        )
+        if service is None:
+            raise CLIError(
+                f"service {service_id} is not in {provider.name}'s catalog (run `tracker provider sync`)"
+            )
+        if days_given:
+            service.refill_days = None if days is None else int(days)
+        if hours_given:
+            service.auto_refill_hours = hours
+        window = (
+            service.refill_days
+            if service.refill_days is not None
+            else provider.refill_days
+        )
+        print(
+            f"{provider.name} service {service.service_id}: refill {'yes' if service.refill else 'no'}, "
+            f"guarantee window {window} days, auto-refill {_hours(service.auto_refill_hours, 'the provider')}"
+        )
+    return 0
+
+
+def _hours(hours: float | None, inherited_from: str) -> str:
+    if hours is None:
+        return f"as {inherited_from}"
+    return "off" if hours == 0 else f"every {hours:g} hours"

@@ -1,0 +1,370 @@
+"""Refills, pure: eligibility and the guarantee window, the refill status state machine,
+what to do after each attempt to request a refill, and what a count reading means.
+
+No database, no clock, no I/O: every function takes ``now`` (and a ``random.Random`` where
+jitter is drawn) from its caller.
+
+Eligibility. An order may get a refill when its service is known and its catalog entry
+says ``refill: true``, the provider has not told us refill is disabled for the order, it
+is Completed or Partial, and ``now`` is inside the guarantee window: ``window_days``
+counted from ``completed_at`` (when the tracker first saw it completed). The window is
+the service's own ``refill_days`` when the operator set one, else the provider's.
+
+Refill status machine: the same promises as ``tracking`` for orders. Stale answers are
+ignored; the same answer twice records nothing; a status change is one transition; K
+consecutive "Refill not found" answers end the refill as ``Not found``; final statuses
+(Completed, Rejected, Canceled, Not found) stop polling.
+
+Attempts. ``request_refill`` is not idempotent, so each attempt's outcome decides one of
+``Accepted``, ``RetryAt(t)`` or ``GiveUp(reason)``. Answers meaning "try later" and
+failures that say nothing are retried with exponential back-off and full jitter until the
+attempt cap or the end of the window. An attempt whose answer was lost (timeout,
+connection dropped, garbled body) may have created a refill, so a later "refill already
+in progress" is taken as that earlier attempt's acceptance, not as a reason to insist.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
+from tracker.domain.scheduling import failure_backoff
+from tracker.domain.status import FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
+from tracker.provider.errors import (
+    IncorrectRequest,
+    InvalidKey,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+)
+from tracker.provider.types import ItemError, RefillReport
+
+COMPLETION_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.PARTIAL})
+
+# --- eligibility ---------------------------------------------------------------------------
+
+
+class Ineligible(StrEnum):
+    SERVICE_UNKNOWN = "service_unknown"
+    NO_REFILL = "service_has_no_refill"
+    DISABLED = "refill_disabled"
+    NOT_COMPLETED = "not_completed"
+    WINDOW_CLOSED = "window_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RefillTerms:
+    """What the catalog and the operator say about refills of one service."""
+
+    service_id: int
+    refill: bool
+    window_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    ineligible: Ineligible | None
+    reason: str | None
+    window_ends_at: datetime | None
+
+    @property
+    def eligible(self) -> bool:
+        return self.ineligible is None
+
+
+def window_days(service_days: int | None, provider_days: int) -> int:
+    return service_days if service_days is not None else provider_days
+
+
+def _refuse(
+    why: Ineligible, reason: str, window_ends_at: datetime | None = None
+) -> Eligibility:
+    return Eligibility(why, reason, window_ends_at)
+
+
+def refill_eligibility(
+    *,
+    service_id: int | None,
+    terms: RefillTerms | None,
+    status: OrderStatus | None,
+    completed_at: datetime | None,
+    refillable: bool | None,
+    now: datetime,
+) -> Eligibility:
+    """Whether the order may get a refill now. ``terms`` is None when the service is not
+    in the provider's catalog (or the order's service is not known at all)."""
+    if service_id is None:
+        return _refuse(
+            Ineligible.SERVICE_UNKNOWN,
+            "the order's service is unknown (give it with `tracker track --service`)",
+        )
+    if terms is None:
+        return _refuse(
+            Ineligible.SERVICE_UNKNOWN,
+            f"service {service_id} is not in the provider's catalog (run `tracker provider sync`)",
+        )
+    if not terms.refill:
+        return _refuse(Ineligible.NO_REFILL, f"service {service_id} has no refill")
+    if refillable is False:
+        return _refuse(
+            Ineligible.DISABLED, "the provider said refill is disabled for this order"
+        )
+    if status not in COMPLETION_STATUSES or completed_at is None:
+        shown = status.value if status is not None else "not polled yet"
+        return _refuse(
+            Ineligible.NOT_COMPLETED, f"the order is not completed (status: {shown})"
+        )
+    ends_at = completed_at + timedelta(days=terms.window_days)
+    if now > ends_at:
+        return _refuse(
+            Ineligible.WINDOW_CLOSED,
+            f"the guarantee window ({terms.window_days} days from completion) closed at "
+            f"{ends_at.isoformat()}",
+            ends_at,
+        )
+    return Eligibility(None, None, ends_at)
+
+
+# --- the refill status state machine ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefillState:
+    status: RefillStatus | None = None
+    raw_status: str | None = None
+    last_observed_at: datetime | None = None
+    consecutive_not_found: int = 0
+    unchanged_polls: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_REFILL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class RefillTransition:
+    """One row of ``refill_events``."""
+
+    from_status: RefillStatus | None
+    to_status: RefillStatus
+    raw_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefillOutcome:
+    state: RefillState
+    transition: RefillTransition | None
+    stale: bool = False
+
+
+def apply_refill_observation(
+    state: RefillState,
+    result: RefillReport | ItemError | None,
+    observed_at: datetime,
+    *,
+    not_found_after: int,
+) -> RefillOutcome:
+    """Apply one provider answer about one refill, requested at ``observed_at``.
+
+    ``result`` is None when the answer left the refill out (or the call for it failed).
+    """
+    if state.last_observed_at is not None and observed_at < state.last_observed_at:
+        return RefillOutcome(state, None, stale=True)
+    learned_nothing = replace(
+        state, last_observed_at=observed_at, unchanged_polls=state.unchanged_polls + 1
+    )
+    if isinstance(result, RefillReport):
+        if result.status == state.status:
+            return RefillOutcome(
+                replace(learned_nothing, consecutive_not_found=0), None
+            )
+        new_state = RefillState(result.status, result.raw_status, observed_at, 0, 0)
+        return RefillOutcome(
+            new_state, RefillTransition(state.status, result.status, result.raw_status)
+        )
+    if isinstance(result, ItemError) and result.means_not_found:
+        misses = state.consecutive_not_found + 1
+        if misses < not_found_after or state.status is RefillStatus.NOT_FOUND:
+            return RefillOutcome(
+                replace(learned_nothing, consecutive_not_found=misses), None
+            )
+        new_state = replace(
+            state,
+            status=RefillStatus.NOT_FOUND,
+            last_observed_at=observed_at,
+            consecutive_not_found=misses,
+            unchanged_polls=0,
+        )
+        transition = RefillTransition(
+            state.status, RefillStatus.NOT_FOUND, state.raw_status
+        )
+        return RefillOutcome(new_state, transition)
+    return RefillOutcome(learned_nothing, None)
+
+
+# --- attempts and what follows them -------------------------------------------------------
+
+
+class AttemptOutcome(StrEnum):
+    """What one ``refill`` call came to; stored in ``refill_attempts.outcome``."""
+
+    ACCEPTED = "accepted"
+    ALREADY_ACTIVE = "already_active"
+    RETRY_LATER = "retry_later"
+    DISABLED = "disabled"
+    WINDOW_EXPIRED = "window_expired"
+    NOT_FOUND = "not_found"
+    REFUSED = "refused"
+    BAD_REQUEST = "bad_request"
+    RATE_LIMITED = "rate_limited"
+    KEY_REJECTED = "key_rejected"
+    # No usable answer (timeout, dropped connection, 5xx, garbled body): the provider may
+    # or may not have created a refill.
+    NO_ANSWER = "no_answer"
+
+
+# Outcomes after which the provider may have created a refill we never heard of.
+AMBIGUOUS_OUTCOMES = frozenset({AttemptOutcome.NO_ANSWER})
+
+_REFUSALS = {
+    RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
+    RefillRefusal.DISABLED: AttemptOutcome.DISABLED,
+    RefillRefusal.NOT_FOUND: AttemptOutcome.NOT_FOUND,
+    RefillRefusal.ALREADY_ACTIVE: AttemptOutcome.ALREADY_ACTIVE,
+    RefillRefusal.WINDOW_EXPIRED: AttemptOutcome.WINDOW_EXPIRED,
+    RefillRefusal.OTHER: AttemptOutcome.REFUSED,
+}
+
+
+def outcome_of_error(error: ProviderError) -> AttemptOutcome:
+    """Classify a failed ``refill`` call; refusal wording is read by
+    ``classify_refill_refusal``, nowhere else."""
+    if isinstance(error, RateLimited):
+        return AttemptOutcome.RATE_LIMITED
+    if isinstance(error, InvalidKey):
+        return AttemptOutcome.KEY_REJECTED
+    if isinstance(error, IncorrectRequest):
+        return AttemptOutcome.BAD_REQUEST
+    if isinstance(error, ProviderRejected):
+        return _REFUSALS[classify_refill_refusal(error.provider_message)]
+    return AttemptOutcome.NO_ANSWER
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    # False when inferred from "already in progress" after an attempt whose answer was
+    # lost: the provider has the refill, we do not know its ID.
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
+    # The provider said refill is disabled: the order is marked not refillable.
+    not_refillable: bool = False
+
+
+Decision = Accepted | RetryAt | GiveUp
+
+_GIVE_UP_REASONS = {
+    AttemptOutcome.DISABLED: "the provider said refill is disabled for this order",
+    AttemptOutcome.WINDOW_EXPIRED: "the provider said the refill period has expired",
+    AttemptOutcome.NOT_FOUND: "the provider does not know the order",
+    AttemptOutcome.BAD_REQUEST: "the provider did not understand the refill request",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    cap_seconds: float
+
+
+def decide_after_attempt(
+    outcome: AttemptOutcome,
+    *,
+    attempts_made: int,
+    earlier_ambiguous: bool,
+    window_ends_at: datetime | None,
+    now: datetime,
+    policy: RetryPolicy,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> Decision:
+    """What follows an attempt. ``attempts_made`` counts this one; ``earlier_ambiguous``
+    says whether an earlier attempt of the same request went unanswered."""
+    if outcome is AttemptOutcome.ACCEPTED:
+        return Accepted()
+    if outcome is AttemptOutcome.ALREADY_ACTIVE:
+        if earlier_ambiguous:
+            return Accepted(confirmed=False)
+        return GiveUp("the provider already has a refill of this order in progress")
+    reason = _GIVE_UP_REASONS.get(outcome)
+    if reason is not None:
+        return GiveUp(reason, not_refillable=outcome is AttemptOutcome.DISABLED)
+    if attempts_made >= policy.max_attempts:
+        return GiveUp(f"no refill accepted after {attempts_made} attempts (the cap)")
+    wait = failure_backoff(
+        attempts_made, base=policy.base_seconds, cap=policy.cap_seconds, rng=rng
+    )
+    if outcome is AttemptOutcome.RATE_LIMITED:
+        wait = max(wait, retry_after or 0.0)
+    at = now + timedelta(seconds=wait)
+    if window_ends_at is not None and at > window_ends_at:
+        return GiveUp("the guarantee window closes before the next attempt")
+    return RetryAt(at)
+
+
+# --- drops, auto-refill --------------------------------------------------------------------
+
+
+def expected_count(
+    start_count: int | None, quantity: int | None, remains: int | None
+) -> int | None:
+    """The target's count once the order delivered: start count plus what was delivered
+    (``quantity - remains``; a negative remains is an over-delivery). None when unknown
+    or when nothing is known to have been delivered, so no drop can be judged."""
+    if start_count is None or quantity is None or remains is None:
+        return None
+    delivered = quantity - remains
+    return start_count + delivered if delivered > 0 else None
+
+
+def auto_refill_hours(
+    service_hours: float | None,
+    provider_hours: float | None,
+    default_hours: float | None,
+) -> float | None:
+    """The scheduled refill interval: the service's, else the provider's, else the
+    default. 0 at any level switches the policy off there. None: no policy."""
+    for hours in (service_hours, provider_hours, default_hours):
+        if hours is not None:
+            return hours if hours > 0 else None
+    return None
+
+
+def next_auto_refill(
+    *,
+    completed_at: datetime,
+    scheduled_at: datetime | None,
+    every_hours: float,
+    now: datetime,
+) -> tuple[bool, datetime]:
+    """Whether a scheduled refill is due now, and when the following one is.
+
+    The first one comes ``every_hours`` after completion; then one every ``every_hours``.
+    """
+    step = timedelta(hours=every_hours)
+    due_at = scheduled_at if scheduled_at is not None else completed_at + step
+    if due_at > now:
+        return False, due_at
+    return True, now + step

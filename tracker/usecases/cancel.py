@@ -1,0 +1,212 @@
+"""Cancelling orders at the provider (``tracker cancel``).
+
+Only orders the tracker knows, whose service's catalog entry says ``cancel: true`` and
+which are not final yet, are sent; every other ID is refused here with its reason, before
+any call. The rest go out at most 100 per ``cancel`` call, and each call's answers are
+stored (``cancel_requests``) in a transaction of its own before the next call, so a
+failure later on loses nothing already answered. ``cancel`` is not idempotent: a call
+that failed after it may have been executed is recorded as ``unknown`` and never
+repeated automatically. An accepted order is made due for polling at once; its new
+status arrives through normal polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import false, select, update
+from sqlalchemy.orm import Session
+
+from tracker.clock import utcnow
+from tracker.config import Settings
+from tracker.db.models import CancelRequest, Order, Service
+from tracker.db.session import unit_of_work
+from tracker.domain.ids import parse_order_ids
+from tracker.provider.client import MAX_IDS_PER_CALL
+from tracker.provider.errors import ProviderError, ProviderRejected
+from tracker.provider.types import CancelAccepted, CancelResult
+from tracker.ratelimit import RateLimitBusy
+from tracker.usecases.enqueue import provider_by_name
+from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.provider_health import record_call
+
+ACCEPTED = "accepted"
+REFUSED = "refused"
+UNKNOWN = "unknown"
+NOT_SENT = "not_sent"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelLine:
+    order_id: str
+    outcome: str
+    reason: str | None = None
+
+
+def _refusal(order: Order | None, service: Service | None) -> str | None:
+    """Why this order is not sent, or None when it may be."""
+    if order is None:
+        return "the order is not tracked"
+    if order.service_id is None:
+        return "the order's service is unknown (give it with `tracker track --service`)"
+    if service is None:
+        return f"service {order.service_id} is not in the provider's catalog (run `tracker provider sync`)"
+    if service.cancel is None:
+        return f"the provider's catalog does not say whether service {order.service_id} allows cancel"
+    if not service.cancel:
+        return f"service {order.service_id} does not allow cancel"
+    if order.final:
+        return f"the order is already final ({order.status})"
+    return None
+
+
+def cancel_orders(
+    provider_name: str,
+    raw_ids: Iterable[object],
+    *,
+    settings: Settings,
+    gateway: Gateway,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[CancelLine]:
+    parsed = parse_order_ids(raw_ids)
+    lines = [
+        CancelLine(str(given), REFUSED, reason) for given, reason in parsed.rejected
+    ]
+    sendable: dict[int, int] = {}  # provider order ID -> row id
+    with unit_of_work() as session:
+        provider = provider_by_name(session, provider_name)
+        access = ProviderAccess.of(provider, settings)
+        orders = {
+            order.external_id: order
+            for order in session.scalars(
+                select(Order).where(
+                    Order.provider_id == provider.id,
+                    Order.external_id.in_(parsed.valid),
+                )
+            )
+        }
+        services = {
+            service.service_id: service
+            for service in session.scalars(
+                select(Service).where(Service.provider_id == provider.id)
+            )
+        }
+        now = clock()
+        for external_id in parsed.valid:
+            order = orders.get(external_id)
+            service = (
+                services.get(order.service_id)
+                if order and order.service_id is not None
+                else None
+            )
+            reason = _refusal(order, service)
+            if reason is None and order is not None:
+                sendable[external_id] = order.id
+                continue
+            lines.append(CancelLine(str(external_id), REFUSED, reason))
+            if order is not None:
+                session.add(
+                    CancelRequest(
+                        order_id=order.id,
+                        requested_at=now,
+                        outcome=REFUSED,
+                        message=reason,
+                    )
+                )
+    ids = list(sendable)
+    for start in range(0, len(ids), MAX_IDS_PER_CALL):
+        lines.extend(
+            _send(
+                access,
+                ids[start : start + MAX_IDS_PER_CALL],
+                sendable,
+                settings,
+                gateway,
+                clock,
+            )
+        )
+    return lines
+
+
+def _send(
+    access: ProviderAccess,
+    chunk: Sequence[int],
+    row_ids: dict[int, int],
+    settings: Settings,
+    gateway: Gateway,
+    clock: Callable[[], datetime],
+) -> list[CancelLine]:
+    requested_at = clock()
+    error: ProviderError | None = None
+    answers: dict[int, CancelResult] = {}
+    try:
+        answers = gateway.client(access).cancel(chunk)
+    except RateLimitBusy:
+        return [
+            CancelLine(
+                str(external_id),
+                NOT_SENT,
+                "the provider's rate limit is busy; try again",
+            )
+            for external_id in chunk
+        ]
+    except ProviderError as failure:
+        error = failure
+    lines = [
+        _line(external_id, answers.get(external_id), error) for external_id in chunk
+    ]
+    with unit_of_work() as session:
+        record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
+        for line in lines:
+            session.add(
+                CancelRequest(
+                    order_id=row_ids[int(line.order_id)],
+                    requested_at=requested_at,
+                    outcome=line.outcome,
+                    message=line.reason,
+                )
+            )
+        _poll_soon(
+            session,
+            [row_ids[int(line.order_id)] for line in lines if line.outcome == ACCEPTED],
+            clock(),
+        )
+    return lines
+
+
+def _line(
+    external_id: int, answer: CancelResult | None, error: ProviderError | None
+) -> CancelLine:
+    if isinstance(answer, CancelAccepted):
+        return CancelLine(str(external_id), ACCEPTED)
+    if answer is not None:
+        return CancelLine(str(external_id), REFUSED, f"provider said: {answer.message}")
+    if isinstance(error, ProviderRejected):
+        return CancelLine(
+            str(external_id), REFUSED, f"provider said: {error.provider_message}"
+        )
+    if error is not None:
+        return CancelLine(
+            str(external_id),
+            UNKNOWN,
+            f"no answer, the cancel may or may not have happened: {error}",
+        )
+    return CancelLine(
+        str(external_id), UNKNOWN, "the provider's answer left this order out"
+    )
+
+
+def _poll_soon(session: Session, order_ids: Sequence[int], now: datetime) -> None:
+    if order_ids:
+        session.execute(
+            update(Order)
+            .where(
+                Order.id.in_(order_ids),
+                Order.claim_id.is_(None),
+                Order.final == false(),
+            )
+            .values(next_poll_at=now)
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,154 @@
+"""Running the count probe: read eligible orders' counts and record the drops it finds.
+
+Each run takes up to ``PROBE_BATCH`` refill-eligible orders with nothing in flight, least
+recently probed first, in three steps: a transaction to pick them (and stamp
+``count_probed_at``), the probe calls with no transaction open, and a transaction that
+records each drop found (``source='probe'``), opening refill requests that are due at
+once. A count below ``start_count`` plus what the order delivered is a drop.
+
+What the order delivered is ``quantity - remains``. API v2 does not report the quantity:
+the tracker uses ``orders.quantity`` when known, else the largest ``remains`` the order
+ever reported, which is its quantity when it was seen before delivery started and a lower
+bound otherwise. A lower bound can only hide a drop, never invent one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from tracker.clock import utcnow
+from tracker.config import Settings
+from tracker.db.models import Order, Provider
+from tracker.db.refill_store import max_remains_seen, orders_with_refill_in_flight
+from tracker.db.session import unit_of_work
+from tracker.domain.refills import expected_count, window_days
+from tracker.probes import CountProbe, ProbeTarget, load_count_probe
+from tracker.usecases.refills import (
+    completed_orders,
+    eligibility_of,
+    record_drop,
+    refill_services,
+    terms_of,
+)
+
+log = logging.getLogger("tracker.probe")
+
+PROBE_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSummary:
+    probed: int = 0
+    drops: int = 0
+    requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    order_row_id: int
+    target: ProbeTarget
+    expected: int
+
+
+def probe_counts(
+    settings: Settings,
+    *,
+    probe: CountProbe | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> ProbeSummary:
+    if probe is None:
+        if settings.count_probe is None:
+            return ProbeSummary()
+        probe = load_count_probe(settings.count_probe)
+    planned = _plan(clock())
+    drops: list[tuple[_Planned, int]] = []
+    for entry in planned:
+        try:
+            count = probe(entry.target)
+        except Exception as error:  # noqa: BLE001 - a plug-in's failure must not stop the run
+            log.warning(
+                "count probe failed for order %s: %s: %s",
+                entry.target.order_id,
+                type(error).__name__,
+                str(error)[:200],
+                extra={"provider": entry.target.provider},
+            )
+            continue
+        if count is not None and count < entry.expected:
+            drops.append((entry, count))
+    requests = 0
+    if drops:
+        with unit_of_work() as session:
+            now = clock()
+            for entry, count in drops:
+                order = session.get_one(Order, entry.order_row_id, with_for_update=True)
+                provider = session.get_one(Provider, order.provider_id)
+                report = record_drop(
+                    session,
+                    provider,
+                    order,
+                    source="probe",
+                    now=now,
+                    observed=count,
+                    expected=entry.expected,
+                )
+                requests += report.request_id is not None
+    return ProbeSummary(len(planned), len(drops), requests)
+
+
+def _plan(now: datetime) -> list[_Planned]:
+    planned: list[_Planned] = []
+    with unit_of_work() as session:
+        providers = session.scalars(
+            select(Provider).where(Provider.paused.is_(False))
+        ).all()
+        for provider in providers:
+            room = PROBE_BATCH - len(planned)
+            services = refill_services(session, provider)
+            if room <= 0 or not services:
+                continue
+            longest = max(
+                window_days(s.refill_days, provider.refill_days)
+                for s in services.values()
+            )
+            orders = session.scalars(
+                completed_orders(
+                    provider.id, list(services), now - timedelta(days=longest)
+                )
+                .order_by(Order.count_probed_at.asc().nulls_first(), Order.id)
+                .limit(room)
+            ).all()
+            row_ids = [order.id for order in orders]
+            busy = orders_with_refill_in_flight(session, row_ids)
+            quantities = max_remains_seen(session, row_ids)
+            for order in orders:
+                order.count_probed_at = now
+                if order.id in busy or order.service_id is None:
+                    continue
+                terms = terms_of(provider, services[order.service_id])
+                if not eligibility_of(
+                    session, provider, order, now, terms=terms
+                ).eligible:
+                    continue
+                quantity = (
+                    order.quantity
+                    if order.quantity is not None
+                    else quantities.get(order.id)
+                )
+                expected = expected_count(order.start_count, quantity, order.remains)
+                if expected is None:
+                    continue
+                target = ProbeTarget(
+                    provider.name,
+                    provider.api_url,
+                    order.external_id,
+                    order.service_id,
+                    order.link,
+                )
+                planned.append(_Planned(order.id, target, expected))
+    return planned

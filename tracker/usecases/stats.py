@@ -1,0 +1,89 @@
+"""`tracker stats`: per-provider health for people and for monitoring.
+
+A provider is unhealthy when it is paused, its circuit is open (or probing), or its
+oldest overdue order waits longer than ``max(60 s, 2 × its poll interval)``: then the
+workers are not keeping up, or are not running at all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import false, func, select
+from sqlalchemy.orm import Session
+
+from tracker.config import Settings
+from tracker.db.models import Order, Provider
+from tracker.domain.health import CircuitState
+from tracker.metrics import CallCounts, CallMetrics
+from tracker.usecases.polling import base_interval
+from tracker.usecases.provider_health import health_of
+from tracker.usecases.views import iso, money
+
+
+def lag_limit(provider: Provider, settings: Settings) -> float:
+    return max(60.0, 2 * base_interval(provider, settings))
+
+
+def provider_stats(
+    session: Session, settings: Settings, now: datetime, metrics: CallMetrics | None
+) -> list[dict[str, Any]]:
+    counts: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: {"active": {}, "final": {}})
+    for provider_id, final, status, number in session.execute(
+        select(Order.provider_id, Order.final, Order.status, func.count()).group_by(
+            Order.provider_id, Order.final, Order.status
+        )
+    ):
+        counts[provider_id]["final" if final else "active"][status or "not polled yet"] = number
+    # Claimed orders have next_poll_at in the future (their lease), so they are not "overdue".
+    oldest_due = dict(
+        session.execute(
+            select(Order.provider_id, func.min(Order.next_poll_at))
+            .where(Order.final == false(), Order.next_poll_at <= now)
+            .group_by(Order.provider_id)
+        ).all()
+    )
+    views = []
+    for provider in session.scalars(select(Provider).order_by(Provider.name)):
+        state = health_of(provider).state(now)
+        due_since = oldest_due.get(provider.id)
+        lag = max(0.0, (now - due_since).total_seconds()) if due_since is not None else 0.0
+        calls = _calls(metrics, provider.id)
+        problems = []
+        if state is CircuitState.PAUSED:
+            problems.append(f"paused: {provider.paused_reason or 'by an operator'}")
+        elif state is not CircuitState.CLOSED:
+            problems.append(f"circuit {state.value} after {provider.consecutive_failures} failures")
+        if lag > lag_limit(provider, settings):
+            problems.append(f"poll lag {lag:.0f}s exceeds {lag_limit(provider, settings):.0f}s")
+        views.append(
+            {
+                "provider": provider.name,
+                "healthy": not problems,
+                "problems": problems,
+                "state": state.value,
+                "active": dict(sorted(counts[provider.id]["active"].items())),
+                "final": dict(sorted(counts[provider.id]["final"].items())),
+                "poll_lag_seconds": round(lag, 1),
+                "calls_last_hour": calls.calls if calls else None,
+                "errors_last_hour": calls.errors if calls else None,
+                "ids_last_hour": calls.ids if calls else None,
+                "consecutive_failures": provider.consecutive_failures,
+                "circuit_open_until": iso(provider.circuit_open_until),
+                "balance": money(provider.balance),
+                "currency": provider.balance_currency,
+                "balance_checked_at": iso(provider.balance_checked_at),
+            }
+        )
+    return views
+
+
+def _calls(metrics: CallMetrics | None, provider_id: int) -> CallCounts | None:
+    if metrics is None:
+        return None
+    try:
+        return metrics.last_hour(provider_id)
+    except Exception:  # noqa: BLE001 - the broker may be unreachable; stats still print
+        return None

@@ -1,0 +1,119 @@
+"""Celery tasks for refills and the catalog. Thin like ``tasks``: load IDs, call a use
+case (which commits), then enqueue follow-ups.
+
+Task arguments are IDs only; never payloads or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Task, shared_task
+
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.db.session import unit_of_work
+from tracker.usecases.auto_refill import (
+    schedule_auto_refills as schedule_auto_refills_usecase,
+)
+from tracker.usecases.catalog import sync_due_catalogs
+from tracker.usecases.count_probes import probe_counts as probe_counts_usecase
+from tracker.usecases.refill_dispatch import claim_due_refill_work
+from tracker.usecases.refill_polling import (
+    poll_refill_batch as poll_refill_batch_usecase,
+)
+from tracker.usecases.refills import attempt_refill
+from tracker.usecases.refills import report_drop as report_drop_usecase
+from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway
+
+log = logging.getLogger("tracker.tasks")
+
+# Short retries of one request go through Celery (countdowns of at most a minute); the
+# attempt cap in the database is what really bounds them.
+REQUEST_TASK_RETRIES = {**DB_RETRY, "max_retries": 100}
+
+
+@shared_task(name="tracker.report_drop", **DB_RETRY)
+def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
+    settings = get_settings()
+    now = utcnow()
+    lease_until = now + timedelta(seconds=settings.lease_seconds)
+    try:
+        with unit_of_work() as session:
+            report = report_drop_usecase(
+                session, provider, order_id, now=now, lease_until=lease_until
+            )
+    except (LookupError, ValueError) as exc:
+        raise InvalidTaskInput(str(exc)) from None
+    log.info("report_drop %s", report.describe(), extra={"provider": report.provider})
+    # The request is committed, and claimed for this attempt: only now may the task exist.
+    if report.request_id is not None and report.claim_id is not None:
+        request_refill.delay(report.request_id, report.claim_id)
+    return {
+        "drop_id": report.drop_id,
+        "eligible": report.eligible,
+        "request_id": report.request_id,
+    }
+
+
+@shared_task(name="tracker.request_refill", bind=True, **REQUEST_TASK_RETRIES)
+def request_refill(self: Task[Any, Any], request_id: int, claim_id: int) -> str | None:
+    result = attempt_refill(
+        request_id, claim_id, settings=get_settings(), gateway=gateway()
+    )
+    if result.retry_in is not None:
+        # The attempt is recorded and the claim kept: retry this same task shortly.
+        raise self.retry(countdown=result.retry_in)
+    return result.state
+
+
+@shared_task(name="tracker.dispatch_refills", **DB_RETRY)
+def dispatch_refills() -> int:
+    work = claim_due_refill_work(get_settings(), utcnow())
+    # Claims are committed: only now may the tasks exist.
+    for request in work.requests:
+        request_refill.delay(request.request_id, request.claim_id)
+    for batch in work.polls:
+        poll_refill_batch.delay(
+            batch.provider_id, batch.claim.claim_id, batch.claim.row_ids
+        )
+    return len(work.requests) + len(work.polls)
+
+
+@shared_task(name="tracker.poll_refill_batch", **DB_RETRY)
+def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) -> None:
+    poll_refill_batch_usecase(
+        provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway()
+    )
+
+
+@shared_task(name="tracker.schedule_auto_refills", **DB_RETRY)
+def schedule_auto_refills() -> int:
+    return schedule_auto_refills_usecase(get_settings(), utcnow())
+
+
+@shared_task(name="tracker.probe_counts", **DB_RETRY)
+def probe_counts() -> dict[str, int]:
+    summary = probe_counts_usecase(get_settings())
+    return {
+        "probed": summary.probed,
+        "drops": summary.drops,
+        "requests": summary.requests,
+    }
+
+
+@shared_task(name="tracker.sync_catalogs", **DB_RETRY)
+def sync_catalogs() -> int:
+    results = sync_due_catalogs(get_settings(), gateway(), utcnow())
+    for result in results:
+        log.info(
+            "catalog synced: %d services (%d new, %d with refill, %d with cancel)",
+            result.services,
+            result.added,
+            result.with_refill,
+            result.with_cancel,
+            extra={"provider": result.provider},
+        )
+    return len(results)
