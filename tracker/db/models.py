@@ -42,6 +42,24 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class Polled:
+    """Columns of a row the dispatcher polls (orders and refills): its due time and lease,
+    its claim, and what the state machine needs between answers."""
+
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When the provider's answer that this row reflects was requested. Older answers that
+    # arrive late are ignored, so a slow poll can never move a row backwards.
+    last_observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Due time, and the lease's end while a poll batch holds the row.
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set while a poll batch holds the row; a task whose claim no longer matches does nothing.
+    claim_id: Mapped[int | None] = mapped_column(BigInteger)
+    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    consecutive_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Events recorded so far: the next event's seq is event_count + 1.
+    event_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
 class Provider(Base):
     __tablename__ = "providers"
 
@@ -100,7 +118,7 @@ class Service(Base):
     provider: Mapped[Provider] = relationship(back_populates="services")
 
 
-class Order(Base):
+class Order(Polled, Base):
     __tablename__ = "orders"
     __table_args__ = (
         UniqueConstraint("provider_id", "external_id"),
@@ -127,16 +145,6 @@ class Order(Base):
     charge: Mapped[Decimal | None] = mapped_column(Money)
     start_count: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str | None] = mapped_column(String(8))
-    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # When the provider's answer that this row reflects was requested. Older answers that
-    # arrive late are ignored, so a slow poll can never move an order backwards.
-    last_observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # Set while a poll batch holds the order; a task whose claim no longer matches does nothing.
-    claim_id: Mapped[int | None] = mapped_column(BigInteger)
-    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    consecutive_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    event_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # False once the provider said refill is disabled for this order.
     refillable: Mapped[bool | None] = mapped_column(Boolean)
@@ -248,7 +256,7 @@ class RefillAttempt(Base):
     message: Mapped[str | None] = mapped_column(Text)
 
 
-class Refill(Base):
+class Refill(Polled, Base):
     """A refill the provider accepted, polled through ``refill_status`` to its end."""
 
     __tablename__ = "refills"
@@ -269,13 +277,6 @@ class Refill(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(32))
     raw_status: Mapped[str | None] = mapped_column(String(64))
-    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    last_observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    claim_id: Mapped[int | None] = mapped_column(BigInteger)
-    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    consecutive_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    event_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
