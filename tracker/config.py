@@ -11,10 +11,25 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///tracker.db"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# `tracker run` writes its bundled Redis' URL here (in the state dir) while it runs, so
+# the other commands of a local install (`tracker stats`, a second `celery -A tracker
+# worker`) find the broker without TRACKER_BROKER_URL.
+BROKER_URL_FILE = "broker-url"
 
 
 class ConfigError(ValueError):
     """A setting has a value the tracker cannot use. The message names the variable."""
+
+
+def broker_url_file(state_dir: Path) -> Path:
+    return state_dir / BROKER_URL_FILE
+
+
+def read_broker_url_file(state_dir: Path) -> str | None:
+    try:
+        return broker_url_file(state_dir).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def normalize_database_url(url: str) -> str:
@@ -80,13 +95,24 @@ class Settings:
     count_probe: str | None = None
     count_probe_interval: float = 3600.0
     catalog_sync_interval: float = 86400.0
+    # Events to the shop (see tracker.usecases.outbox). No URL and no task: no events.
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 10
+    event_task: str | None = None
+    # The shop's own worker consumes this queue; the tracker's workers never do.
+    event_queue: str = "tracker-events"
+    balance_check_interval: float = 3600.0
     secret_key: str | None = field(default=None, repr=False)
     mode: str = "local"
     state_dir: Path = Path(".tracker")
+    # From <state_dir>/broker-url, read only when TRACKER_BROKER_URL is unset.
+    running_broker_url: str | None = None
 
     @property
     def broker_url(self) -> str:
-        return self.broker_url_setting or DEFAULT_BROKER_URL
+        return self.broker_url_setting or self.running_broker_url or DEFAULT_BROKER_URL
 
     @property
     def is_sqlite(self) -> bool:
@@ -110,9 +136,13 @@ class Settings:
             raise ConfigError(f"TRACKER_MODE must be 'local' or 'production', got {mode!r}")
         poll_interval = _number(env, "TRACKER_POLL_INTERVAL", 300.0, minimum=0.1)
         tick_interval = _number(env, "TRACKER_TICK_INTERVAL", 5.0, minimum=0.1)
+        if env.get("TRACKER_WEBHOOK_URL", "").strip() and not env.get("TRACKER_WEBHOOK_SECRET", "").strip() and mode != "local":
+            raise ConfigError("TRACKER_WEBHOOK_URL is set without TRACKER_WEBHOOK_SECRET: refusing to send unsigned webhooks")
+        state_dir = Path(env.get("TRACKER_STATE_DIR", "").strip() or ".tracker")
+        broker_url_setting = env.get("TRACKER_BROKER_URL", "").strip() or None
         return cls(
             database_url=database_url,
-            broker_url_setting=env.get("TRACKER_BROKER_URL", "").strip() or None,
+            broker_url_setting=broker_url_setting,
             poll_interval=poll_interval,
             tick_interval=tick_interval,
             max_poll_backoff_factor=_number(env, "TRACKER_MAX_POLL_BACKOFF", 8.0, minimum=1.0),
@@ -138,9 +168,17 @@ class Settings:
             catalog_sync_interval=_number(
                 env, "TRACKER_CATALOG_SYNC_INTERVAL", 86400.0, minimum=1.0
             ),
+            webhook_url=env.get("TRACKER_WEBHOOK_URL", "").strip() or None,
+            webhook_secret=env.get("TRACKER_WEBHOOK_SECRET", "").strip() or None,
+            webhook_timeout=_number(env, "TRACKER_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+            webhook_max_attempts=_integer(env, "TRACKER_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1),
+            event_task=env.get("TRACKER_EVENT_TASK", "").strip() or None,
+            event_queue=env.get("TRACKER_EVENT_QUEUE", "").strip() or "tracker-events",
+            balance_check_interval=_number(env, "TRACKER_BALANCE_CHECK_INTERVAL", 3600.0, minimum=1.0),
             secret_key=env.get("TRACKER_SECRET_KEY", "").strip() or None,
             mode=mode,
-            state_dir=Path(env.get("TRACKER_STATE_DIR", "").strip() or ".tracker"),
+            state_dir=state_dir,
+            running_broker_url=None if broker_url_setting else read_broker_url_file(state_dir),
         )
 
 

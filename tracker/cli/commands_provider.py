@@ -152,7 +152,7 @@ def _sync(args: argparse.Namespace) -> int:
     with database() as session:
         provider = provider_by_name(session, args.name)
         added = store_catalog(session, provider, entries, utcnow())
-        store_balance(provider, balance, utcnow())
+        store_balance(session, settings, provider, balance, utcnow())
     with_refill = sum(1 for entry in entries if entry.refill)
     with_cancel = sum(1 for entry in entries if entry.cancel)
     print(

@@ -14,7 +14,7 @@ from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Service
 from tracker.usecases.cancel import ACCEPTED, cancel_orders
-from tracker.usecases.enqueue import parse_service_id, provider_by_name
+from tracker.usecases.enqueue import parse_positive, provider_by_name
 from tracker.usecases.gateway import Gateway
 from tracker.usecases.refills import UnknownOrder, report_drop
 
@@ -144,7 +144,7 @@ def _refill_policy(args: argparse.Namespace) -> int:
             )
             return 0
         try:
-            service_id = parse_service_id(args.service)
+            service_id = parse_positive("service", args.service)
         except ValueError as error:
             raise CLIError(str(error), 2) from None
         service = session.scalar(

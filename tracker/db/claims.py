@@ -45,7 +45,7 @@ def claim_due(
     session: Session,
     model: type[_Pollable],
     *,
-    provider_id: int,
+    provider_id: int | None,
     now: datetime,
     lease_until: datetime,
     batch_size: int,
@@ -56,24 +56,19 @@ def claim_due(
     """Claim up to ``max_batches`` batches of due rows of one provider.
 
     ``due_column`` names the row's due time and lease (``next_poll_at`` for polls,
-    ``next_attempt_at`` for refill requests); a NULL there is never due.
+    ``next_attempt_at`` for refill requests); a NULL there is never due. ``provider_id``
+    None claims across providers (the outbox, whose rows go to the shop, not a provider).
     """
     table = cast(Table, model.__table__)
     id_col: Column[int] = table.c.id
     due: Column[datetime] = table.c[due_column]
     on_postgres = session.get_bind().dialect.name == "postgresql"
     claims: list[Claim] = []
+    conditions = [table.c.final == false(), due <= now + fill_horizon]
+    if provider_id is not None:
+        conditions.append(table.c.provider_id == provider_id)
     for _ in range(max_batches):
-        candidates = (
-            select(id_col, due)
-            .where(
-                table.c.provider_id == provider_id,
-                table.c.final == false(),
-                due <= now + fill_horizon,
-            )
-            .order_by(due)
-            .limit(batch_size)
-        )
+        candidates = select(id_col, due).where(*conditions).order_by(due).limit(batch_size)
         if on_postgres:
             candidates = candidates.with_for_update(skip_locked=True)
         rows = session.execute(candidates).all()

@@ -309,3 +309,37 @@ class CancelRequest(Base):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboxEvent(Base):
+    """An event for the shop, written in the same transaction as the change it reports,
+    then delivered (webhook, Celery task) at least once by ``tracker.deliver_events``.
+
+    ``final`` is set once delivered or given up; ``next_attempt_at`` is the due time and,
+    while a delivery task holds the row, its lease (same pattern as polling).
+    """
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index(
+            "ix_outbox_events_due",
+            "next_attempt_at",
+            postgresql_where=text("NOT final"),
+            sqlite_where=text("final = 0"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    provider_id: Mapped[int | None] = mapped_column(ForeignKey("providers.id", ondelete="SET NULL"))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claim_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

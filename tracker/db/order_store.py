@@ -30,6 +30,8 @@ class ClaimedOrder:
     external_id: int
     event_count: int
     completed_at: datetime | None
+    service_id: int | None
+    quantity: int | None
     state: OrderState
 
 
@@ -43,6 +45,8 @@ _CLAIMED_COLUMNS = (
     "external_id",
     "event_count",
     "completed_at",
+    "service_id",
+    "quantity",
     "status",
     "raw_status",
     "remains",
@@ -63,6 +67,8 @@ def lock_claimed(session: Session, claim_id: int, order_ids: Sequence[int]) -> l
             external_id=row.external_id,
             event_count=row.event_count,
             completed_at=row.completed_at,
+            service_id=row.service_id,
+            quantity=row.quantity,
             state=OrderState(
                 status=OrderStatus(row.status) if row.status is not None else None,
                 raw_status=row.raw_status,

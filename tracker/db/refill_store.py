@@ -40,6 +40,7 @@ _requests = cast(Table, RefillRequest.__table__)
 @dataclass(frozen=True, slots=True)
 class ClaimedRefill:
     id: int
+    order_id: int
     external_id: str
     event_count: int
     state: RefillState
@@ -54,6 +55,7 @@ def claimed_refill_ids(
 
 _CLAIMED_COLUMNS = (
     "id",
+    "order_id",
     "external_id",
     "event_count",
     "status",
@@ -71,6 +73,7 @@ def lock_claimed_refills(
     return [
         ClaimedRefill(
             id=row.id,
+            order_id=row.order_id,
             external_id=row.external_id,
             event_count=row.event_count,
             state=RefillState(

@@ -1,4 +1,7 @@
-"""`tracker run`: worker, beat and Flower together, on the embedded defaults, until Ctrl-C."""
+"""`tracker run`: worker, beat and Flower together, on the embedded defaults, until Ctrl-C.
+
+The pieces (the broker, child processes, stopping them) are shared with `tracker demo`.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,110 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
-from tracker.config import Settings
+from tracker.config import Settings, broker_url_file
 from tracker.db import migrate
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.ops.children import die_with_parent
+
+STOP_GRACE_SECONDS = 20.0
 
 
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
+    log: IO[bytes] | None = None
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
 
 
 def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tracker", *arguments]
+
+
+def worker_command(loglevel: str) -> list[str]:
+    return celery_command("worker", "--loglevel", loglevel, "--hostname", "tracker@%h")
+
+
+def beat_command(loglevel: str, state_dir: Path) -> list[str]:
+    return celery_command("beat", "--loglevel", loglevel, "--schedule", str(state_dir / "celerybeat-schedule"))
+
+
+def start_broker(settings: Settings, state_dir: Path) -> BundledRedis | None:
+    """The bundled Redis, started, when TRACKER_BROKER_URL is unset; None otherwise."""
+    if settings.broker_url_setting is not None:
+        return None
+    bundled = BundledRedis(state_dir / "redis")
+    bundled.start()
+    return bundled
+
+
+def spawn(name: str, command: list[str], environment: Mapping[str, str], log_path: Path | None = None) -> Child:
+    """A child that dies with us. Its output goes to ``log_path``, or to our own stdout."""
+    log = log_path.open("ab") if log_path is not None else None
+    try:
+        process = subprocess.Popen(
+            command,
+            env=dict(environment),
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            preexec_fn=die_with_parent,
+        )
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+    return Child(name, process, log)
+
+
+def first_exited(children: Iterable[Child]) -> Child | None:
+    return next((child for child in children if child.exited()), None)
+
+
+def stop_children(children: Iterable[Child], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM to all (Celery finishes its running tasks), then SIGKILL after ``grace``."""
+    children = list(children)
+    for child in children:
+        if not child.exited():
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+        if child.log is not None:
+            child.log.close()
+
+
+def publish_broker_url(state_dir: Path, url: str) -> Path:
+    """Tell the other commands of this install where the bundled broker is (see
+    ``tracker.config.BROKER_URL_FILE``). Written atomically, readable by us only."""
+    target = broker_url_file(state_dir)
+    partial = target.with_name(target.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(url + "\n")
+    os.replace(partial, target)
+    return target
+
+
+def withdraw_broker_url(state_dir: Path, url: str) -> None:
+    """Remove the file, unless another `tracker run` has replaced it since."""
+    target = broker_url_file(state_dir)
+    try:
+        if target.read_text(encoding="utf-8").strip() == url:
+            target.unlink()
+    except OSError:
+        pass
 
 
 def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") -> int:
@@ -32,21 +121,18 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     state_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.database_url)
 
-    bundled: BundledRedis | None = None
     environment = dict(os.environ)
-    if settings.broker_url_setting is None:
-        bundled = BundledRedis(state_dir / "redis")
-        bundled.start()
+    bundled = start_broker(settings, state_dir)
+    if bundled is not None:
         environment["TRACKER_BROKER_URL"] = bundled.url
     broker = environment.get("TRACKER_BROKER_URL", settings.broker_url)
     # Local mode only: Flower listens on 127.0.0.1, so its HTTP API (which shops use to
     # enqueue from any language) may answer without credentials. Deployments use
     # `tracker flower`, which insists on FLOWER_BASIC_AUTH.
     environment.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
-    # Local mode: Flower listens on loopback only; production deploys use `tracker flower`.
     commands = {
-        "worker": celery_command("worker", "--loglevel", loglevel, "--hostname", "tracker@%h"),
-        "beat": celery_command("beat", "--loglevel", loglevel, "--schedule", str(state_dir / "celerybeat-schedule")),
+        "worker": worker_command(loglevel),
+        "beat": beat_command(loglevel, state_dir),
         "flower": celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}"),
     }
     children: list[Child] = []
@@ -59,8 +145,10 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
+        if bundled is not None:
+            publish_broker_url(state_dir, bundled.url)
         for name, command in commands.items():
-            children.append(Child(name, subprocess.Popen(command, env=environment, preexec_fn=die_with_parent)))
+            children.append(spawn(name, command, environment))
         print(
             f"tracker running: database {_describe_database(settings.database_url)}, "
             f"broker {'bundled Redis at ' + broker if bundled else 'TRACKER_BROKER_URL'}, "
@@ -68,29 +156,18 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             flush=True,
         )
         while not stopping:
-            for child in children:
-                if child.process.poll() is not None:
-                    print(f"tracker: {child.name} exited with code {child.process.returncode}; stopping", file=sys.stderr)
-                    return 1
+            dead = first_exited(children)
+            if dead is not None:
+                print(f"tracker: {dead.name} exited with code {dead.process.returncode}; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.5)
         return 0
     finally:
-        _stop(children)
+        stop_children(children)
         if bundled is not None:
+            withdraw_broker_url(state_dir, bundled.url)
             bundled.stop()
 
 
 def _describe_database(url: str) -> str:
     return url if url.startswith("sqlite") else url.split("://", 1)[0] + "://…"
-
-
-def _stop(children: list[Child]) -> None:
-    for child in children:
-        if child.process.poll() is None:
-            child.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for child in children:
-        try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.process.kill()

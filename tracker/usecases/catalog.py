@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider, Service
 from tracker.db.session import unit_of_work
+from tracker.domain.events import provider_alert
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import Balance
 from tracker.provider.types import Service as CatalogEntry
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.outbox import record_events
 from tracker.usecases.provider_health import record_call
 
 log = logging.getLogger("tracker.catalog")
@@ -63,18 +65,70 @@ def store_catalog(session: Session, provider: Provider, entries: Sequence[Catalo
     return added
 
 
-def store_balance(provider: Provider, balance: Balance, now: datetime) -> None:
+def store_balance(session: Session, settings: Settings, provider: Provider, balance: Balance, now: datetime) -> None:
+    """Keep the balance; below the provider's alert threshold, log it every time and emit
+    a ``provider.balance_low`` event when it crosses the threshold (not on every check)."""
+    previous = provider.balance
     provider.balance = balance.amount
     provider.balance_currency = balance.currency
     provider.balance_checked_at = now
-    if provider.balance_alert_below is not None and balance.amount < provider.balance_alert_below:
-        log.warning(
-            "provider balance %s %s is below the alert threshold %s",
-            balance.amount,
-            balance.currency or "",
-            provider.balance_alert_below,
-            extra={"provider": provider.name},
+    threshold = provider.balance_alert_below
+    if threshold is None or balance.amount >= threshold:
+        return
+    log.warning(
+        "provider balance %s %s is below the alert threshold %s",
+        balance.amount,
+        balance.currency or "",
+        threshold,
+        extra={"provider": provider.name},
+    )
+    if previous is None or previous >= threshold:
+        record_events(
+            session,
+            settings,
+            [
+                provider_alert(
+                    provider_id=provider.id,
+                    provider_name=provider.name,
+                    kind="provider.balance_low",
+                    message=f"balance {balance.amount} is below {threshold}",
+                    at=now,
+                    balance=balance.amount,
+                    threshold=threshold,
+                    currency=balance.currency,
+                )
+            ],
         )
+
+
+def check_balances(settings: Settings, gateway: Gateway, now: datetime) -> int:
+    """Fetch the balance of every active provider not checked for a balance interval."""
+    checked_before = now - timedelta(seconds=settings.balance_check_interval)
+    with unit_of_work() as session:
+        due = [
+            ProviderAccess.of(provider, settings)
+            for provider in session.scalars(
+                select(Provider).where(
+                    Provider.paused.is_(False),
+                    or_(Provider.balance_checked_at.is_(None), Provider.balance_checked_at < checked_before),
+                )
+            )
+        ]
+    checked = 0
+    for access in due:
+        try:
+            balance = gateway.client(access).balance()
+        except RateLimitBusy:
+            continue
+        except ProviderError as error:
+            log.warning("balance check failed: %s", error, extra={"provider": access.name})
+            with unit_of_work() as session:
+                record_call(session, access.id, error, now, settings, gateway.rate_limiter)
+            continue
+        with unit_of_work() as session:
+            store_balance(session, settings, session.get_one(Provider, access.id), balance, now)
+        checked += 1
+    return checked
 
 
 def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> list[SyncResult]:
@@ -110,7 +164,7 @@ def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> li
                 continue
             provider = session.get_one(Provider, access.id)
             added = store_catalog(session, provider, entries, now)
-            store_balance(provider, balance, now)
+            store_balance(session, settings, provider, balance, now)
         results.append(
             SyncResult(
                 provider=access.name,

@@ -52,13 +52,14 @@ def provider_by_name(session: Session, name: object) -> Provider:
     return provider
 
 
-def parse_service_id(raw: object) -> int | None:
+def parse_positive(name: str, raw: object) -> int | None:
+    """An optional positive whole number given with an enqueue (service ID, quantity)."""
     if raw is None:
         return None
     try:
         return parse_order_id(raw)
     except ValueError as exc:
-        raise ValueError(f"service {raw!r} {exc}") from None
+        raise ValueError(f"{name} {raw!r} {exc}") from None
 
 
 def track_orders(
@@ -67,41 +68,47 @@ def track_orders(
     raw_ids: Iterable[object],
     *,
     service: object = None,
+    quantity: object = None,
     now: datetime,
 ) -> TrackResult:
     """Register order IDs; valid ones are tracked even when others in the call are not."""
     provider = provider_by_name(session, provider_name)
-    service_id = parse_service_id(service)
+    service_id = parse_positive("service", service)
+    ordered = parse_positive("quantity", quantity)
     parsed = parse_order_ids(raw_ids)
     result = TrackResult(provider.name, duplicates=parsed.duplicates, rejected=parsed.rejected)
     for start in range(0, len(parsed.valid), INSERT_CHUNK):
         chunk = parsed.valid[start : start + INSERT_CHUNK]
-        added = _insert_new(session, provider.id, chunk, service_id, now)
+        added = _insert_new(session, provider.id, chunk, service_id, ordered, now)
         result.added += added
         result.already_tracked += len(chunk) - added
-        if service_id is not None and added < len(chunk):
-            # An order first tracked without its service learns it now.
-            session.execute(
-                update(Order)
-                .where(
-                    Order.provider_id == provider.id,
-                    Order.external_id.in_(chunk),
-                    Order.service_id.is_(None),
-                )
-                .values(service_id=service_id, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        if added < len(chunk):
+            # An order first tracked without its service or quantity learns them now.
+            for column, value in ((Order.service_id, service_id), (Order.quantity, ordered)):
+                if value is not None:
+                    session.execute(
+                        update(Order)
+                        .where(Order.provider_id == provider.id, Order.external_id.in_(chunk), column.is_(None))
+                        .values({column: value, Order.updated_at: now})
+                        .execution_options(synchronize_session=False)
+                    )
     return result
 
 
 def _insert_new(
-    session: Session, provider_id: int, external_ids: list[int], service_id: int | None, now: datetime
+    session: Session,
+    provider_id: int,
+    external_ids: list[int],
+    service_id: int | None,
+    quantity: int | None,
+    now: datetime,
 ) -> int:
     rows = [
         {
             "provider_id": provider_id,
             "external_id": external_id,
             "service_id": service_id,
+            "quantity": quantity,
             "next_poll_at": now,
             "created_at": now,
             "updated_at": now,

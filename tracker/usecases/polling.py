@@ -26,6 +26,7 @@ from tracker.db.order_store import (
     write_states,
 )
 from tracker.db.session import unit_of_work
+from tracker.domain.events import NewEvent, order_transition
 from tracker.domain.scheduling import failure_backoff, poll_delay
 from tracker.domain.status import OrderStatus
 from tracker.domain.tracking import apply_observation
@@ -33,6 +34,7 @@ from tracker.provider.errors import ProviderError
 from tracker.provider.types import OrderResult
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.outbox import record_events
 from tracker.usecases.provider_health import record_failure, record_success
 
 log = logging.getLogger("tracker.poll")
@@ -106,6 +108,7 @@ def _apply_results(
 ) -> PollSummary:
     state_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
+    shop_events: list[NewEvent] = []
     stale = 0
     with unit_of_work() as session:
         record_success(session, access.id)
@@ -123,6 +126,19 @@ def _apply_results(
             if outcome.transition is not None:
                 event_count += 1
                 event_rows.append(event_row(order.id, event_count, observed_at, outcome.transition))
+                shop_events.append(
+                    order_transition(
+                        provider_id=access.id,
+                        provider_name=access.name,
+                        order_row_id=order.id,
+                        external_id=order.external_id,
+                        service_id=order.service_id,
+                        quantity=order.quantity,
+                        currency=state.currency,
+                        transition=outcome.transition,
+                        at=observed_at,
+                    )
+                )
                 if completed_at is None and outcome.transition.to_status in COMPLETION_STATUSES:
                     completed_at = observed_at
             delay = poll_delay(
@@ -135,6 +151,8 @@ def _apply_results(
             state_rows.append(columns)
         write_states(session, state_rows)
         insert_events(session, event_rows)
+        # Same transaction: the shop hears of a transition if and only if it was recorded.
+        record_events(session, settings, shop_events)
     log.info(
         "polled %d orders: %d transitions",
         len(state_rows),
@@ -165,14 +183,7 @@ def _after_failed_call(
         if isinstance(error, RateLimitBusy):
             retry_in = error.wait_seconds
         else:
-            health = record_failure(
-                session,
-                access.id,
-                error,
-                now,
-                threshold=settings.circuit_failure_threshold,
-                rate_limiter=gateway.rate_limiter,
-            )
+            health = record_failure(session, access.id, error, now, settings, gateway.rate_limiter)
             retry_in = failure_backoff(
                 max(1, health.consecutive_failures),
                 base=max(settings.tick_interval, interval / 4),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
+from tracker.domain.events import provider_alert
 from tracker.domain.health import Health, after_failure, after_rate_limited
 from tracker.provider.errors import (
     InvalidKey,
@@ -18,6 +19,7 @@ from tracker.provider.errors import (
     RateLimited,
 )
 from tracker.ratelimit import RateLimiter
+from tracker.usecases.outbox import record_events
 
 log = logging.getLogger("tracker.health")
 
@@ -49,8 +51,7 @@ def record_failure(
     provider_id: int,
     error: ProviderError,
     now: datetime,
-    *,
-    threshold: int,
+    settings: Settings,
     rate_limiter: RateLimiter | None,
 ) -> Health:
     """Update the provider's health for one failed call and return it."""
@@ -67,6 +68,19 @@ def record_failure(
             extra={"provider": provider.name, "action": error.action},
         )
         health = health_of(provider)
+        record_events(
+            session,
+            settings,
+            [
+                provider_alert(
+                    provider_id=provider.id,
+                    provider_name=provider.name,
+                    kind="provider.paused",
+                    message="the provider rejected the API key; tracking is paused until it is replaced",
+                    at=now,
+                )
+            ],
+        )
     elif isinstance(error, RateLimited):
         health = after_rate_limited(health, now, error.retry_after)
         if rate_limiter is not None:
@@ -76,7 +90,7 @@ def record_failure(
             extra={"provider": provider.name, "retry_after": error.retry_after},
         )
     else:
-        health = after_failure(health, now, threshold=threshold)
+        health = after_failure(health, now, threshold=settings.circuit_failure_threshold)
         log.warning(
             "provider call failed: %s",
             error,
@@ -106,5 +120,4 @@ def record_call(
     if error is None or (isinstance(error, ProviderRejected) and not isinstance(error, InvalidKey)):
         record_success(session, provider_id)
         return None
-    threshold = settings.circuit_failure_threshold
-    return record_failure(session, provider_id, error, now, threshold=threshold, rate_limiter=rate_limiter)
+    return record_failure(session, provider_id, error, now, settings, rate_limiter)

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tracker.clock import utcnow
 from tracker.config import Settings
-from tracker.db.models import Provider
+from tracker.db.models import Order, Provider
 from tracker.db.refill_store import (
+    ClaimedRefill,
     claimed_refill_ids,
     insert_refill_events,
     lock_claimed_refills,
@@ -34,7 +35,8 @@ from tracker.db.refill_store import (
     write_refill_states,
 )
 from tracker.db.session import unit_of_work
-from tracker.domain.refills import apply_refill_observation
+from tracker.domain.events import NewEvent, refill_transition
+from tracker.domain.refills import RefillTransition, apply_refill_observation
 from tracker.domain.scheduling import failure_backoff, poll_delay
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import (
@@ -47,6 +49,7 @@ from tracker.provider.errors import (
 from tracker.provider.types import ItemError, RefillResult
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.outbox import record_events
 from tracker.usecases.polling import base_interval
 from tracker.usecases.provider_health import record_call
 
@@ -200,6 +203,7 @@ def _apply(
     answered = set(fetched.answered)
     state_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
+    changed: list[tuple[ClaimedRefill, RefillTransition]] = []
     with unit_of_work() as session:
         if fetched.multi_works is not None:
             session.execute(
@@ -228,6 +232,7 @@ def _apply(
                         refill.id, event_count, observed_at, outcome.transition
                     )
                 )
+                changed.append((refill, outcome.transition))
             delay = poll_delay(
                 outcome.state.unchanged_polls,
                 base_interval=interval,
@@ -240,6 +245,7 @@ def _apply(
             state_rows.append(columns)
         write_refill_states(session, state_rows)
         insert_refill_events(session, event_rows)
+        record_events(session, settings, _shop_events(session, access, changed, observed_at))
         unanswered = [row_id for row_id in external_ids if row_id not in answered_rows]
         if unanswered:
             release_refill_claim(
@@ -261,3 +267,29 @@ def _apply(
         transitions=len(event_rows),
         error=type(fetched.error).__name__ if fetched.error is not None else None,
     )
+
+
+def _shop_events(
+    session: Session,
+    access: ProviderAccess,
+    changed: list[tuple[ClaimedRefill, RefillTransition]],
+    observed_at: datetime,
+) -> list[NewEvent]:
+    if not changed:
+        return []
+    order_ids = {refill.order_id for refill, _ in changed}
+    external = dict(session.execute(select(Order.id, Order.external_id).where(Order.id.in_(order_ids))).all())
+    return [
+        refill_transition(
+            provider_id=access.id,
+            provider_name=access.name,
+            order_row_id=refill.order_id,
+            external_order_id=external[refill.order_id],
+            refill_id=refill.external_id,
+            from_status=transition.from_status.value if transition.from_status else None,
+            to_status=transition.to_status.value,
+            raw_status=transition.raw_status,
+            at=observed_at,
+        )
+        for refill, transition in changed
+    ]

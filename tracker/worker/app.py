@@ -76,6 +76,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "tracker.sync_catalogs", min(CATALOG_CHECK_SECONDS, settings.catalog_sync_interval)
         ),
     }
+    schedule["check-balances"] = every(
+        "tracker.check_balances", min(CATALOG_CHECK_SECONDS, settings.balance_check_interval)
+    )
+    if settings.webhook_url or settings.event_task:
+        schedule["dispatch-outbox"] = every("tracker.dispatch_outbox", tick_interval)
     if settings.count_probe is not None:
         schedule["probe-counts"] = every("tracker.probe_counts", settings.count_probe_interval)
     return schedule

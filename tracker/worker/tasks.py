@@ -17,7 +17,9 @@ from tracker.config import get_settings
 from tracker.db.session import unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
+from tracker.usecases.catalog import check_balances as check_balances_usecase
 from tracker.usecases.dispatch import claim_due_order_batches
+from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed
 from tracker.usecases.enqueue import track_orders as track_orders_usecase
 from tracker.usecases.gateway import Gateway
 from tracker.usecases.polling import poll_order_batch
@@ -58,14 +60,18 @@ class InvalidTaskInput(ValueError):
 
 
 @shared_task(name="tracker.track_orders", **DB_RETRY)
-def track_orders(provider: str, order_ids: list[int | str], service: int | None = None) -> dict[str, Any]:
+def track_orders(
+    provider: str, order_ids: list[int | str], service: int | None = None, quantity: int | None = None
+) -> dict[str, Any]:
     if not isinstance(order_ids, list | tuple):
         raise InvalidTaskInput(
             f"order_ids must be a list of order IDs, got {type(order_ids).__name__}"
         )
     try:
         with unit_of_work() as session:
-            result = track_orders_usecase(session, provider, order_ids, service=service, now=utcnow())
+            result = track_orders_usecase(
+                session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
+            )
     except LookupError as exc:
         raise InvalidTaskInput(str(exc)) from None
     except ValueError as exc:
@@ -88,3 +94,37 @@ def dispatch_polls() -> int:
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
 def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
     poll_order_batch(provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
+
+
+_sinks: Sinks | None = None
+
+
+def sinks() -> Sinks:
+    global _sinks
+    with _gateway_lock:
+        if _sinks is None:
+            from tracker.worker.app import app
+
+            _sinks = Sinks(
+                get_settings(), lambda name, args, queue: app.send_task(name, args=args, queue=queue)
+            )
+        return _sinks
+
+
+@shared_task(name="tracker.dispatch_outbox", **DB_RETRY)
+def dispatch_outbox() -> int:
+    claims = claim_due_events(get_settings(), utcnow())
+    for claim in claims:
+        deliver_events.delay(claim.claim_id, claim.row_ids)
+    return len(claims)
+
+
+@shared_task(name="tracker.deliver_events", **DB_RETRY)
+def deliver_events(claim_id: int, event_ids: list[int]) -> dict[str, int]:
+    summary = deliver_claimed(claim_id, event_ids, sinks(), utcnow)
+    return {"delivered": summary.delivered, "retrying": summary.retrying, "failed": summary.failed}
+
+
+@shared_task(name="tracker.check_balances", **DB_RETRY)
+def check_balances() -> int:
+    return check_balances_usecase(get_settings(), gateway(), utcnow())
