@@ -273,7 +273,7 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             sim.reset_stats()
 
             workers = [
-                start(f"worker{index}", [sys.executable, "-m", "celery", "-A", "tracker", "worker", "--loglevel", "WARNING",
+                start(f"worker{index}", [sys.executable, "-m", "celery", "-A", "tracker", "worker", "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
                                          "--hostname", f"bench{index}@%h", "--without-gossip", "--without-mingle"], env, work)
                 for index in range(args.processes)
             ]

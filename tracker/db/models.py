@@ -38,6 +38,12 @@ NAMING_CONVENTION = {
 }
 
 
+def due_index(name: str, *columns: str) -> Index:
+    """A partial index over rows that are not final: what a claim query walks, so its cost
+    follows the active rows, not the whole history."""
+    return Index(name, *columns, postgresql_where=text("NOT final"), sqlite_where=text("final = 0"))
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -123,13 +129,7 @@ class Order(Polled, Base):
     __table_args__ = (
         UniqueConstraint("provider_id", "external_id"),
         # The dispatcher's claim query walks this index only: due, active orders.
-        Index(
-            "ix_orders_due",
-            "provider_id",
-            "next_poll_at",
-            postgresql_where=text("NOT final"),
-            sqlite_where=text("final = 0"),
-        ),
+        due_index("ix_orders_due", "provider_id", "next_poll_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -209,13 +209,7 @@ class RefillRequest(Base):
 
     __tablename__ = "refill_requests"
     __table_args__ = (
-        Index(
-            "ix_refill_requests_due",
-            "provider_id",
-            "next_attempt_at",
-            postgresql_where=text("NOT final"),
-            sqlite_where=text("final = 0"),
-        ),
+        due_index("ix_refill_requests_due", "provider_id", "next_attempt_at"),
         # At most one refill request in flight per order, whatever races the workers run.
         Index(
             "uq_refill_requests_one_pending",
@@ -262,13 +256,7 @@ class Refill(Polled, Base):
     __tablename__ = "refills"
     __table_args__ = (
         UniqueConstraint("provider_id", "external_id"),
-        Index(
-            "ix_refills_due",
-            "provider_id",
-            "next_poll_at",
-            postgresql_where=text("NOT final"),
-            sqlite_where=text("final = 0"),
-        ),
+        due_index("ix_refills_due", "provider_id", "next_poll_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -321,12 +309,7 @@ class OutboxEvent(Base):
 
     __tablename__ = "outbox_events"
     __table_args__ = (
-        Index(
-            "ix_outbox_events_due",
-            "next_attempt_at",
-            postgresql_where=text("NOT final"),
-            sqlite_where=text("final = 0"),
-        ),
+        due_index("ix_outbox_events_due", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -1,21 +1,29 @@
 """Bulk reads and writes of order state for the poll path.
 
-The hot path uses Core statements, not ORM objects: one SELECT of the claimed rows, one
-executemany UPDATE of every polled row, one multi-row INSERT of the new events.
+The hot path uses Core statements, not ORM objects. Per batch: one SELECT of the claimed
+rows and their state (before the provider call), then in one transaction one UPDATE of
+every polled row and one INSERT of the new events.
+
+Every write is conditional on the claim: ``UPDATE ... WHERE claim_id = :claim``. Only
+the claim's holder writes poll state, so the state read before the call is still the
+row's state when the answer is applied. A row whose lease ran out and was claimed again
+in the meantime is simply not written, and gets no event from this batch.
+
+On PostgreSQL the UPDATE takes every row's new values as arrays through ``unnest``: one
+statement and one round trip for the batch, instead of a hundred.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, false, select, text
 from sqlalchemy.orm import Session
 
-from tracker.db.bulk import claimed_external_ids as claimed_external
-from tracker.db.bulk import insert_rows, lock_claimed_rows, release_claimed, update_rows
+from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.models import Order, OrderEvent
 from tracker.domain.status import OrderStatus
 from tracker.domain.tracking import OrderState, Transition
@@ -33,11 +41,6 @@ class ClaimedOrder:
     service_id: int | None
     quantity: int | None
     state: OrderState
-
-
-def claimed_external_ids(session: Session, claim_id: int, order_ids: Sequence[int]) -> dict[int, int]:
-    """Row id -> provider order ID, for rows still held by ``claim_id`` and not final."""
-    return claimed_external(session, _orders, claim_id, order_ids)
 
 
 _CLAIMED_COLUMNS = (
@@ -59,8 +62,13 @@ _CLAIMED_COLUMNS = (
 )
 
 
-def lock_claimed(session: Session, claim_id: int, order_ids: Sequence[int]) -> list[ClaimedOrder]:
-    """The claimed rows with their state, locked for this transaction on PostgreSQL."""
+def claimed_orders(session: Session, claim_id: int, order_ids: Sequence[int]) -> list[ClaimedOrder]:
+    """The rows still held by ``claim_id`` and not final, with their state."""
+    rows = session.execute(
+        select(*(_orders.c[name] for name in _CLAIMED_COLUMNS))
+        .where(_orders.c.id.in_(order_ids), _orders.c.claim_id == claim_id, _orders.c.final == false())
+        .order_by(_orders.c.id)
+    )
     return [
         ClaimedOrder(
             id=row.id,
@@ -81,13 +89,66 @@ def lock_claimed(session: Session, claim_id: int, order_ids: Sequence[int]) -> l
                 unchanged_polls=row.unchanged_polls,
             ),
         )
-        for row in lock_claimed_rows(session, _orders, claim_id, order_ids, _CLAIMED_COLUMNS)
+        for row in rows
     ]
 
 
-def write_states(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """One executemany UPDATE of orders (see ``bulk.update_rows``)."""
-    update_rows(session, _orders, rows)
+# Column -> PostgreSQL array type, for the unnest UPDATE. Order matters only for reading.
+_POLLED_COLUMNS: dict[str, str] = {
+    "status": "varchar[]",
+    "raw_status": "varchar[]",
+    "remains": "bigint[]",
+    "charge": "numeric[]",
+    "start_count": "bigint[]",
+    "currency": "varchar[]",
+    "final": "boolean[]",
+    "last_observed_at": "timestamp[]",
+    "consecutive_not_found": "integer[]",
+    "unchanged_polls": "integer[]",
+    "next_poll_at": "timestamp[]",
+    "updated_at": "timestamp[]",
+    "event_count": "integer[]",
+    "completed_at": "timestamp[]",
+}
+_PG_WRITE = text(
+    "UPDATE orders AS o SET "
+    + ", ".join(f"{column} = v.{column}" for column in _POLLED_COLUMNS)
+    + ", claim_id = NULL FROM unnest(CAST(:row_id AS bigint[]), "
+    + ", ".join(f"CAST(:{column} AS {kind})" for column, kind in _POLLED_COLUMNS.items())
+    + ") AS v(row_id, "
+    + ", ".join(_POLLED_COLUMNS)
+    + ") WHERE o.id = v.row_id AND o.claim_id = :claim_id RETURNING o.id"
+)
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    # Raw SQL bypasses UTCDateTime: store the same naive UTC it would.
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None else None
+
+
+def write_polled(session: Session, claim_id: int, rows: Sequence[dict[str, Any]]) -> set[int]:
+    """Write each row's new poll state (``row_id`` plus every column of ``state_columns``
+    and ``event_count``, ``completed_at``) where ``claim_id`` still holds it. Returns the
+    ids written."""
+    if not rows:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
+        parameters: dict[str, Any] = {"claim_id": claim_id, "row_id": [row["row_id"] for row in rows]}
+        for column, kind in _POLLED_COLUMNS.items():
+            values = [row[column] for row in rows]
+            parameters[column] = [_naive_utc(value) for value in values] if kind == "timestamp[]" else values
+        return set(session.execute(_PG_WRITE, parameters).scalars())
+    # SQLite: this transaction holds the database lock, so the claim cannot move between
+    # this check and the executemany.
+    held = set(
+        session.execute(
+            select(_orders.c.id).where(
+                _orders.c.id.in_([row["row_id"] for row in rows]), _orders.c.claim_id == claim_id
+            )
+        ).scalars()
+    )
+    update_rows(session, _orders, [row for row in rows if row["row_id"] in held])
+    return held
 
 
 def state_columns(state: OrderState, *, now: datetime, next_poll_at: datetime) -> dict[str, Any]:

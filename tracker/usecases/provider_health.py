@@ -12,13 +12,14 @@ from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.domain.events import provider_alert
 from tracker.domain.health import Health, after_failure, after_rate_limited
+from tracker.domain.scheduling import failure_backoff
 from tracker.provider.errors import (
     InvalidKey,
     ProviderError,
     ProviderRejected,
     RateLimited,
 )
-from tracker.ratelimit import RateLimiter
+from tracker.ratelimit import RateLimitBusy, RateLimiter
 from tracker.usecases.outbox import record_events
 
 log = logging.getLogger("tracker.health")
@@ -121,3 +122,27 @@ def record_call(
         record_success(session, provider_id)
         return None
     return record_failure(session, provider_id, error, now, settings, rate_limiter)
+
+
+def retry_delay_after(
+    session: Session,
+    provider_id: int,
+    error: ProviderError | RateLimitBusy | None,
+    interval: float,
+    settings: Settings,
+    rate_limiter: RateLimiter | None,
+    now: datetime,
+) -> float:
+    """Record how a poll's call went and return the seconds until the rows it could not
+    update are due again: the rate limiter's wait, one interval after a refusal, or an
+    exponential back-off (full jitter) after a failure."""
+    if isinstance(error, RateLimitBusy):
+        return error.wait_seconds
+    health = record_call(session, provider_id, error, now, settings, rate_limiter)
+    if health is None:
+        return interval
+    return failure_backoff(
+        max(1, health.consecutive_failures),
+        base=max(settings.tick_interval, interval / 4),
+        cap=interval * settings.max_poll_backoff_factor,
+    )

@@ -37,7 +37,7 @@ from tracker.db.refill_store import (
 from tracker.db.session import unit_of_work
 from tracker.domain.events import NewEvent, refill_transition
 from tracker.domain.refills import RefillTransition, apply_refill_observation
-from tracker.domain.scheduling import failure_backoff, poll_delay
+from tracker.domain.scheduling import poll_delay
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import (
     IncorrectRequest,
@@ -51,7 +51,7 @@ from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
 from tracker.usecases.outbox import record_events
 from tracker.usecases.polling import base_interval
-from tracker.usecases.provider_health import record_call
+from tracker.usecases.provider_health import retry_delay_after
 
 log = logging.getLogger("tracker.refill_poll")
 
@@ -166,29 +166,6 @@ def poll_refill_batch(
     )
 
 
-def _retry_in(
-    session: Session,
-    access: ProviderAccess,
-    error: ProviderError | RateLimitBusy | None,
-    interval: float,
-    settings: Settings,
-    gateway: Gateway,
-    now: datetime,
-) -> float:
-    """Record the provider's health after the calls; seconds until the refills the calls
-    did not reach are due again."""
-    if isinstance(error, RateLimitBusy):
-        return error.wait_seconds
-    health = record_call(session, access.id, error, now, settings, gateway.rate_limiter)
-    if health is None:
-        return interval
-    return failure_backoff(
-        max(1, health.consecutive_failures),
-        base=max(settings.tick_interval, interval / 4),
-        cap=interval * settings.max_poll_backoff_factor,
-    )
-
-
 def _apply(
     access: ProviderAccess,
     claim_id: int,
@@ -211,8 +188,8 @@ def _apply(
                 .where(Provider.id == access.id)
                 .values(supports_multi_refill_status=fetched.multi_works)
             )
-        retry_in = _retry_in(
-            session, access, fetched.error, interval, settings, gateway, now
+        retry_in = retry_delay_after(
+            session, access.id, fetched.error, interval, settings, gateway.rate_limiter, now
         )
         answered_rows = {
             row_id for row_id, external in external_ids.items() if external in answered
