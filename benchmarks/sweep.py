@@ -6,7 +6,7 @@ nothing about time.
 
     python benchmarks/sweep.py                          # 100,000 orders, both databases, latency 0 and 200 ms
     python benchmarks/sweep.py --orders 1000000 --db postgresql --latency-ms 0
-    python benchmarks/sweep.py --orders 2000 --db sqlite --latency-ms 0 --quick   # the CI smoke run
+    python benchmarks/sweep.py --orders 1000 --db sqlite --latency-ms 0 --threads 4  # CI's smoke run
 
 For each (database, latency) it prints:
 - sweep wall time and orders persisted per second (every order polled once, its first
@@ -324,7 +324,6 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--events", type=int, default=0, help="extra history rows for the claim-query figure (PostgreSQL)")
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: small N, one configuration")
     args = parser.parse_args()
     latencies = args.latency_ms or [0.0, 200.0]
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
