@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from sqlalchemy import select
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
+from tracker.cli.progress import progress_bar, stderr_is_terminal
 from tracker.clock import utcnow
 from tracker.db.models import Order
 from tracker.domain.ids import NotTextError, iter_id_tokens, parse_order_id
@@ -63,21 +65,22 @@ def _open_text(path: str) -> TextIO:
         raise CLIError(f"cannot read {path}: {exc.strerror}", 2) from None
 
 
-def _chunks(handle: TextIO, size: int = 1 << 16) -> Iterator[str]:
+def _chunks(handle: TextIO, on_read: Callable[[int], None], size: int = 1 << 16) -> Iterator[str]:
     try:
         while chunk := handle.read(size):
+            on_read(len(chunk))
             yield chunk
     except UnicodeDecodeError:
         raise CLIError("the ID file is not UTF-8 text (is it a binary file?)", 2) from None
 
 
-def _id_tokens(args: argparse.Namespace) -> Iterator[str]:
+def _id_tokens(args: argparse.Namespace, on_read: Callable[[int], None]) -> Iterator[str]:
     yield from args.ids
     if args.file is None:
         return
     handle = _open_text(args.file)
     try:
-        yield from iter_id_tokens(_chunks(handle))
+        yield from iter_id_tokens(_chunks(handle, on_read))
     except NotTextError as exc:
         raise CLIError(f"{args.file}: {exc}", 2) from None
     finally:
@@ -85,22 +88,44 @@ def _id_tokens(args: argparse.Namespace) -> Iterator[str]:
             handle.close()
 
 
+def _file_size(path: str | None) -> int | None:
+    """The byte count to show progress against; None (an indeterminate bar) for stdin."""
+    if path is None or path == "-":
+        return None
+    try:
+        return os.path.getsize(path) or None
+    except OSError:
+        return None
+
+
 def _track(args: argparse.Namespace) -> int:
     if not args.ids and args.file is None:
         raise CLIError("give order IDs as arguments or with --file", 2)
     total = TrackResult(provider=args.provider)
     rejected_total = 0
-    tokens = _id_tokens(args)
-    while chunk := list(itertools.islice(tokens, TRACK_CHUNK)):
-        with database() as session:
-            result = track_orders(session, args.provider, chunk, service=args.service, now=utcnow())
-        total.provider = result.provider
-        total.added += result.added
-        total.already_tracked += result.already_tracked
-        total.duplicates += result.duplicates
-        rejected_total += len(result.rejected)
-        room = SHOWN_REJECTIONS - len(total.rejected)
-        total.rejected.extend(result.rejected[: max(0, room)])
+    processed = 0
+    size = _file_size(args.file)
+    read = 0
+
+    def count_read(characters: int) -> None:
+        nonlocal read
+        read += characters
+
+    tokens = _id_tokens(args, count_read)
+    # IDs as arguments are tracked at once; a bar is for files, which may be huge.
+    with progress_bar(f"tracking {args.provider}", size, enabled=args.file is not None and stderr_is_terminal()) as bar:
+        while chunk := list(itertools.islice(tokens, TRACK_CHUNK)):
+            with database() as session:
+                result = track_orders(session, args.provider, chunk, service=args.service, now=utcnow())
+            total.provider = result.provider
+            total.added += result.added
+            total.already_tracked += result.already_tracked
+            total.duplicates += result.duplicates
+            rejected_total += len(result.rejected)
+            room = SHOWN_REJECTIONS - len(total.rejected)
+            total.rejected.extend(result.rejected[: max(0, room)])
+            processed += len(chunk)
+            bar.update(completed=min(read, size) if size else None, detail=f"{processed:,} IDs")
     for given, reason in total.rejected:
         print(f"rejected {given}: {reason}", file=sys.stderr)
     if rejected_total > len(total.rejected):

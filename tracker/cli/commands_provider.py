@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
+from tracker.cli.progress import progress_bar
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Provider, Service
@@ -20,6 +21,9 @@ from tracker.usecases.enqueue import provider_by_name
 from tracker.usecases.gateway import ProviderAccess
 from tracker.usecases.providers import ProviderSpec, upsert_provider
 from tracker.usecases.views import iso, money
+
+
+SYNC_STEPS = 3
 
 
 def _decimal(text: str) -> Decimal:
@@ -146,13 +150,19 @@ def _sync(args: argparse.Namespace) -> int:
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
-    with ProviderClient(access.api_url, access.api_key) as client:
-        entries = client.services()
-        balance = client.balance()
-    with database() as session:
-        provider = provider_by_name(session, args.name)
-        added = store_catalog(session, provider, entries, utcnow())
-        store_balance(session, settings, provider, balance, utcnow())
+    # Three steps: a big catalog takes a while to download, and longer to store.
+    with progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
+        with ProviderClient(access.api_url, access.api_key) as client:
+            bar.update(detail="fetching the services catalog")
+            entries = client.services()
+            bar.update(advance=1, detail="fetching the balance")
+            balance = client.balance()
+        bar.update(advance=1, detail=f"storing {len(entries)} services")
+        with database() as session:
+            provider = provider_by_name(session, args.name)
+            added = store_catalog(session, provider, entries, utcnow())
+            store_balance(session, settings, provider, balance, utcnow())
+        bar.update(advance=1, detail="done")
     with_refill = sum(1 for entry in entries if entry.refill)
     with_cancel = sum(1 for entry in entries if entry.cancel)
     print(

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from tracker import logs
 from tracker.cli import (
+    commands_demo,
     commands_orders,
     commands_provider,
     commands_refill,
     commands_run,
+    commands_stats,
 )
 from tracker.cli.errors import CLIError, known_errors
 
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands_provider.register(commands)
     commands_orders.register(commands)
     commands_refill.register(commands)
+    commands_stats.register(commands)
+    commands_demo.register(commands)
     return parser
 
 

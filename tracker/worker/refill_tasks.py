@@ -45,8 +45,11 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
             report = report_drop_usecase(
                 session, provider, order_id, now=now, lease_until=lease_until
             )
-    except (LookupError, ValueError) as exc:
+    except LookupError as exc:
         raise InvalidTaskInput(str(exc)) from None
+    except ValueError as exc:
+        # parse_order_id says what is wrong, not with what: name the value given.
+        raise InvalidTaskInput(f"order ID {order_id!r} {exc}") from None
     log.info("report_drop %s", report.describe(), extra={"provider": report.provider})
     # The request is committed, and claimed for this attempt: only now may the task exist.
     if report.request_id is not None and report.claim_id is not None:

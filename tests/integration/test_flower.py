@@ -1,0 +1,128 @@
+"""Flower for a deployment: `tracker flower` in production mode, behind basic auth, as the
+shop's door from any language (the README's curl example, sent with requests), and as
+the monitor that lists every task with arguments made of IDs only."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from tests.conftest import TEST_API_KEY
+from tests.integration.helpers import add_provider, count_orders, running_tracker
+from tests.support import processes
+from tests.support.network import answers, listening
+from tests.support.processes import wait_until
+from tracker.db.models import Order
+from tracker.db.session import unit_of_work
+from tracker.ops.bundled_redis import free_port
+from tracker.sim.server import SimServer
+
+pytestmark = pytest.mark.integration
+
+AUTH = ("shop", "s3cret-flower-pass")
+PROVIDER = "panel"
+# Tasks whose events Flower must have seen: the shop's, beat's and the dispatcher's.
+EXPECTED_TASKS = {"tracker.track_orders", "tracker.dispatch_polls", "tracker.poll_status_batch"}
+
+
+def flower_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "tracker.cli.main", "flower", "--address", "127.0.0.1", "--port", str(port)]
+
+
+def leaves(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [leaf for item in value for leaf in leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    return [value]
+
+
+def is_id_or_name(value: Any) -> bool:
+    """Task arguments are IDs (numbers, or digit strings as shops send them), the
+    provider's name, or nothing."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    return isinstance(value, str) and (value.isdigit() or value == PROVIDER)
+
+
+def tracker_tasks(api: str) -> dict[str, dict[str, Any]]:
+    listing = requests.get(f"{api}/tasks", auth=AUTH, timeout=10)
+    listing.raise_for_status()
+    assert TEST_API_KEY not in listing.text
+    return {uuid: info for uuid, info in listing.json().items() if str(info.get("name", "")).startswith("tracker.")}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_shop_enqueues_through_flower_with_basic_auth(
+    tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    logs = tmp_path / "logs"
+    flower_env = {**tracker_env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    with SimServer(dialect="standard", speed=20.0, seed=41) as sim:
+        add_provider(PROVIDER, sim.url, monkeypatch, "--rate-limit", "50")
+        ids = sim.seed_orders(count=30, service=1, pending_s=2, progress_s=10)
+        flower = processes.start("flower", flower_command(port), flower_env, logs)
+        try:
+            with running_tracker(tracker_env, logs):
+                wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthcheck"), timeout=60, what="Flower up")
+                assert flower.alive(), flower.output()
+                api = f"http://127.0.0.1:{port}/api"
+                enqueue = f"{api}/task/async-apply/tracker.track_orders"
+                body = {"args": [PROVIDER, ids[:20]], "kwargs": {"service": 1}}
+
+                assert requests.post(enqueue, json=body, timeout=10).status_code == 401
+                assert requests.post(enqueue, json=body, auth=(AUTH[0], "wrong"), timeout=10).status_code == 401
+                assert requests.get(f"{api}/tasks", timeout=10).status_code == 401
+                assert count_orders(PROVIDER) == 0
+
+                accepted = requests.post(enqueue, json=body, auth=AUTH, timeout=10)
+                assert accepted.status_code == 200, accepted.text
+                assert accepted.json()["task-id"]
+                # Digit strings, no service: what a loosely typed language may send.
+                rest = requests.post(enqueue, json={"args": [PROVIDER, [str(i) for i in ids[20:]]]}, auth=AUTH, timeout=10)
+                assert rest.status_code == 200, rest.text
+                wait_until(lambda: count_orders(PROVIDER, final=True) == len(ids), timeout=60, what="all orders final")
+
+                wait_until(
+                    lambda: EXPECTED_TASKS <= {info["name"] for info in tracker_tasks(api).values()},
+                    timeout=30,
+                    what=f"Flower to list {sorted(EXPECTED_TASKS)}",
+                )
+                tasks = tracker_tasks(api)
+        finally:
+            flower.stop()
+
+    with unit_of_work() as session:
+        services = dict(session.execute(select(Order.external_id, Order.service_id)).all())
+    assert sorted(services) == sorted(ids)
+    assert {services[i] for i in ids[:20]} == {1} and {services[i] for i in ids[20:]} == {None}
+
+    for info in tasks.values():
+        arguments = leaves(ast.literal_eval(info["args"])) + leaves(ast.literal_eval(info["kwargs"]))
+        assert all(is_id_or_name(value) for value in arguments), info
+    shop_calls = [ast.literal_eval(info["args"]) for info in tasks.values() if info["name"] == "tracker.track_orders"]
+    assert [PROVIDER, ids[:20]] in shop_calls
+    assert all(info["state"] == "SUCCESS" for info in tasks.values() if info["name"] == "tracker.track_orders")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("auth", [None, "no-colon-here"])
+def test_flower_without_basic_auth_in_production_refuses_to_start(tracker_env: dict[str, str], auth: str | None) -> None:
+    env = {name: value for name, value in tracker_env.items() if name != "FLOWER_BASIC_AUTH"}
+    if auth is not None:
+        env["FLOWER_BASIC_AUTH"] = auth
+    assert env["TRACKER_MODE"] == "production"
+    port = free_port()
+    completed = subprocess.run(flower_command(port), env=env, capture_output=True, text=True, timeout=60)
+    assert completed.returncode != 0
+    assert "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not listening(port)

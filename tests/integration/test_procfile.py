@@ -1,0 +1,126 @@
+"""The repository's Procfile, run as Heroku, Dokku or honcho run it: the `release` line on
+a fresh database, then `worker`, `beat` and `flower` under honcho, fed by a shop's plain
+Celery client, and stopped the way a platform stops them (SIGTERM)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from tests.integration.helpers import add_provider, count_orders, shop_client
+from tests.support.network import answers, listening
+from tests.support.processes import wait_until
+from tracker.config import reset_settings
+from tracker.db.models import Order
+from tracker.db.session import dispose_engines, unit_of_work
+from tracker.ops.bundled_redis import free_port
+from tracker.sim.server import SimServer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+AUTH = ("ops", "procfile-pass")
+# honcho gives each process type its own PORT: the base for the first named, +100 for
+# the next, so `start worker beat flower` puts Flower on PORT + 200.
+FLOWER_PORT_OFFSET = 200
+ORDERS = 60
+
+
+def procfile_lines() -> dict[str, str]:
+    lines = {}
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            lines[name.strip()] = command.strip()
+    return lines
+
+
+def flower_port() -> int:
+    while True:
+        port = free_port()
+        if port - FLOWER_PORT_OFFSET > 1024:
+            return port
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_procfile_releases_then_runs_worker_beat_and_flower(
+    tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = procfile_lines()
+    assert set(lines) == {"release", "worker", "beat", "flower"}
+    # A database nothing has migrated yet: the release line must create the schema.
+    database = f"sqlite:///{tmp_path / 'procfile.db'}"
+    monkeypatch.setenv("TRACKER_DATABASE_URL", database)
+    reset_settings()
+    dispose_engines()
+    port = flower_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **tracker_env,
+        "TRACKER_DATABASE_URL": database,
+        "FLOWER_BASIC_AUTH": ":".join(AUTH),
+        "PORT": str(port - FLOWER_PORT_OFFSET),
+        # The Procfile names `tracker` and `celery`: the ones installed with this Python.
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+
+    def cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tracker", *arguments], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    unmigrated = cli("provider", "list")
+    assert unmigrated.returncode == 1 and "run `tracker db upgrade` first" in unmigrated.stderr
+    release = subprocess.run(lines["release"], shell=True, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert release.returncode == 0, release.stderr
+    assert cli("provider", "list").returncode == 0
+
+    log_path = tmp_path / "honcho.log"
+    with SimServer(dialect="standard", speed=10.0, seed=51) as sim, log_path.open("wb") as log:
+        add_provider("panel", sim.url, monkeypatch, "--rate-limit", "50")
+        ids = sim.seed_orders(count=ORDERS, service=1, pending_s=2, progress_s=10)
+        honcho = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start", "worker", "beat", "flower"],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: answers(f"http://127.0.0.1:{port}/healthcheck") or honcho.poll() is not None,
+                timeout=60, what="Flower from the Procfile",
+            )
+            assert honcho.poll() is None, log_path.read_text()
+            shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids], kwargs={"service": 1})
+            wait_until(lambda: count_orders("panel", final=True) == ORDERS, timeout=60, what="all orders final")
+            # Flower (behind its basic auth) sees the Procfile's worker.
+            workers = requests.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", auth=AUTH, timeout=30)
+            assert workers.status_code == 200, workers.text
+            assert any(name.startswith("worker@") for name in workers.json()), workers.text
+            assert honcho.poll() is None, "every process must still be running"
+        finally:
+            # What a platform does to stop a dyno: SIGTERM to the whole process group.
+            if honcho.poll() is None:
+                os.killpg(honcho.pid, signal.SIGTERM)
+            try:
+                honcho.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(honcho.pid, signal.SIGKILL)
+                raise
+
+    output = log_path.read_text(errors="replace")
+    for name in ("worker.1", "beat.1", "flower.1"):
+        assert re.search(rf"{name}\s+\| ", output), output[-3000:]
+        assert f"{name} stopped" in output, output[-3000:]
+    assert "Warm shutdown" in output, "the worker must finish its tasks on SIGTERM"
+    assert "Traceback" not in output, output[-3000:]
+    assert not listening(port)
+    truth = sim.truth(ids)
+    with unit_of_work() as session:
+        statuses = dict(session.execute(select(Order.external_id, Order.status)).all())
+    assert statuses == {order_id: truth[order_id]["status"] for order_id in ids}  # type: ignore[index]
+    dispose_engines()
