@@ -29,10 +29,10 @@ def register(commands: Any) -> None:
         "flower",
         help="run Flower for a deployment (requires FLOWER_BASIC_AUTH outside local mode)",
         description="Starts `celery -A tracker flower`. Outside local mode it refuses to start "
-        "without FLOWER_BASIC_AUTH (user:password[,user2:password2]); in local mode it binds "
-        "127.0.0.1 unless --address says otherwise.",
+        "without FLOWER_BASIC_AUTH (user:password[,user2:password2]). It binds 127.0.0.1 unless "
+        "--address says otherwise.",
     )
-    flower.add_argument("--address", default=None, help="default 0.0.0.0 in production, 127.0.0.1 in local mode")
+    flower.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1; containers pass 0.0.0.0)")
     flower.add_argument("--port", type=int, default=5555)
     flower.set_defaults(handler=_flower)
 
@@ -67,7 +67,7 @@ def _flower(args: argparse.Namespace) -> int:
             "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
             "(outside local mode Flower shows every task and can enqueue them)"
         )
-    address = args.address or ("127.0.0.1" if settings.local_mode else "0.0.0.0")
+    address = args.address
     command = [sys.executable, "-m", "celery", "-A", "tracker", "flower", f"--address={address}", f"--port={args.port}"]
     # Flower reads FLOWER_BASIC_AUTH from the environment itself; never put it on argv.
     os.execv(sys.executable, command)

@@ -181,6 +181,7 @@ def _after_failed_call(
     """Leave the orders' data untouched and make them due again after a back-off."""
     with unit_of_work() as session:
         retry_in = retry_delay_after(
-            session, access.id, error, interval, settings, gateway.rate_limiter, now
+            session, access.id, error, interval, settings, gateway.rate_limiter, now,
+            refusal_is_failure=True,
         )
         release_claim(session, claim_id, row_ids, next_poll_at=now + timedelta(seconds=retry_in))

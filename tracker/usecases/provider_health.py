@@ -132,13 +132,22 @@ def retry_delay_after(
     settings: Settings,
     rate_limiter: RateLimiter | None,
     now: datetime,
+    *,
+    refusal_is_failure: bool = False,
 ) -> float:
     """Record how a poll's call went and return the seconds until the rows it could not
     update are due again: the rate limiter's wait, one interval after a refusal, or an
-    exponential back-off (full jitter) after a failure."""
+    exponential back-off (full jitter) after a failure.
+
+    ``refusal_is_failure``: a status call has no legitimate refusal (not-found answers
+    come per ID), so a top-level ``{"error": ...}`` there counts towards the circuit
+    breaker; otherwise a panel alternating 5xx and refusals would never trip it."""
     if isinstance(error, RateLimitBusy):
         return error.wait_seconds
-    health = record_call(session, provider_id, error, now, settings, rate_limiter)
+    if refusal_is_failure and error is not None:
+        health: Health | None = record_failure(session, provider_id, error, now, settings, rate_limiter)
+    else:
+        health = record_call(session, provider_id, error, now, settings, rate_limiter)
     if health is None:
         return interval
     return failure_backoff(

@@ -1,0 +1,76 @@
+"""A set of tracker processes (workers, beats, Flower) that a test starts one by one and
+that are all stopped when the block ends, whatever happened: no orphans.
+
+Each process is registered before the test waits for it to become ready, so one that
+never gets ready is stopped too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from tests.support import processes
+from tests.support.processes import Proc
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = processes.start(name, command, env or self.env, self.log_dir)
+        self.procs.append(proc)
+        return proc
+
+    def workers(self, *names: str, concurrency: int = 4) -> list[Proc]:
+        """Start workers together, then wait until each is ready."""
+        started = [
+            self._start(
+                name,
+                processes.celery(
+                    "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+                    "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+                ),
+            )
+            for name in names
+        ]
+        for proc in started:
+            proc.wait_for_output(" ready.", timeout=60)
+        return started
+
+    def worker(self, name: str = "worker", concurrency: int = 4) -> Proc:
+        return self.workers(name, concurrency=concurrency)[0]
+
+    def beat(self, name: str = "beat") -> Proc:
+        proc = self._start(
+            name, processes.celery("beat", "--loglevel", "INFO", "--schedule", str(self.log_dir / f"{name}-schedule"))
+        )
+        proc.wait_for_output("beat: Starting", timeout=60)
+        return proc
+
+    def tracker_command(self, name: str, *arguments: str, env: dict[str, str] | None = None) -> Proc:
+        """A long-running ``tracker`` subcommand (``flower``, ``sim``), not waited for."""
+        return self._start(name, [sys.executable, "-m", "tracker.cli.main", *arguments], env)
+
+    def output(self) -> dict[str, str]:
+        return {proc.name: proc.output() for proc in self.procs}
