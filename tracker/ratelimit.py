@@ -77,6 +77,3 @@ class RateLimiter:
         # Never shorten a longer cool-down already in place.
         if int(self._redis.pttl(key)) < milliseconds:
             self._redis.set(key, "1", px=milliseconds)
-
-    def cooldown_remaining(self, provider_id: int) -> float:
-        return max(0, int(self._redis.pttl(self._keys(provider_id)[1]))) / 1000.0

@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from tracker.domain.status import OrderStatus
+from tracker.domain.status import FINAL_ORDER_STATUSES, OrderStatus
 from tracker.domain.tracking import Transition
 
 REFUNDABLE = frozenset({OrderStatus.PARTIAL, OrderStatus.CANCELED})
@@ -92,7 +92,7 @@ def order_transition(
             "charge": _text(transition.charge),
             "start_count": transition.start_count,
             "currency": currency,
-            "final": transition.to_status in REFUNDABLE | {OrderStatus.COMPLETED, OrderStatus.NOT_FOUND},
+            "final": transition.to_status in FINAL_ORDER_STATUSES,
             "quantity": quantity,
             "refund_due": _text(refund_due),
             "refund_fraction": _text(refund_fraction),

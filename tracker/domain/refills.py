@@ -32,7 +32,7 @@ from enum import StrEnum
 
 from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
 from tracker.domain.scheduling import failure_backoff
-from tracker.domain.status import FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
+from tracker.domain.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
 from tracker.provider.errors import (
     IncorrectRequest,
     InvalidKey,
@@ -42,7 +42,6 @@ from tracker.provider.errors import (
 )
 from tracker.provider.types import ItemError, RefillReport
 
-COMPLETION_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.PARTIAL})
 
 # --- eligibility ---------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ provider in one burst forever after.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
 
 UNCHANGED_POLLS_PER_DOUBLING = 3
 JITTER = 0.10
@@ -44,7 +43,3 @@ def failure_backoff(
     """
     step = min(cap, base * 2.0 ** max(0, consecutive_failures - 1))
     return (rng or random).uniform(step / 2.0, step)
-
-
-def next_time(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)

@@ -30,6 +30,10 @@ FINAL_ORDER_STATUSES: frozenset[OrderStatus] = frozenset(
 )
 
 
+# Statuses that end delivery and open the refill guarantee window.
+COMPLETION_STATUSES: frozenset[OrderStatus] = frozenset({OrderStatus.COMPLETED, OrderStatus.PARTIAL})
+
+
 class RefillStatus(StrEnum):
     PENDING = "Pending"
     IN_PROGRESS = "In progress"

@@ -144,7 +144,7 @@ def summary_text(snapshot: DemoSnapshot, *, finished: bool) -> str:
         f"({_by_status(refills_by_status)})",
         f"  API calls:    {sum(calls_by_action.values())}: "
         + ", ".join(f"{action} {number}" for action, number in sorted(calls_by_action.items())),
-        f"  per provider: " + ", ".join(f"{view.name} {view.calls}" for view in snapshot.providers),
+        "  per provider: " + ", ".join(f"{view.name} {view.calls}" for view in snapshot.providers),
         f"  IDs per call: {ids_per_call(snapshot.total('status_ids'), status_calls)} per status call "
         f"({snapshot.total('status_ids')} IDs in {status_calls} calls)",
     ]

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
@@ -38,13 +37,6 @@ class ProviderAccess:
     api_key: str = field(repr=False)
     batch_size: int
     rate_limit: float
-
-    @classmethod
-    def load(cls, session: Session, provider_id: int, settings: Settings) -> ProviderAccess | None:
-        provider = session.get(Provider, provider_id)
-        if provider is None:
-            return None
-        return cls.of(provider, settings)
 
     @classmethod
     def of(cls, provider: Provider, settings: Settings) -> ProviderAccess:

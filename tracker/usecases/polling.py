@@ -29,7 +29,7 @@ from tracker.db.order_store import (
 from tracker.db.session import unit_of_work
 from tracker.domain.events import NewEvent, order_transition
 from tracker.domain.scheduling import poll_delay
-from tracker.domain.status import OrderStatus
+from tracker.domain.status import COMPLETION_STATUSES
 from tracker.domain.tracking import apply_observation
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import OrderResult
@@ -40,7 +40,6 @@ from tracker.usecases.provider_health import record_success, retry_delay_after
 
 log = logging.getLogger("tracker.poll")
 
-COMPLETION_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.PARTIAL})
 
 
 @dataclass(frozen=True, slots=True)

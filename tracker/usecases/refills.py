@@ -45,7 +45,6 @@ from tracker.db.session import unit_of_work
 from tracker.domain.health import CircuitState
 from tracker.domain.ids import parse_order_id
 from tracker.domain.refills import (
-    COMPLETION_STATUSES,
     Accepted,
     AttemptOutcome,
     Decision,
@@ -58,7 +57,7 @@ from tracker.domain.refills import (
     refill_eligibility,
     window_days,
 )
-from tracker.domain.status import OrderStatus
+from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
 from tracker.provider.errors import ProviderError, RateLimited
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.enqueue import provider_by_name
