@@ -4,13 +4,17 @@ It runs the real system on this machine: `tracker sim` as a subprocess, a real C
 worker and beat, Redis, and SQLite and/or PostgreSQL. It prints figures and asserts
 nothing about time.
 
-    python benchmarks/sweep.py                          # 100,000 orders, both databases, latency 0 and 200 ms
-    python benchmarks/sweep.py --orders 1000000 --db postgresql --latency-ms 0
+    python benchmarks/sweep.py --processes 2 --threads 4   # 100,000 orders, both databases, latency 0 and 200 ms
+    python benchmarks/sweep.py --orders 1000000 --db postgresql --latency-ms 0 --processes 2 --threads 4 --events 10000000
+    python benchmarks/sweep.py --db postgresql --latency-ms 200 --rate-limit 20 --processes 2 --threads 4
     python benchmarks/sweep.py --orders 1000 --db sqlite --latency-ms 0 --threads 4  # CI's smoke run
 
 For each (database, latency) it prints:
-- sweep wall time and orders persisted per second (every order polled once, its first
-  event written);
+- the start-up time (beat started to first status call), then the sweep wall time from
+  the first call to the last order's first event written, and orders persisted per
+  second over it;
+- the CPU seconds the workers, the database server, the sim and Redis used during the
+  sweep: on one machine they compete for the same cores;
 - status calls per sweep against ceil(N/100), and the largest call;
 - the dispatcher's claim-query time (median of 20 claims of 100 due orders), optionally
   with many extra events in the history table (--events);
@@ -74,7 +78,7 @@ class Figures:
 
 
 @contextmanager
-def sim_process(latency_ms: float, log_dir: Path) -> Iterator[SimAdmin]:
+def sim_process(latency_ms: float, log_dir: Path) -> Iterator[tuple[SimAdmin, int]]:
     env = dict(os.environ, TRACKER_SIM_KEY=API_KEY)
     process = subprocess.Popen(
         [sys.executable, "-m", "tracker.cli.main", "sim", "--port", "0", "--latency-ms", str(latency_ms),
@@ -87,7 +91,7 @@ def sim_process(latency_ms: float, log_dir: Path) -> Iterator[SimAdmin]:
         url = line.split()[3]
         admin = SimAdmin(url.rsplit("/api/v2", 1)[0])
         admin.wait_ready()
-        yield admin
+        yield admin, process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -140,6 +144,28 @@ def peak_rss_mb(pid: int) -> float:
     return round(total, 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_program() -> dict[str, float]:
+    """CPU seconds used so far by every process of the programs that share the machine
+    during a sweep (dead processes' time is lost, so compare live ones only)."""
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        program = "python" if name.startswith("python") or name.startswith("celery") else name
+        fields = text.rsplit(")", 1)[1].split()
+        totals[program] = totals.get(program, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return totals
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -165,6 +191,21 @@ def register(database_url: str, sim_url: str, ids: list[int], rate_limit: float)
 def polled_count(database_url: str) -> int:
     with unit_of_work(database_url) as session:
         return int(session.scalar(select(func.count()).select_from(Order).where(Order.last_observed_at.is_not(None))) or 0)
+
+
+def sim_status_ids(sim: SimAdmin) -> int:
+    status = sim.stats()["actions"].get("status")
+    return int(status["ids_total"]) if status else 0
+
+
+def sweep_span(database_url: str) -> tuple[float, float]:
+    """When the sweep's first status call went out and its last write was made, on the
+    time.time() clock: an order's last_observed_at is stamped just before its call, and
+    its updated_at when its answer is applied, just before the commit."""
+    with unit_of_work(database_url) as session:
+        first, last = session.execute(select(func.min(Order.last_observed_at), func.max(Order.updated_at))).one()
+    assert first is not None and last is not None
+    return float(first.timestamp()), float(last.timestamp())
 
 
 def floor_seconds(sim_url: str, ids: list[int], concurrency: int) -> float:
@@ -247,7 +288,7 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
     figures = Figures()
     with tempfile.TemporaryDirectory(prefix="tracker-bench-") as tmp:
         work = Path(tmp)
-        with database(kind, work) as database_url, broker(work) as broker_url, sim_process(latency_ms, work) as sim:
+        with database(kind, work) as database_url, broker(work) as broker_url, sim_process(latency_ms, work) as (sim, sim_pid):
             migrate.upgrade(database_url)
             ids = sim.seed_orders(count=args.orders, service=1, pending_s=10**8)
             env = dict(
@@ -279,30 +320,58 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             ]
             time.sleep(3)
             started = time.monotonic()
+            started_wall = time.time()
             beat = start("beat", [sys.executable, "-m", "celery", "-A", "tracker", "beat", "--loglevel", "WARNING",
                                   "--schedule", str(work / "beat-schedule")], env, work)
             try:
                 deadline = started + args.timeout
-                while polled_count(database_url) < args.orders:
+                cpu_at_first_call: tuple[dict[str, float], float, list[float]] | None = None
+
+                def check(what: str) -> None:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"sweep not finished after {args.timeout}s: {polled_count(database_url)} polled")
+                        raise TimeoutError(f"sweep not finished after {args.timeout}s: {what}")
                     if any(worker.poll() is not None for worker in workers):
                         raise RuntimeError("a worker died: see " + str(work))
+
+                # Watch the sim's counters, not the database: a count over N rows every
+                # few milliseconds would load the database we are measuring.
+                while (answered := sim_status_ids(sim)) < args.orders:
+                    check(f"{answered} IDs answered")
+                    if cpu_at_first_call is None and answered > 0:
+                        cpu_at_first_call = (cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers])
+                    time.sleep(0.05)
+                while (polled := polled_count(database_url)) < args.orders:
+                    check(f"{polled} orders persisted")
                     time.sleep(0.2)
-                sweep = time.monotonic() - started
+                cpu_at_end = (cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers])
+                first_call, last_write = sweep_span(database_url)
+                sweep = last_write - first_call
                 rss = sum(peak_rss_mb(worker.pid) for worker in workers)
+                worker_cpu = sum(cpu_seconds(worker.pid) for worker in workers)
             finally:
                 for process in [beat, *workers]:
                     process.terminate()
                 for process in [beat, *workers]:
                     process.wait(timeout=30)
             stats = sim.stats()["actions"]["status"]
-            figures["sweep seconds"] = round(sweep, 2)
+            figures["start-up seconds (beat start to first call)"] = round(first_call - started_wall, 2)
+            figures["sweep seconds (first call to last write)"] = round(sweep, 2)
             figures["orders persisted per second"] = round(args.orders / sweep)
             figures["status calls / ceil(N/100)"] = f"{stats['calls']} / {math.ceil(args.orders / 100)}"
             figures["largest call (IDs)"] = stats["max_ids"]
             figures["max calls in any 1 s"] = stats["max_calls_in_any_1s_window"]
             figures["worker peak RSS MB"] = rss
+            figures["worker CPU seconds (start-up included)"] = round(worker_cpu, 1)
+            if cpu_at_first_call is not None:
+                programs_before, sim_before, workers_before = cpu_at_first_call
+                programs_after, sim_after, workers_after = cpu_at_end
+                used = {
+                    "workers": sum(workers_after) - sum(workers_before),
+                    "database server": programs_after.get("postgres", 0.0) - programs_before.get("postgres", 0.0),
+                    "sim": sim_after - sim_before,
+                    "redis": programs_after.get("redis-server", 0.0) - programs_before.get("redis-server", 0.0),
+                }
+                figures["CPU seconds during the sweep"] = ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
             figures["floor seconds (batched HTTP, no persistence)"] = round(floor, 2)
             figures["naive seconds (1 call per order, scaled)"] = round(naive, 1)
             figures["sweep / floor"] = round(sweep / floor, 2)

@@ -67,6 +67,10 @@ def _integer(env: dict[str, str], name: str, default: int, *, minimum: int) -> i
     return int(value)
 
 
+# A poll task's calls run one after another: more would hold a task (and its lease) long.
+MAX_CALLS_PER_POLL_TASK = 50
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -79,6 +83,12 @@ class Settings:
     not_found_after: int = 5
     lease_seconds: float = 180.0
     worker_concurrency: int = 8
+    # Worker processes `tracker run` starts. One process runs Python on one core at a
+    # time; a second one uses a second core (see the README's Performance section).
+    worker_processes: int = 1
+    # Status calls one poll task makes, in turn, on rows it reads and writes together:
+    # one task, one read and one write per up to this many 100-ID calls.
+    calls_per_poll_task: int = 10
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
     circuit_failure_threshold: int = 5
@@ -139,6 +149,11 @@ class Settings:
         if env.get("TRACKER_WEBHOOK_URL", "").strip() and not env.get("TRACKER_WEBHOOK_SECRET", "").strip() and mode != "local":
             raise ConfigError("TRACKER_WEBHOOK_URL is set without TRACKER_WEBHOOK_SECRET: refusing to send unsigned webhooks")
         state_dir = Path(env.get("TRACKER_STATE_DIR", "").strip() or ".tracker")
+        calls_per_poll_task = _integer(env, "TRACKER_CALLS_PER_TASK", 10, minimum=1)
+        if calls_per_poll_task > MAX_CALLS_PER_POLL_TASK:
+            raise ConfigError(
+                f"TRACKER_CALLS_PER_TASK must be at most {MAX_CALLS_PER_POLL_TASK}, got {calls_per_poll_task}"
+            )
         broker_url_setting = env.get("TRACKER_BROKER_URL", "").strip() or None
         return cls(
             database_url=database_url,
@@ -151,6 +166,8 @@ class Settings:
                 env, "TRACKER_LEASE_SECONDS", max(180.0, 3 * tick_interval), minimum=5.0
             ),
             worker_concurrency=_integer(env, "TRACKER_WORKER_CONCURRENCY", 8, minimum=1),
+            calls_per_poll_task=calls_per_poll_task,
+            worker_processes=_integer(env, "TRACKER_WORKER_PROCESSES", 1, minimum=1),
             http_connect_timeout=_number(env, "TRACKER_HTTP_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             http_read_timeout=_number(env, "TRACKER_HTTP_READ_TIMEOUT", 30.0, minimum=0.1),
             circuit_failure_threshold=_integer(

@@ -54,10 +54,13 @@ def event_count() -> int:
 
 
 def poll_everything_due(gateway: Gateway) -> int:
+    """Claim and poll every due order; returns how many orders were asked about."""
     batches = claim_due_order_batches(get_settings(), utcnow())
-    for batch in batches:
+    summaries = [
         poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
-    return len(batches)
+        for batch in batches
+    ]
+    return sum(summary.asked for summary in summaries)
 
 
 def make_all_due() -> None:
@@ -67,14 +70,56 @@ def make_all_due() -> None:
 
 def test_the_same_answers_applied_again_add_no_event(sim: SimServer, gateway: Gateway) -> None:
     register(sim, 250, pending_s=10**6)
-    assert poll_everything_due(gateway) == 3
+    assert poll_everything_due(gateway) == 250
     first = event_count()
     assert first == 250
     for _ in range(3):
         make_all_due()
-        assert poll_everything_due(gateway) == 3
+        assert poll_everything_due(gateway) == 250
     assert event_count() == first
     assert sim.stats()["actions"]["status"]["calls"] == 12
+
+
+def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_call(
+    sim: SimServer, gateway: Gateway
+) -> None:
+    register(sim, 450, pending_s=10**6)
+    batches = claim_due_order_batches(get_settings(), utcnow())
+    assert [len(batch.claim.row_ids) for batch in batches] == [450]
+    sim.inject_fault("http_500", actions=["status"], skip=2)
+    started = utcnow()
+    batch = batches[0]
+    summary = poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+    sim.clear_faults()
+    # Calls 1 and 2 answered; call 3 failed (after the client's own retries); 4 and 5 never made.
+    assert (summary.asked, summary.applied, summary.error) == (450, 200, "HTTPError")
+    assert event_count() == 200
+    with unit_of_work() as session:
+        orders = session.scalars(select(Order).order_by(Order.id)).all()
+        provider = session.scalars(select(Provider)).one()
+    assert all(order.claim_id is None for order in orders)
+    assert [order.status is not None for order in orders] == [True] * 200 + [False] * 250
+    unanswered = orders[200:]
+    assert all(order.next_poll_at > started for order in unanswered)
+    assert provider.consecutive_failures == 1
+    make_all_due()
+    assert poll_everything_due(gateway) == 450
+    assert event_count() == 450
+
+
+def test_a_tick_claims_in_rounds_and_never_beyond_the_allowance(sim: SimServer, gateway: Gateway) -> None:
+    from tracker.usecases.dispatch import TASKS_PER_ROUND, claim_rounds
+
+    per_task = get_settings().calls_per_poll_task
+    assert (per_task, TASKS_PER_ROUND) == (10, 10)
+    register(sim, 11_300, pending_s=10**6)
+    with unit_of_work() as session:
+        # The test tick is 1 s: 105 calls per tick.
+        session.scalars(select(Provider)).one().rate_limit = 105
+    first_tick = [[len(batch.claim.row_ids) for batch in batches] for batches in claim_rounds(get_settings(), utcnow())]
+    assert first_tick == [[1000] * 10, [500]]
+    second_tick = [[len(batch.claim.row_ids) for batch in batches] for batches in claim_rounds(get_settings(), utcnow())]
+    assert second_tick == [[800]]
 
 
 def test_a_claim_is_exclusive_until_its_lease_runs_out(sim: SimServer, tracker_env: dict[str, str]) -> None:

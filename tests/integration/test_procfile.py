@@ -97,10 +97,14 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
             assert honcho.poll() is None, log_path.read_text()
             shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids], kwargs={"service": 1})
             wait_until(lambda: count_orders("panel", final=True) == ORDERS, timeout=60, what="all orders final")
-            # Flower (behind its basic auth) sees the Procfile's worker.
-            workers = requests.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", auth=AUTH, timeout=30)
-            assert workers.status_code == 200, workers.text
-            assert any(name.startswith("worker@") for name in workers.json()), workers.text
+            # Flower (behind its basic auth) sees the Procfile's worker. Its inspect waits
+            # about a second for replies; on a loaded machine one round may come back empty.
+            def flower_sees_the_worker() -> bool:
+                workers = requests.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", auth=AUTH, timeout=30)
+                assert workers.status_code == 200, workers.text
+                return any(name.startswith("worker@") for name in workers.json())
+
+            wait_until(flower_sees_the_worker, timeout=30, interval=1, what="Flower listing the Procfile's worker")
             assert honcho.poll() is None, "every process must still be running"
         finally:
             # What a platform does to stop a dyno: SIGTERM to the whole process group.

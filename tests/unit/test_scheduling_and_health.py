@@ -4,17 +4,24 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from tracker.domain.health import CircuitState, Health, after_failure, after_rate_limited, after_success, batches_per_tick
-from tracker.domain.scheduling import failure_backoff, poll_delay
+from tracker.domain.scheduling import draw_jitter, failure_backoff, poll_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_poll_delay_doubles_every_three_unchanged_answers_up_to_the_cap() -> None:
     rng = random.Random(1)
-    delays = [poll_delay(n, base_interval=100, max_factor=8, rng=rng) for n in range(15)]
+    delays = [poll_delay(n, base_interval=100, max_factor=8, jitter=draw_jitter(rng)) for n in range(15)]
     for n, delay in enumerate(delays):
         factor = min(8, 2 ** (n // 3))
         assert 100 * factor * 0.9 <= delay <= 100 * factor * 1.1
+        assert delay != 100 * factor
+
+
+def test_one_jitter_keeps_a_batch_in_step() -> None:
+    jitter = draw_jitter(random.Random(3))
+    same_age = {poll_delay(4, base_interval=60, max_factor=8, jitter=jitter) for _ in range(100)}
+    assert len(same_age) == 1
 
 
 def test_failure_backoff_grows_and_is_capped() -> None:

@@ -7,8 +7,10 @@ import pytest
 from tracker.domain.status import (
     FINAL_ORDER_STATUSES,
     FINAL_REFILL_STATUSES,
+    RAW_STATUS_MAX_LENGTH,
     OrderStatus,
     RefillStatus,
+    clean_raw_status,
     normalize_order_status,
     normalize_refill_status,
 )
@@ -67,6 +69,20 @@ def test_parsed_order_keeps_the_raw_spelling(raw: str) -> None:
     assert isinstance(report, OrderReport)
     assert report.raw_status == raw
     assert report.status is normalize_order_status(raw)
+
+
+def test_a_raw_status_is_stored_without_control_characters_and_within_its_column() -> None:
+    odd = "In progress\x00 <b>" + "x" * 200
+    report = parse_status(json.dumps({"status": odd}))
+    assert isinstance(report, OrderReport)
+    assert report.status is OrderStatus.UNKNOWN
+    assert report.raw_status == clean_raw_status(odd)
+    assert report.raw_status is not None
+    assert "\x00" not in report.raw_status
+    assert len(report.raw_status) == RAW_STATUS_MAX_LENGTH
+    assert report.raw_status.startswith("In progress  <b>x")
+    refill = parse_refill_status(json.dumps({"status": "Done\n\tok"}))
+    assert refill.raw_status == "Done ok"  # type: ignore[union-attr]
 
 
 def test_unknown_refill_status_keeps_raw() -> None:

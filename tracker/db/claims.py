@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import ClassVar, Protocol, cast
 
-from sqlalchemy import Column, FromClause, Table, false, select, update
+from sqlalchemy import Column, FromClause, Select, Table, false, func, select, update
 from sqlalchemy.orm import Session
 
 
@@ -69,18 +69,46 @@ def claim_due(
         conditions.append(table.c.provider_id == provider_id)
     for _ in range(max_batches):
         candidates = select(id_col, due).where(*conditions).order_by(due).limit(batch_size)
+        claim_id = new_claim_id()
+        values = {due_column: lease_until, "claim_id": claim_id}
         if on_postgres:
-            candidates = candidates.with_for_update(skip_locked=True)
-        rows = session.execute(candidates).all()
-        if not rows or rows[0][1] > now:
+            row_ids = _claim_in_one_statement(session, table, candidates, due_column, values, now=now)
+        else:
+            row_ids = _claim_in_two_statements(session, table, candidates, values, now=now)
+        if not row_ids:
             break
-        claim = Claim(new_claim_id(), [row[0] for row in rows])
-        session.execute(
-            update(table)
-            .where(id_col.in_(claim.row_ids))
-            .values({due_column: lease_until, "claim_id": claim.claim_id})
-        )
-        claims.append(claim)
-        if len(rows) < batch_size:
+        claims.append(Claim(claim_id, row_ids))
+        if len(row_ids) < batch_size:
             break
     return claims
+
+
+def _claim_in_one_statement(
+    session: Session,
+    table: Table,
+    candidates: Select[int, datetime],
+    due_column: str,
+    values: dict[str, object],
+    *,
+    now: datetime,
+) -> list[int]:
+    """PostgreSQL: lock the candidates (skipping rows another dispatcher holds) and stamp
+    them in one round trip, only when the earliest of them is due now."""
+    locked = candidates.with_for_update(skip_locked=True).cte("candidates")
+    earliest = select(func.min(locked.c[due_column])).scalar_subquery()
+    stamped = session.execute(
+        update(table).where(table.c.id == locked.c.id, earliest <= now).values(values).returning(table.c.id)
+    )
+    return sorted(stamped.scalars().all())
+
+
+def _claim_in_two_statements(
+    session: Session, table: Table, candidates: Select[int, datetime], values: dict[str, object], *, now: datetime
+) -> list[int]:
+    """SQLite: this write transaction holds the database, so nothing moves in between."""
+    rows = session.execute(candidates).all()
+    if not rows or rows[0][1] > now:
+        return []
+    row_ids: list[int] = [row[0] for row in rows]
+    session.execute(update(table).where(table.c.id.in_(row_ids)).values(values))
+    return row_ids

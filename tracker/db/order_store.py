@@ -9,18 +9,18 @@ the claim's holder writes poll state, so the state read before the call is still
 row's state when the answer is applied. A row whose lease ran out and was claimed again
 in the meantime is simply not written, and gets no event from this batch.
 
-On PostgreSQL the UPDATE takes every row's new values as arrays through ``unnest``: one
-statement and one round trip for the batch, instead of a hundred.
+On PostgreSQL the UPDATE and the INSERT take the whole batch as one JSON parameter
+(``tracker.db.bulk``): one statement and one round trip each, for any batch size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, false, select, text
+from sqlalchemy import Table, false, select
 from sqlalchemy.orm import Session
 
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
@@ -93,62 +93,11 @@ def claimed_orders(session: Session, claim_id: int, order_ids: Sequence[int]) ->
     ]
 
 
-# Column -> PostgreSQL array type, for the unnest UPDATE. Order matters only for reading.
-_POLLED_COLUMNS: dict[str, str] = {
-    "status": "varchar[]",
-    "raw_status": "varchar[]",
-    "remains": "bigint[]",
-    "charge": "numeric[]",
-    "start_count": "bigint[]",
-    "currency": "varchar[]",
-    "final": "boolean[]",
-    "last_observed_at": "timestamp[]",
-    "consecutive_not_found": "integer[]",
-    "unchanged_polls": "integer[]",
-    "next_poll_at": "timestamp[]",
-    "updated_at": "timestamp[]",
-    "event_count": "integer[]",
-    "completed_at": "timestamp[]",
-}
-_PG_WRITE = text(
-    "UPDATE orders AS o SET "
-    + ", ".join(f"{column} = v.{column}" for column in _POLLED_COLUMNS)
-    + ", claim_id = NULL FROM unnest(CAST(:row_id AS bigint[]), "
-    + ", ".join(f"CAST(:{column} AS {kind})" for column, kind in _POLLED_COLUMNS.items())
-    + ") AS v(row_id, "
-    + ", ".join(_POLLED_COLUMNS)
-    + ") WHERE o.id = v.row_id AND o.claim_id = :claim_id RETURNING o.id"
-)
-
-
-def _naive_utc(moment: datetime | None) -> datetime | None:
-    # Raw SQL bypasses UTCDateTime: store the same naive UTC it would.
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None else None
-
-
 def write_polled(session: Session, claim_id: int, rows: Sequence[dict[str, Any]]) -> set[int]:
     """Write each row's new poll state (``row_id`` plus every column of ``state_columns``
     and ``event_count``, ``completed_at``) where ``claim_id`` still holds it. Returns the
     ids written."""
-    if not rows:
-        return set()
-    if session.get_bind().dialect.name == "postgresql":
-        parameters: dict[str, Any] = {"claim_id": claim_id, "row_id": [row["row_id"] for row in rows]}
-        for column, kind in _POLLED_COLUMNS.items():
-            values = [row[column] for row in rows]
-            parameters[column] = [_naive_utc(value) for value in values] if kind == "timestamp[]" else values
-        return set(session.execute(_PG_WRITE, parameters).scalars())
-    # SQLite: this transaction holds the database lock, so the claim cannot move between
-    # this check and the executemany.
-    held = set(
-        session.execute(
-            select(_orders.c.id).where(
-                _orders.c.id.in_([row["row_id"] for row in rows]), _orders.c.claim_id == claim_id
-            )
-        ).scalars()
-    )
-    update_rows(session, _orders, [row for row in rows if row["row_id"] in held])
-    return held
+    return update_rows(session, _orders, rows, claim_id=claim_id)
 
 
 def state_columns(state: OrderState, *, now: datetime, next_poll_at: datetime) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Adaptive polling (documented in the README): an order whose last answer changed something
 is polled again after one base interval. Each run of three unchanged answers doubles the
 interval, up to ``max_factor`` base intervals, so a stale In-progress order costs a
-fraction of the calls of a moving one. Final orders are never polled. Every delay gets
-+/-10% jitter so that orders enqueued together spread out instead of hitting the
-provider in one burst forever after.
+fraction of the calls of a moving one. Final orders are never polled. Delays get +/-10%
+jitter, drawn once per polled batch, not per order: batches spread out instead of hitting
+the provider in one burst forever after, while the orders of one batch stay in step, so
+they are due together again and the next sweep's calls are full 100-ID calls too.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ UNCHANGED_POLLS_PER_DOUBLING = 3
 JITTER = 0.10
 
 
+def draw_jitter(rng: random.Random | None = None) -> float:
+    """One batch's jitter, for every ``poll_delay`` of that batch."""
+    return (rng or random).uniform(-JITTER, JITTER)
+
+
 def poll_delay(
     unchanged_polls: int,
     *,
     base_interval: float,
     max_factor: float,
-    rng: random.Random | None = None,
+    jitter: float,
 ) -> float:
     """Seconds until the next poll of an active order."""
     factor = min(max_factor, 2.0 ** (unchanged_polls // UNCHANGED_POLLS_PER_DOUBLING))
-    jitter = (rng or random).uniform(-JITTER, JITTER)
     return base_interval * factor * (1.0 + jitter)
 
 

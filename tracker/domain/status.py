@@ -8,6 +8,7 @@ a new spelling from a provider must not stop tracking.
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 
@@ -50,9 +51,24 @@ FINAL_REFILL_STATUSES: frozenset[RefillStatus] = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def _squash(raw: str) -> str:
-    """Lower-case and drop everything but letters: "In_Progress " -> "inprogress"."""
+    """Lower-case and drop everything but letters: "In_Progress " -> "inprogress".
+    Cached: a provider's answers repeat a handful of spellings thousands of times."""
     return re.sub(r"[^a-z]", "", raw.lower())
+
+
+# The width of the raw_status columns.
+RAW_STATUS_MAX_LENGTH = 64
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@functools.lru_cache(maxsize=1024)
+def clean_raw_status(raw: str) -> str:
+    """A provider's status text as we store it: control characters (a NUL would be refused
+    by PostgreSQL) become spaces, and it is cut to the column's width, so one odd answer
+    cannot make a whole batch's write fail."""
+    return _CONTROL_CHARACTERS.sub(" ", raw)[:RAW_STATUS_MAX_LENGTH]
 
 
 _ORDER_SPELLINGS: dict[str, OrderStatus] = {

@@ -38,8 +38,10 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tracker", *arguments]
 
 
-def worker_command(loglevel: str) -> list[str]:
-    return celery_command("worker", "--loglevel", loglevel, "--hostname", "tracker@%h")
+def worker_command(loglevel: str, index: int = 0) -> list[str]:
+    # Distinct node names: Flower and `celery inspect` tell the processes apart.
+    name = "tracker" if index == 0 else f"tracker{index + 1}"
+    return celery_command("worker", "--loglevel", loglevel, "--hostname", f"{name}@%h")
 
 
 def beat_command(loglevel: str, state_dir: Path) -> list[str]:
@@ -131,7 +133,10 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     # `tracker flower`, which insists on FLOWER_BASIC_AUTH.
     environment.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     commands = {
-        "worker": worker_command(loglevel),
+        **{
+            "worker" if index == 0 else f"worker{index + 1}": worker_command(loglevel, index)
+            for index in range(settings.worker_processes)
+        },
         "beat": beat_command(loglevel, state_dir),
         "flower": celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}"),
     }

@@ -44,6 +44,7 @@ from tracker.domain.provider_messages import classify_top_level_error, means_not
 from tracker.domain.status import (
     OrderStatus,
     RefillStatus,
+    clean_raw_status,
     normalize_order_status,
     normalize_refill_status,
 )
@@ -283,7 +284,7 @@ def _order_report(entry: dict[str, object]) -> OrderResult:
         return ItemError(raw.strip())
     return OrderReport(
         status=status,
-        raw_status=raw,
+        raw_status=clean_raw_status(raw),
         charge=_field(entry, "charge", _decimal),
         start_count=_field(entry, "start_count", _int),
         remains=_field(entry, "remains", _int),
@@ -304,7 +305,7 @@ def _refill_report(raw: str) -> RefillResult:
     status = normalize_refill_status(raw)
     if status is RefillStatus.UNKNOWN and means_not_found(raw):
         return ItemError(raw.strip())
-    return RefillReport(status=status, raw_status=raw)
+    return RefillReport(status=status, raw_status=clean_raw_status(raw))
 
 
 def _refill_status_entry(entry: object) -> RefillResult:

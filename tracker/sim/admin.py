@@ -129,6 +129,7 @@ class SimAdmin:
         probability: float | None = None,
         actions: Sequence[str] | None = None,
         seconds: float | None = None,
+        skip: int = 0,
     ) -> None:
         self._call(
             "POST",
@@ -139,6 +140,7 @@ class SimAdmin:
                 "probability": probability,
                 "actions": list(actions) if actions is not None else None,
                 "seconds": seconds,
+                "skip": skip,
             },
         )
 

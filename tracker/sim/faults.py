@@ -2,8 +2,9 @@
 
 Rules are queued with ``POST /admin/faults`` and checked, in order, for every API request
 (admin requests are never faulted). A rule matches when its ``actions`` include the
-request's action (``None``: every action), its ``probability`` roll succeeds (``None``:
-always) and it has firings left (``count``; ``None``: unlimited). The first matching rule
+request's action (``None``: every action), it has let its first ``skip`` matching
+requests through, its ``probability`` roll succeeds (``None``: always) and it has firings
+left (``count``; ``None``: unlimited). The first matching rule
 fires; a rule whose count reaches 0 is removed.
 
 What each kind does:
@@ -63,6 +64,8 @@ class FaultRule:
     probability: float | None = None
     actions: frozenset[str] | None = None
     seconds: float | None = None
+    # Matching requests to let through before the rule starts firing.
+    skip: int = 0
 
     def matches(self, action: str) -> bool:
         return self.actions is None or action in self.actions
@@ -74,6 +77,7 @@ class FaultRule:
             "probability": self.probability,
             "actions": sorted(self.actions) if self.actions is not None else None,
             "seconds": self.seconds,
+            "skip": self.skip,
         }
 
 
@@ -102,7 +106,10 @@ def parse_rule(spec: dict[str, Any]) -> FaultRule:
         if not isinstance(seconds, (int, float)) or seconds < 0:
             raise ValueError("seconds must be a non-negative number, or null")
         seconds = float(seconds)
-    return FaultRule(kind, count, probability, actions, seconds)
+    skip = spec.get("skip") or 0
+    if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
+        raise ValueError("skip must be a non-negative integer, or null")
+    return FaultRule(kind, count, probability, actions, seconds, skip)
 
 
 class FaultQueue:
@@ -136,6 +143,9 @@ class FaultQueue:
         with self._lock:
             for index, rule in enumerate(self._rules):
                 if not rule.matches(action):
+                    continue
+                if rule.skip > 0:
+                    rule.skip -= 1
                     continue
                 if rule.probability is not None and self._random.random() >= rule.probability:
                     continue

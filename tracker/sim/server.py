@@ -325,6 +325,7 @@ class SimServer:
         probability: float | None = None,
         actions: Sequence[str] | None = None,
         seconds: float | None = None,
+        skip: int = 0,
     ) -> None:
         spec = {
             "kind": kind,
@@ -332,6 +333,7 @@ class SimServer:
             "probability": probability,
             "actions": list(actions) if actions is not None else None,
             "seconds": seconds,
+            "skip": skip,
         }
         status, payload = handle_admin(self.provider, "POST", "/admin/faults", {}, spec)
         if status != 200:

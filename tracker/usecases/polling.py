@@ -9,8 +9,9 @@ writes the new state of the rows the claim still holds (see ``tracker.db.order_s
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,18 +29,18 @@ from tracker.db.order_store import (
 )
 from tracker.db.session import unit_of_work
 from tracker.domain.events import NewEvent, order_transition
-from tracker.domain.scheduling import poll_delay
+from tracker.domain.scheduling import draw_jitter, poll_delay
 from tracker.domain.status import COMPLETION_STATUSES
 from tracker.domain.tracking import apply_observation
+from tracker.provider.client import ProviderClient
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import OrderResult
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_events
+from tracker.usecases.outbox import record_events, sink_configured
 from tracker.usecases.provider_health import record_success, retry_delay_after
 
 log = logging.getLogger("tracker.poll")
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,40 +76,77 @@ def poll_order_batch(
             # Delivered late: the lease ran out and the rows were claimed again.
             return PollSummary(provider_id)
         interval = base_interval(provider, settings)
-        row_ids = [order.id for order in orders]
         if provider.paused:
+            row_ids = [order.id for order in orders]
             release_claim(session, claim_id, row_ids, next_poll_at=clock() + timedelta(seconds=interval))
             return PollSummary(provider_id, error="provider paused")
         access = ProviderAccess.of(provider, settings)
 
-    client = gateway.client(access)
-    observed_at = clock()
-    try:
-        results = client.status_multi([order.external_id for order in orders])
-    except (ProviderError, RateLimitBusy) as error:
-        _after_failed_call(access, claim_id, row_ids, error, interval, settings, gateway, clock())
-        return PollSummary(provider_id, asked=len(orders), error=type(error).__name__)
-    return _apply_results(access, claim_id, orders, results, observed_at, interval, settings, clock())
+    calls = _call_all(gateway.client(access), orders, access.batch_size, settings, clock)
+    summary = _apply_results(access, claim_id, calls.answered, interval, settings, clock())
+    if calls.unasked:
+        _release_unasked(access, claim_id, calls, interval, settings, gateway, clock())
+    if calls.error is None:
+        return summary
+    return replace(summary, asked=summary.asked + len(calls.unasked), error=type(calls.error).__name__)
+
+
+@dataclass(slots=True)
+class _Calls:
+    answered: list[tuple[ClaimedOrder, OrderResult | None, datetime]] = field(default_factory=list)
+    unasked: list[int] = field(default_factory=list)
+    error: ProviderError | RateLimitBusy | None = None
+
+
+def _call_all(
+    client: ProviderClient,
+    orders: list[ClaimedOrder],
+    batch_size: int,
+    settings: Settings,
+    clock: Callable[[], datetime],
+) -> _Calls:
+    """One status call per ``batch_size`` orders, in turn. The first failed call stops the
+    rest: a failing provider is not asked again until its back-off has passed. Calls stop
+    too once half the lease is spent, so the task writes its answers while it still holds
+    the rows."""
+    calls = _Calls()
+    started = time.monotonic()
+    for offset in range(0, len(orders), batch_size):
+        group = orders[offset : offset + batch_size]
+        if offset and time.monotonic() - started > settings.lease_seconds / 2:
+            calls.unasked.extend(order.id for order in orders[offset:])
+            break
+        observed_at = clock()
+        try:
+            results = client.status_multi([order.external_id for order in group])
+        except (ProviderError, RateLimitBusy) as error:
+            calls.error = error
+            calls.unasked.extend(order.id for order in orders[offset:])
+            break
+        calls.answered.extend((order, results.get(order.external_id), observed_at) for order in group)
+    return calls
 
 
 def _apply_results(
     access: ProviderAccess,
     claim_id: int,
-    orders: list[ClaimedOrder],
-    results: dict[int, OrderResult],
-    observed_at: datetime,
+    answered: list[tuple[ClaimedOrder, OrderResult | None, datetime]],
     interval: float,
     settings: Settings,
     now: datetime,
 ) -> PollSummary:
+    if not answered:
+        return PollSummary(access.id)
     state_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
     shop_events: list[NewEvent] = []
+    events_wanted = sink_configured(settings)
     stale = 0
-    for order in orders:
+    jitter = draw_jitter()
+    for order, result, observed_at in answered:
         outcome = apply_observation(
             order.state,
-            results.get(order.external_id),
+            result,
             observed_at,
             not_found_after=settings.not_found_after,
         )
@@ -119,25 +157,27 @@ def _apply_results(
         if outcome.transition is not None:
             event_count += 1
             event_rows.append(event_row(order.id, event_count, observed_at, outcome.transition))
-            shop_events.append(
-                order_transition(
-                    provider_id=access.id,
-                    provider_name=access.name,
-                    order_row_id=order.id,
-                    external_id=order.external_id,
-                    service_id=order.service_id,
-                    quantity=order.quantity,
-                    currency=state.currency,
-                    transition=outcome.transition,
-                    at=observed_at,
+            if events_wanted:
+                shop_events.append(
+                    order_transition(
+                        provider_id=access.id,
+                        provider_name=access.name,
+                        order_row_id=order.id,
+                        external_id=order.external_id,
+                        service_id=order.service_id,
+                        quantity=order.quantity,
+                        currency=state.currency,
+                        transition=outcome.transition,
+                        at=observed_at,
+                    )
                 )
-            )
             if completed_at is None and outcome.transition.to_status in COMPLETION_STATUSES:
                 completed_at = observed_at
         delay = poll_delay(
             state.unchanged_polls,
             base_interval=interval,
             max_factor=settings.max_poll_backoff_factor,
+            jitter=jitter,
         )
         columns = state_columns(state, now=now, next_poll_at=now + timedelta(seconds=delay))
         columns.update(row_id=order.id, event_count=event_count, completed_at=completed_at)
@@ -160,27 +200,29 @@ def _apply_results(
     )
     return PollSummary(
         access.id,
-        asked=len(orders),
+        asked=len(answered),
         applied=len(written),
         transitions=len(event_rows),
         stale=stale,
     )
 
 
-def _after_failed_call(
+def _release_unasked(
     access: ProviderAccess,
     claim_id: int,
-    row_ids: list[int],
-    error: ProviderError | RateLimitBusy,
+    calls: _Calls,
     interval: float,
     settings: Settings,
     gateway: Gateway,
     now: datetime,
 ) -> None:
-    """Leave the orders' data untouched and make them due again after a back-off."""
+    """Leave unasked orders' data untouched: after a failed call they are due again after
+    a back-off; after running out of time, at once."""
     with unit_of_work() as session:
-        retry_in = retry_delay_after(
-            session, access.id, error, interval, settings, gateway.rate_limiter, now,
-            refusal_is_failure=True,
-        )
-        release_claim(session, claim_id, row_ids, next_poll_at=now + timedelta(seconds=retry_in))
+        retry_in = 0.0
+        if calls.error is not None:
+            retry_in = retry_delay_after(
+                session, access.id, calls.error, interval, settings, gateway.rate_limiter, now,
+                refusal_is_failure=True,
+            )
+        release_claim(session, claim_id, calls.unasked, next_poll_at=now + timedelta(seconds=retry_in))

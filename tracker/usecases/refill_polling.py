@@ -37,7 +37,7 @@ from tracker.db.refill_store import (
 from tracker.db.session import unit_of_work
 from tracker.domain.events import NewEvent, refill_transition
 from tracker.domain.refills import RefillTransition, apply_refill_observation
-from tracker.domain.scheduling import poll_delay
+from tracker.domain.scheduling import draw_jitter, poll_delay
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import (
     IncorrectRequest,
@@ -194,6 +194,7 @@ def _apply(
         answered_rows = {
             row_id for row_id, external in external_ids.items() if external in answered
         }
+        jitter = draw_jitter()
         for refill in lock_claimed_refills(session, claim_id, sorted(answered_rows)):
             outcome = apply_refill_observation(
                 refill.state,
@@ -214,6 +215,7 @@ def _apply(
                 outcome.state.unchanged_polls,
                 base_interval=interval,
                 max_factor=settings.max_poll_backoff_factor,
+                jitter=jitter,
             )
             columns = refill_state_columns(
                 outcome.state, now=now, next_poll_at=now + timedelta(seconds=delay)

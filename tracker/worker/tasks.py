@@ -9,6 +9,8 @@ import logging
 import threading
 from typing import Any
 
+import redis
+import redis.lock
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -18,7 +20,7 @@ from tracker.db.session import unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
 from tracker.usecases.catalog import check_balances as check_balances_usecase
-from tracker.usecases.dispatch import claim_due_order_batches
+from tracker.usecases.dispatch import claim_rounds
 from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed
 from tracker.usecases.enqueue import track_orders as track_orders_usecase
 from tracker.usecases.gateway import Gateway
@@ -42,6 +44,20 @@ def gateway() -> Gateway:
                 CallMetrics.from_url(settings.broker_url),
             )
         return _gateway
+
+
+_coordination: redis.Redis | None = None
+
+
+def coordination() -> redis.Redis:
+    """The worker process's Redis client for locks between workers (the broker's Redis)."""
+    global _coordination
+    with _gateway_lock:
+        if _coordination is None:
+            _coordination = redis.Redis.from_url(
+                get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5
+            )
+        return _coordination
 
 
 # Database hiccups (a killed connection, a failover) are retried: every task is one
@@ -84,11 +100,32 @@ def track_orders(
 
 @shared_task(name="tracker.dispatch_polls", **DB_RETRY)
 def dispatch_polls() -> int:
-    batches = claim_due_order_batches(get_settings(), utcnow())
-    # Claims are committed: only now may the poll tasks exist.
-    for batch in batches:
-        poll_status_batch.delay(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids)
-    return len(batches)
+    settings = get_settings()
+    # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
+    # while a long one (a large backlog) is still claiming would skip the rows it has
+    # locked and fill batches only partly: more calls for the same orders.
+    lock = coordination().lock("tracker:lock:dispatch-polls", timeout=settings.lease_seconds)
+    if not lock.acquire(blocking=False):
+        log.debug("dispatch_polls: the previous tick is still claiming")
+        return 0
+    enqueued = 0
+    try:
+        for batches in claim_rounds(settings, utcnow()):
+            # This round's claims are committed: only now may its poll tasks exist.
+            for batch in batches:
+                poll_status_batch.delay(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids)
+            enqueued += len(batches)
+    finally:
+        _release(lock)
+    return enqueued
+
+
+def _release(lock: redis.lock.Lock) -> None:
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        # Held longer than its timeout: it expired, and perhaps another tick holds it now.
+        log.warning("dispatch lock expired before the tick ended")
 
 
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
