@@ -562,3 +562,17 @@ def test_key_in_a_batch_id_is_redacted() -> None:
     with pytest.raises(UnexpectedShape) as caught:
         parsing.parse_status_multi(json.dumps({KEY: {"status": "Pending"}}), secrets=[KEY])
     assert KEY not in _everything_about(caught.value)
+
+
+def test_a_value_beyond_the_database_columns_makes_only_its_entry_unreadable() -> None:
+    text = (
+        '{"1": {"status": "Completed", "remains": 100000000000000000000000000000, "charge": "1.5"},'
+        ' "2": {"status": "Partial", "remains": "5", "charge": "12345678901234567.5"},'
+        ' "3": {"status": "Completed", "remains": "0", "charge": "0.25", "currency": "US DOLLARS"}}'
+    )
+    answers = parsing.parse_status_multi(text)
+    assert isinstance(answers[1], parsing.ItemError) and "remains" in answers[1].message
+    assert isinstance(answers[2], parsing.ItemError) and "charge" in answers[2].message
+    third = answers[3]
+    assert not isinstance(third, parsing.ItemError)
+    assert third.charge == Decimal("0.25") and third.currency == "US DOLLA"

@@ -156,10 +156,11 @@ def _recordset(table: Table, columns: Sequence[str], dialect: Dialect) -> str:
     return f"json_to_recordset(CAST(:rows AS json)) AS v({', '.join(definitions)})"
 
 
-@functools.cache
+# Bounded: the key holds the engine's dialect, and tests create many engines.
+@functools.lru_cache(maxsize=64)
 def _pg_update(table: Table, columns: tuple[str, ...], dialect: Dialect, *, claimed: bool) -> TextClause:
     assignments = ", ".join(f"{name} = v.{name}" for name in columns)
-    claim_condition = f" AND t.claim_id = :claim_id" if claimed else ""
+    claim_condition = " AND t.claim_id = :claim_id" if claimed else ""
     return text(
         f"UPDATE {table.name} AS t SET {assignments} "
         f"FROM {_recordset(table, (_ROW_ID, *columns), dialect)} "
@@ -167,7 +168,7 @@ def _pg_update(table: Table, columns: tuple[str, ...], dialect: Dialect, *, clai
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _pg_insert(table: Table, columns: tuple[str, ...], dialect: Dialect) -> TextClause:
     names = ", ".join(columns)
     return text(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {_recordset(table, columns, dialect)}")

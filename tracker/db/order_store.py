@@ -40,6 +40,8 @@ class ClaimedOrder:
     completed_at: datetime | None
     service_id: int | None
     quantity: int | None
+    # The claim's lease: a claimed row's next_poll_at is the lease's end.
+    lease_until: datetime
     state: OrderState
 
 
@@ -50,6 +52,7 @@ _CLAIMED_COLUMNS = (
     "completed_at",
     "service_id",
     "quantity",
+    "next_poll_at",
     "status",
     "raw_status",
     "remains",
@@ -77,6 +80,7 @@ def claimed_orders(session: Session, claim_id: int, order_ids: Sequence[int]) ->
             completed_at=row.completed_at,
             service_id=row.service_id,
             quantity=row.quantity,
+            lease_until=row.next_poll_at,
             state=OrderState(
                 status=OrderStatus(row.status) if row.status is not None else None,
                 raw_status=row.raw_status,

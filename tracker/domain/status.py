@@ -58,17 +58,22 @@ def _squash(raw: str) -> str:
     return re.sub(r"[^a-z]", "", raw.lower())
 
 
-# The width of the raw_status columns.
+# The widths of the raw_status and currency columns.
 RAW_STATUS_MAX_LENGTH = 64
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+CURRENCY_MAX_LENGTH = 8
+# Control characters (PostgreSQL refuses NUL) and lone surrogates (from a JSON "\ud800").
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
 
 
 @functools.lru_cache(maxsize=1024)
+def clean_text(text: str, max_length: int) -> str:
+    """Provider text as we store it: unstorable characters become spaces, and it is cut to
+    the column's width, so one odd answer cannot make a whole batch's write fail."""
+    return _UNSTORABLE.sub(" ", text)[:max_length]
+
+
 def clean_raw_status(raw: str) -> str:
-    """A provider's status text as we store it: control characters (a NUL would be refused
-    by PostgreSQL) become spaces, and it is cut to the column's width, so one odd answer
-    cannot make a whole batch's write fail."""
-    return _CONTROL_CHARACTERS.sub(" ", raw)[:RAW_STATUS_MAX_LENGTH]
+    return clean_text(raw, RAW_STATUS_MAX_LENGTH)
 
 
 _ORDER_SPELLINGS: dict[str, OrderStatus] = {

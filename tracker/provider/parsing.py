@@ -44,7 +44,9 @@ from tracker.domain.provider_messages import classify_top_level_error, means_not
 from tracker.domain.status import (
     OrderStatus,
     RefillStatus,
+    CURRENCY_MAX_LENGTH,
     clean_raw_status,
+    clean_text,
     normalize_order_status,
     normalize_refill_status,
 )
@@ -192,7 +194,20 @@ def _is_blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+# What the database columns hold: BIGINT, and NUMERIC(24, 8) for money. A value beyond
+# them makes that one entry unreadable, instead of failing the write of a whole batch.
+_INT_LIMIT = 2**63 - 1
+_DECIMAL_LIMIT = Decimal(10) ** 16
+
+
 def _decimal(value: object) -> Decimal | None:
+    number = _any_decimal(value)
+    if number is not None and abs(number) >= _DECIMAL_LIMIT:
+        raise _BadValue(f"number out of range: {value!r}")
+    return number
+
+
+def _any_decimal(value: object) -> Decimal | None:
     if _is_blank(value):
         return None
     if isinstance(value, Decimal) and value.is_finite():
@@ -208,10 +223,12 @@ def _int(value: object) -> int | None:
     if _is_blank(value):
         return None
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > _INT_LIMIT:
+            raise _BadValue(f"number out of range: {value!r}")
         return value
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         return int(value.strip())
-    number = _decimal(value)  # "157.0" or 157.0 are still whole numbers
+    number = _any_decimal(value)  # "157.0" or 157.0 are still whole numbers
     if number is not None and number == number.to_integral_value() and number.adjusted() < 18:
         return int(number)
     raise _BadValue(f"not a whole number: {value!r}")
@@ -241,6 +258,11 @@ def _text(value: object) -> str | None:
     if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
         return str(value)
     raise _BadValue(f"not text: {value!r}")
+
+
+def _currency(value: object) -> str | None:
+    text = _text(value)
+    return clean_text(text, CURRENCY_MAX_LENGTH) if text is not None else None
 
 
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
@@ -288,7 +310,7 @@ def _order_report(entry: dict[str, object]) -> OrderResult:
         charge=_field(entry, "charge", _decimal),
         start_count=_field(entry, "start_count", _int),
         remains=_field(entry, "remains", _int),
-        currency=_field(entry, "currency", _text),
+        currency=_field(entry, "currency", _currency),
     )
 
 

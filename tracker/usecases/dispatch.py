@@ -14,6 +14,7 @@ from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.domain.health import CircuitState, batches_per_tick
+from tracker.ratelimit import ARRIVAL_MARGIN
 from tracker.usecases.polling import base_interval
 from tracker.usecases.provider_health import health_of
 
@@ -53,8 +54,13 @@ def claim_rounds(settings: Settings, now: datetime) -> Iterator[list[ClaimedBatc
             for provider in providers:
                 health = health_of(provider)
                 if provider.id not in calls_left:
+                    # The limiter's margin counted in: a tick never hands out more calls
+                    # than the limiter lets through, so no backlog builds up behind it.
                     calls_left[provider.id] = batches_per_tick(
-                        health, now, rate_limit=provider.rate_limit, tick_interval=settings.tick_interval
+                        health,
+                        now,
+                        rate_limit=provider.rate_limit / (1 + ARRIVAL_MARGIN),
+                        tick_interval=settings.tick_interval,
                     )
                 calls_per_task = settings.calls_per_poll_task
                 allowance = min(calls_left[provider.id], calls_per_task * TASKS_PER_ROUND)

@@ -9,7 +9,6 @@ writes the new state of the rows the claim still holds (see ``tracker.db.order_s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -82,47 +81,72 @@ def poll_order_batch(
             return PollSummary(provider_id, error="provider paused")
         access = ProviderAccess.of(provider, settings)
 
-    calls = _call_all(gateway.client(access), orders, access.batch_size, settings, clock)
-    summary = _apply_results(access, claim_id, calls.answered, interval, settings, clock())
+    lease_until = min(order.lease_until for order in orders)
+    calls = _call_all(gateway.client(access), orders, access.batch_size, lease_until, clock)
+    try:
+        summary = _apply_results(access, claim_id, calls, interval, settings, clock())
+    finally:
+        if calls.unasked:
+            _release_unasked(access, claim_id, calls, interval, settings, gateway, clock())
+    if calls.unexpected is not None:
+        # Answers received were applied and the rest given back; now let it be seen.
+        raise calls.unexpected
     if calls.unasked:
-        _release_unasked(access, claim_id, calls, interval, settings, gateway, clock())
+        log.info(
+            "gave back %d orders unasked (%s)",
+            len(calls.unasked),
+            type(calls.error).__name__ if calls.error else "lease running out",
+            extra={"provider": access.name, "claim_id": claim_id},
+        )
     if calls.error is None:
         return summary
-    return replace(summary, asked=summary.asked + len(calls.unasked), error=type(calls.error).__name__)
+    return replace(summary, error=type(calls.error).__name__)
+
+
+# A new call starts only if twice the longest call so far, plus this, still fits in the
+# lease: the answers must be written while the task still holds the rows.
+LEASE_SAFETY = timedelta(seconds=2)
 
 
 @dataclass(slots=True)
 class _Calls:
     answered: list[tuple[ClaimedOrder, OrderResult | None, datetime]] = field(default_factory=list)
     unasked: list[int] = field(default_factory=list)
+    # A provider's failure: its back-off applies to the unasked orders.
     error: ProviderError | RateLimitBusy | None = None
+    # Anything else (Redis down under the rate limiter, a bug): re-raised once the
+    # answers received are applied.
+    unexpected: Exception | None = None
 
 
 def _call_all(
     client: ProviderClient,
     orders: list[ClaimedOrder],
     batch_size: int,
-    settings: Settings,
+    lease_until: datetime,
     clock: Callable[[], datetime],
 ) -> _Calls:
     """One status call per ``batch_size`` orders, in turn. The first failed call stops the
     rest: a failing provider is not asked again until its back-off has passed. Calls stop
-    too once half the lease is spent, so the task writes its answers while it still holds
-    the rows."""
+    too when the lease could run out before the answers are written."""
     calls = _Calls()
-    started = time.monotonic()
+    longest = timedelta(0)
     for offset in range(0, len(orders), batch_size):
         group = orders[offset : offset + batch_size]
-        if offset and time.monotonic() - started > settings.lease_seconds / 2:
+        observed_at = clock()
+        if offset and observed_at + 2 * longest + LEASE_SAFETY > lease_until:
             calls.unasked.extend(order.id for order in orders[offset:])
             break
-        observed_at = clock()
         try:
             results = client.status_multi([order.external_id for order in group])
         except (ProviderError, RateLimitBusy) as error:
             calls.error = error
+        except Exception as error:  # re-raised by poll_order_batch after applying the rest
+            calls.unexpected = error
+        if calls.error is not None or calls.unexpected is not None:
             calls.unasked.extend(order.id for order in orders[offset:])
             break
+        longest = max(longest, clock() - observed_at)
         calls.answered.extend((order, results.get(order.external_id), observed_at) for order in group)
     return calls
 
@@ -130,13 +154,14 @@ def _call_all(
 def _apply_results(
     access: ProviderAccess,
     claim_id: int,
-    answered: list[tuple[ClaimedOrder, OrderResult | None, datetime]],
+    calls: _Calls,
     interval: float,
     settings: Settings,
     now: datetime,
 ) -> PollSummary:
+    answered = calls.answered
     if not answered:
-        return PollSummary(access.id)
+        return PollSummary(access.id, asked=len(calls.unasked))
     state_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
     shop_events: list[NewEvent] = []
@@ -183,7 +208,9 @@ def _apply_results(
         columns.update(row_id=order.id, event_count=event_count, completed_at=completed_at)
         state_rows.append(columns)
     with unit_of_work() as session:
-        record_success(session, access.id)
+        if calls.error is None:
+            # After a failed call the failure is what counts (see _release_unasked).
+            record_success(session, access.id)
         written = write_polled(session, claim_id, state_rows)
         if len(written) < len(state_rows):
             # Rows re-claimed while we waited on the provider: their new holder records them.
@@ -200,7 +227,7 @@ def _apply_results(
     )
     return PollSummary(
         access.id,
-        asked=len(answered),
+        asked=len(answered) + len(calls.unasked),
         applied=len(written),
         transitions=len(event_rows),
         stale=stale,
@@ -216,10 +243,11 @@ def _release_unasked(
     gateway: Gateway,
     now: datetime,
 ) -> None:
-    """Leave unasked orders' data untouched: after a failed call they are due again after
-    a back-off; after running out of time, at once."""
+    """Leave unasked orders' data untouched: after a provider's failure they are due again
+    after its back-off; after something unexpected, after one interval; after running
+    out of lease, at once."""
     with unit_of_work() as session:
-        retry_in = 0.0
+        retry_in = interval if calls.unexpected is not None else 0.0
         if calls.error is not None:
             retry_in = retry_delay_after(
                 session, access.id, calls.error, interval, settings, gateway.rate_limiter, now,

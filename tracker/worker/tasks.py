@@ -12,7 +12,7 @@ from typing import Any
 import redis
 import redis.lock
 from celery import shared_task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from tracker.clock import utcnow
 from tracker.config import get_settings
@@ -64,6 +64,9 @@ def coordination() -> redis.Redis:
 # transaction, so a retry starts from a clean slate and nothing is half-written.
 DB_RETRY: dict[str, Any] = {
     "autoretry_for": (OperationalError, DBAPIError),
+    # A value the database refuses fails the same way every time. (A unique-constraint
+    # race is retried: the retry finds the other writer's row.)
+    "dont_autoretry_for": (DataError,),
     "retry_backoff": 1,
     "retry_backoff_max": 30,
     "retry_jitter": True,
@@ -104,7 +107,11 @@ def dispatch_polls() -> int:
     # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
     # while a long one (a large backlog) is still claiming would skip the rows it has
     # locked and fill batches only partly: more calls for the same orders.
-    lock = coordination().lock("tracker:lock:dispatch-polls", timeout=settings.lease_seconds)
+    # The lock lives a few ticks and is renewed every round, so a killed tick blocks the
+    # next ones only briefly.
+    lock = coordination().lock(
+        "tracker:lock:dispatch-polls", timeout=max(DISPATCH_LOCK_TICKS * settings.tick_interval, 10.0)
+    )
     if not lock.acquire(blocking=False):
         log.debug("dispatch_polls: the previous tick is still claiming")
         return 0
@@ -115,17 +122,34 @@ def dispatch_polls() -> int:
             for batch in batches:
                 poll_status_batch.delay(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids)
             enqueued += len(batches)
+            if not _renew(lock):
+                break
     finally:
         _release(lock)
     return enqueued
 
 
+DISPATCH_LOCK_TICKS = 3
+
+
+def _renew(lock: redis.lock.Lock) -> bool:
+    try:
+        lock.reacquire()
+        return True
+    except redis.exceptions.LockError:
+        # It expired (a round took several ticks, or Redis was flushed): another tick may
+        # be claiming now, so this one stops; the next tick goes on where it left off.
+        log.warning("dispatch lock lost mid-tick; the next tick carries on")
+        return False
+
+
 def _release(lock: redis.lock.Lock) -> None:
     try:
         lock.release()
-    except redis.exceptions.LockError:
-        # Held longer than its timeout: it expired, and perhaps another tick holds it now.
-        log.warning("dispatch lock expired before the tick ended")
+    except redis.RedisError as error:
+        # Expired (another tick may hold it now) or Redis is gone: either way the lock is
+        # not ours to keep, and the tick's own outcome matters more.
+        log.warning("dispatch lock not released: %s", type(error).__name__)
 
 
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
