@@ -288,7 +288,9 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
     figures = Figures()
     with tempfile.TemporaryDirectory(prefix="tracker-bench-") as tmp:
         work = Path(tmp)
-        with database(kind, work) as database_url, broker(work) as broker_url, sim_process(latency_ms, work) as (sim, sim_pid):
+        logs = Path(args.log_dir) / f"{kind}-{latency_ms:g}ms" if args.log_dir else work
+        logs.mkdir(parents=True, exist_ok=True)
+        with database(kind, work) as database_url, broker(work) as broker_url, sim_process(latency_ms, logs) as (sim, sim_pid):
             migrate.upgrade(database_url)
             ids = sim.seed_orders(count=args.orders, service=1, pending_s=10**8)
             env = dict(
@@ -315,14 +317,14 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
 
             workers = [
                 start(f"worker{index}", [sys.executable, "-m", "celery", "-A", "tracker", "worker", "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
-                                         "--hostname", f"bench{index}@%h", "--without-gossip", "--without-mingle"], env, work)
+                                         "--hostname", f"bench{index}@%h", "--without-gossip", "--without-mingle"], env, logs)
                 for index in range(args.processes)
             ]
             time.sleep(3)
             started = time.monotonic()
             started_wall = time.time()
             beat = start("beat", [sys.executable, "-m", "celery", "-A", "tracker", "beat", "--loglevel", "WARNING",
-                                  "--schedule", str(work / "beat-schedule")], env, work)
+                                  "--schedule", str(work / "beat-schedule")], env, logs)
             try:
                 deadline = started + args.timeout
                 cpu_at_first_call: tuple[dict[str, float], float, list[float]] | None = None
@@ -358,6 +360,7 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             figures["sweep seconds (first call to last write)"] = round(sweep, 2)
             figures["orders persisted per second"] = round(args.orders / sweep)
             figures["status calls / ceil(N/100)"] = f"{stats['calls']} / {math.ceil(args.orders / 100)}"
+            figures["IDs asked in all"] = stats["ids_total"]
             figures["largest call (IDs)"] = stats["max_ids"]
             figures["max calls in any 1 s"] = stats["max_calls_in_any_1s_window"]
             figures["worker peak RSS MB"] = rss
@@ -393,6 +396,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--events", type=int, default=0, help="extra history rows for the claim-query figure (PostgreSQL)")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--log-dir", help="keep the worker, beat and sim logs here (default: discarded)")
     args = parser.parse_args()
     latencies = args.latency_ms or [0.0, 200.0]
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import ClassVar, Protocol, cast
 
-from sqlalchemy import Column, FromClause, Select, Table, false, func, select, update
+from sqlalchemy import Column, FromClause, Select, Table, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 
@@ -64,7 +64,13 @@ def claim_due(
     due: Column[datetime] = table.c[due_column]
     on_postgres = session.get_bind().dialect.name == "postgresql"
     claims: list[Claim] = []
-    conditions = [table.c.final == false(), due <= now + fill_horizon]
+    conditions = [
+        table.c.final == false(),
+        due <= now + fill_horizon,
+        # A claimed row's due time is its lease's end: it is claimable again only once that
+        # has passed, never as filler (a fill horizon can reach past a lease).
+        or_(table.c.claim_id.is_(None), due <= now),
+    ]
     if provider_id is not None:
         conditions.append(table.c.provider_id == provider_id)
     for _ in range(max_batches):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import codecs
 import email.utils
 import math
@@ -39,6 +41,8 @@ from tracker.provider.types import (
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 20.0)
 MAX_IDS_PER_CALL = 100
 _POOL_SIZE = 16
+
+log = logging.getLogger("tracker.provider")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -329,6 +333,8 @@ class ProviderClient:
             except (TransportError, HTTPError) as error:
                 if attempt + 1 >= attempts or not _worth_retrying(error):
                     raise
+                # The type only: a provider's message may echo what we sent.
+                log.info("%s call failed (%s); retrying", action, type(error).__name__)
             time.sleep(self._retry_backoff * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
