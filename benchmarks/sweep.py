@@ -146,7 +146,11 @@ def peak_rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _stat_cpu_seconds(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -161,8 +165,7 @@ def cpu_by_program() -> dict[str, float]:
             continue
         name = text[text.index("(") + 1 : text.rindex(")")]
         program = "python" if name.startswith("python") or name.startswith("celery") else name
-        fields = text.rsplit(")", 1)[1].split()
-        totals[program] = totals.get(program, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        totals[program] = totals.get(program, 0.0) + _stat_cpu_seconds(text)
     return totals
 
 
@@ -329,6 +332,9 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                 deadline = started + args.timeout
                 cpu_at_first_call: tuple[dict[str, float], float, list[float]] | None = None
 
+                def cpu_now() -> tuple[dict[str, float], float, list[float]]:
+                    return cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers]
+
                 def check(what: str) -> None:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"sweep not finished after {args.timeout}s: {what}")
@@ -340,12 +346,12 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                 while (answered := sim_status_ids(sim)) < args.orders:
                     check(f"{answered} IDs answered")
                     if cpu_at_first_call is None and answered > 0:
-                        cpu_at_first_call = (cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers])
+                        cpu_at_first_call = cpu_now()
                     time.sleep(0.05)
                 while (polled := polled_count(database_url)) < args.orders:
                     check(f"{polled} orders persisted")
                     time.sleep(0.2)
-                cpu_at_end = (cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers])
+                cpu_at_end = cpu_now()
                 first_call, last_write = sweep_span(database_url)
                 sweep = last_write - first_call
                 rss = sum(peak_rss_mb(worker.pid) for worker in workers)

@@ -13,6 +13,8 @@ from typing import Any
 
 import requests
 
+from tracker.sim.faults import fault_spec
+
 _IDS_PER_QUERY = 1000
 
 
@@ -131,18 +133,7 @@ class SimAdmin:
         seconds: float | None = None,
         skip: int = 0,
     ) -> None:
-        self._call(
-            "POST",
-            "/admin/faults",
-            {
-                "kind": kind,
-                "count": count,
-                "probability": probability,
-                "actions": list(actions) if actions is not None else None,
-                "seconds": seconds,
-                "skip": skip,
-            },
-        )
+        self._call("POST", "/admin/faults", fault_spec(kind, count, probability, actions, seconds, skip))
 
     def clear_faults(self) -> int:
         cleared: int = self._call("DELETE", "/admin/faults")["cleared"]

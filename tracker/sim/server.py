@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tracker.sim.admin_api import handle_admin
 from tracker.sim.api import KNOWN_ACTIONS, OTHER_ACTION, count_ids, handle_api
 from tracker.sim.dialects import MAX_IDS_PER_CALL
-from tracker.sim.faults import FaultKind, canned_reply, damage_body
+from tracker.sim.faults import FaultKind, canned_reply, damage_body, fault_spec
 from tracker.sim.provider import AdminError, SimConfig, SimProvider
 
 API_PATHS = frozenset({"/api/v2", "/api/v2/"})
@@ -327,14 +327,7 @@ class SimServer:
         seconds: float | None = None,
         skip: int = 0,
     ) -> None:
-        spec = {
-            "kind": kind,
-            "count": count,
-            "probability": probability,
-            "actions": list(actions) if actions is not None else None,
-            "seconds": seconds,
-            "skip": skip,
-        }
+        spec = fault_spec(kind, count, probability, actions, seconds, skip)
         status, payload = handle_admin(self.provider, "POST", "/admin/faults", {}, spec)
         if status != 200:
             raise ValueError(payload["error"])
