@@ -97,6 +97,9 @@ class Settings:
     refill_max_attempts: int = 12
     refill_retry_base: float = 300.0
     refill_retry_cap: float = 21600.0
+    # After a refill is sent (or its answer lost), no new refill of the same order goes
+    # out for this long: most panels allow one refill per order per day.
+    refill_cooldown_hours: float = 24.0
     # Scheduled refill policy for providers and services without their own: every N
     # hours inside the guarantee window. None: off.
     auto_refill_hours: float | None = None
@@ -176,6 +179,7 @@ class Settings:
             refill_max_attempts=_integer(env, "TRACKER_REFILL_MAX_ATTEMPTS", 12, minimum=1),
             refill_retry_base=_number(env, "TRACKER_REFILL_RETRY_BASE", 300.0, minimum=0.1),
             refill_retry_cap=_number(env, "TRACKER_REFILL_RETRY_CAP", 21600.0, minimum=0.1),
+            refill_cooldown_hours=_number(env, "TRACKER_REFILL_COOLDOWN_HOURS", 24.0, minimum=0.0),
             auto_refill_hours=_optional_number(env, "TRACKER_AUTO_REFILL_HOURS", minimum=0.0),
             auto_refill_scan_interval=_number(
                 env, "TRACKER_AUTO_REFILL_SCAN_INTERVAL", 60.0, minimum=0.1

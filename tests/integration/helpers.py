@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from sqlalchemy import func, select
 from tests.conftest import TEST_API_KEY
 from tests.support import processes
 from tracker.cli.main import main as tracker_cli
+from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
+from tracker.polling.dispatch import AttemptWork, PollWork, claim_all
+from tracker.polling.engine import PollSummary, poll_batch
+from tracker.polling.orders import ORDERS
+from tracker.usecases.gateway import Gateway
 
 
 def add_provider(name: str, url: str, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
@@ -113,3 +119,22 @@ def print_figures(title: str, figures: dict[str, Any]) -> None:
     if figures_file:
         with open(figures_file, "a") as handle:
             handle.write(f"{title}: {line}\n")
+
+
+# --- driving the polling engine in process, one step at a time -------------------------------
+
+
+def order_polls(settings: Settings, now: datetime) -> list[PollWork]:
+    """The order polls one dispatcher tick claims (every other kind's work is claimed too)."""
+    return [work for work in claim_all(settings, now) if isinstance(work, PollWork) and work.kind == ORDERS.name]
+
+
+def refill_attempts(settings: Settings, now: datetime) -> list[AttemptWork]:
+    """The refill attempts one dispatcher tick claims (every other kind's work is claimed too)."""
+    return [work for work in claim_all(settings, now) if isinstance(work, AttemptWork)]
+
+
+def poll_orders(
+    provider_id: int, claim_id: int, row_ids: Sequence[int], *, settings: Settings, gateway: Gateway
+) -> PollSummary:
+    return poll_batch(ORDERS, provider_id, claim_id, row_ids, settings=settings, gateway=gateway)

@@ -11,16 +11,16 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import TEST_API_KEY
+from tests.integration.helpers import order_polls, poll_orders
+from tracker.polling.dispatch import PollWork
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.claims import claim_due
 from tracker.db.models import Order, OrderEvent, Provider
 from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
-from tracker.usecases.dispatch import claim_due_order_batches
 from tracker.usecases.enqueue import track_orders
 from tracker.usecases.gateway import Gateway
-from tracker.usecases.polling import poll_order_batch
 from tracker.usecases.providers import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
@@ -55,9 +55,9 @@ def event_count() -> int:
 
 def poll_everything_due(gateway: Gateway) -> int:
     """Claim and poll every due order; returns how many orders were asked about."""
-    batches = claim_due_order_batches(get_settings(), utcnow())
+    batches = order_polls(get_settings(), utcnow())
     summaries = [
-        poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+        poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
         for batch in batches
     ]
     return sum(summary.asked for summary in summaries)
@@ -84,12 +84,12 @@ def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_ca
     sim: SimServer, gateway: Gateway
 ) -> None:
     register(sim, 450, pending_s=10**6)
-    batches = claim_due_order_batches(get_settings(), utcnow())
+    batches = order_polls(get_settings(), utcnow())
     assert [len(batch.claim.row_ids) for batch in batches] == [450]
     sim.inject_fault("http_500", actions=["status"], skip=2)
     started = utcnow()
     batch = batches[0]
-    summary = poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+    summary = poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
     sim.clear_faults()
     # Calls 1 and 2 answered; call 3 failed (after the client's own retries); 4 and 5 never made.
     assert (summary.asked, summary.applied, summary.error) == (450, 200, "HTTPError")
@@ -115,10 +115,10 @@ def test_an_unexpected_error_gives_the_orders_back_and_is_raised(sim: SimServer,
     register(sim, 150)
     # A rate limiter whose Redis is down: not a provider failure, but the call cannot go.
     gateway = Gateway(get_settings(), RateLimiter.from_url("redis://127.0.0.1:9/0"))
-    batch = claim_due_order_batches(get_settings(), utcnow())[0]
+    batch = order_polls(get_settings(), utcnow())[0]
     started = utcnow()
     with pytest.raises(redis.ConnectionError):
-        poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+        poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
     gateway.close()
     with unit_of_work() as session:
         orders = session.scalars(select(Order)).all()
@@ -131,7 +131,7 @@ def test_an_unexpected_error_gives_the_orders_back_and_is_raised(sim: SimServer,
 
 
 def test_a_tick_claims_in_rounds_and_never_beyond_the_allowance(sim: SimServer, gateway: Gateway) -> None:
-    from tracker.usecases.dispatch import TASKS_PER_ROUND, claim_rounds
+    from tracker.polling.dispatch import TASKS_PER_ROUND, claim_rounds
 
     per_task = get_settings().calls_per_poll_task
     assert (per_task, TASKS_PER_ROUND) == (10, 10)
@@ -139,9 +139,9 @@ def test_a_tick_claims_in_rounds_and_never_beyond_the_allowance(sim: SimServer, 
     with unit_of_work() as session:
         # The test tick is 1 s: 115 req/s less the limiter's 10% margin is 105 calls per tick.
         session.scalars(select(Provider)).one().rate_limit = 115
-    first_tick = [[len(batch.claim.row_ids) for batch in batches] for batches in claim_rounds(get_settings(), utcnow())]
+    first_tick = [[len(piece.claim.row_ids) for piece in work if isinstance(piece, PollWork)] for work in claim_rounds(get_settings(), utcnow())]
     assert first_tick == [[1000] * 10, [500]]
-    second_tick = [[len(batch.claim.row_ids) for batch in batches] for batches in claim_rounds(get_settings(), utcnow())]
+    second_tick = [[len(piece.claim.row_ids) for piece in work if isinstance(piece, PollWork)] for work in claim_rounds(get_settings(), utcnow())]
     assert second_tick == [[800]]
 
 
@@ -192,7 +192,7 @@ def test_concurrent_dispatchers_never_claim_the_same_order(sim: SimServer, track
 
     def dispatcher() -> None:
         barrier.wait()
-        batches = claim_due_order_batches(get_settings(), utcnow())
+        batches = order_polls(get_settings(), utcnow())
         claimed.append([row for batch in batches for row in batch.claim.row_ids])
 
     threads = [threading.Thread(target=dispatcher) for _ in range(4)]
@@ -207,13 +207,13 @@ def test_concurrent_dispatchers_never_claim_the_same_order(sim: SimServer, track
 
 def test_a_task_delivered_after_its_lease_was_reclaimed_does_nothing(sim: SimServer, gateway: Gateway) -> None:
     register(sim, 100)
-    stale = claim_due_order_batches(get_settings(), utcnow())[0]
+    stale = order_polls(get_settings(), utcnow())[0]
     # The lease runs out (say the broker lost the message) and a later tick re-claims.
-    fresh = claim_due_order_batches(get_settings(), utcnow() + timedelta(seconds=get_settings().lease_seconds + 1))[0]
-    summary = poll_order_batch(stale.provider_id, stale.claim.claim_id, stale.claim.row_ids, settings=get_settings(), gateway=gateway)
+    fresh = order_polls(get_settings(), utcnow() + timedelta(seconds=get_settings().lease_seconds + 1))[0]
+    summary = poll_orders(stale.provider_id, stale.claim.claim_id, stale.claim.row_ids, settings=get_settings(), gateway=gateway)
     assert summary.asked == 0
     assert "status" not in sim.stats()["actions"]
-    poll_order_batch(fresh.provider_id, fresh.claim.claim_id, fresh.claim.row_ids, settings=get_settings(), gateway=gateway)
+    poll_orders(fresh.provider_id, fresh.claim.claim_id, fresh.claim.row_ids, settings=get_settings(), gateway=gateway)
     assert event_count() == 100
 
 

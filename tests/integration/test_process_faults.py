@@ -28,7 +28,7 @@ from tracker.db.session import unit_of_work
 from tracker.domain.scheduling import JITTER
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.sim.server import SimServer
-from tracker.usecases.dispatch import FILL_HORIZON_SHARE
+from tracker.polling.dispatch import FILL_HORIZON_SHARE
 
 pytestmark = pytest.mark.integration
 

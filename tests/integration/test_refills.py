@@ -34,7 +34,14 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import TEST_API_KEY
-from tests.integration.helpers import add_provider, print_figures, shop_client
+from tests.integration.helpers import (
+    add_provider,
+    order_polls,
+    poll_orders,
+    print_figures,
+    refill_attempts,
+    shop_client,
+)
 from tests.support import processes
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
@@ -64,12 +71,9 @@ from tracker.sim.catalog import (
     SERVICE_VIEWS_REFILL as REFILL_ONLY,
 )
 from tracker.sim.server import SimServer
-from tracker.usecases.dispatch import claim_due_order_batches
 from tracker.usecases.enqueue import track_orders
 from tracker.usecases.gateway import Gateway
-from tracker.usecases.polling import poll_order_batch
 from tracker.usecases.providers import ProviderSpec, upsert_provider
-from tracker.usecases.refill_dispatch import claim_due_refill_work
 from tracker.usecases.refills import AttemptReport, attempt_refill, report_drop
 from tracker.usecases.views import order_detail
 
@@ -331,6 +335,13 @@ def test_drops_refills_and_cancels_end_to_end(
                 singles.drop(order_id, 4)
                 shop.send_task("tracker.report_drop", args=["single", order_id])
             wait_until(
+                lambda: count(RefillRequest, RefillRequest.final.is_(False)) >= BULK + 1 + len(dropped_single),
+                timeout=30,
+                what="the refill requests opened",
+            )
+            # One dispatcher tick, by hand: its budget (200 req/s) covers every request.
+            shop.send_task("tracker.dispatch_polls")
+            wait_until(
                 lambda: len(refill_statuses("main", bulk)) == BULK,
                 timeout=30,
                 what="120 refills accepted",
@@ -540,8 +551,8 @@ def completed(
         track_orders(
             session, "panel", [order_id], service=tracked_as or service, now=utcnow()
         )
-    for batch in claim_due_order_batches(get_settings(), utcnow()):
-        poll_order_batch(
+    for batch in order_polls(get_settings(), utcnow()):
+        poll_orders(
             batch.provider_id,
             batch.claim.claim_id,
             batch.claim.row_ids,
@@ -554,9 +565,9 @@ def completed(
 
 def drop_and_claim(order_id: int, settings: Settings) -> tuple[int, int]:
     with unit_of_work() as session:
-        report = report_drop(session, "panel", order_id, now=utcnow())
+        report = report_drop(session, "panel", order_id, settings=settings, now=utcnow())
     assert report.request_id is not None
-    [claimed] = claim_due_refill_work(settings, utcnow()).requests
+    [claimed] = refill_attempts(settings, utcnow())
     assert claimed.request_id == report.request_id
     return claimed.request_id, claimed.claim_id
 
@@ -567,7 +578,7 @@ def attempt(
     return attempt_refill(request_id, claim_id, settings=settings, gateway=gateway)
 
 
-def test_after_a_lost_answer_already_in_progress_means_accepted(
+def test_a_lost_answer_ends_the_request_and_is_never_sent_again(
     stepper: tuple[SimServer, Gateway],
 ) -> None:
     sim, gateway = stepper
@@ -578,19 +589,23 @@ def test_after_a_lost_answer_already_in_progress_means_accepted(
     # The provider creates the refill, and its answer is cut in half on the way back.
     sim.inject_fault("broken_json", count=1, actions=["refill"])
     first = attempt(request_id, claim_id, gateway, settings)
-    assert first.outcome == "no_answer" and first.retry_in is not None
-    second = attempt(request_id, claim_id, gateway, settings)
-    assert (second.outcome, second.state) == ("already_active", "accepted")
+    assert (first.outcome, first.state, first.retry_in) == ("no_answer", "gave_up", None)
+    # Nothing is due again, however long we wait: the call is never repeated.
+    assert refill_attempts(settings, utcnow() + timedelta(days=3)) == []
+    assert attempt(request_id, claim_id, gateway, settings).outcome == "skipped"
     view = detail("panel", order_id)
     [request] = view["refill_requests"]
-    assert [a["outcome"] for a in request["attempts"]] == [
-        "no_answer",
-        "already_active",
-    ]
-    assert request["refill_id"] is None and "unknown" in request["last_message"]
-    # Two calls, one refill at the provider: the second call created nothing.
-    assert sim.stats()["actions"]["refill"]["calls"] == 2
+    assert [a["outcome"] for a in request["attempts"]] == ["no_answer"]
+    assert request["state"] == "gave_up" and request["answer"] == "unknown"
+    assert "answer unknown" in request["last_message"]
+    assert sim.stats()["actions"]["refill"]["calls"] == 1
     assert sim.stats()["refills"] == 1
+    # A new report of the drop inside the cool-down opens one request, due when it ends.
+    with unit_of_work() as session:
+        again = report_drop(session, "panel", order_id, settings=settings, now=utcnow())
+    assert again.eligible and again.request_id is not None and "cool-down" in (again.reason or "")
+    assert refill_attempts(settings, utcnow()) == []
+    assert len(refill_attempts(settings, utcnow() + timedelta(hours=24, seconds=1))) == 1
 
 
 def test_a_long_wait_lives_in_the_database_until_the_dispatcher_picks_it_up(
@@ -614,8 +629,8 @@ def test_a_long_wait_lives_in_the_database_until_the_dispatcher_picks_it_up(
         assert request.claim_id is None and request.next_attempt_at is not None
         wait = (request.next_attempt_at - utcnow()).total_seconds()
     assert 100 <= wait <= 300
-    assert claim_due_refill_work(settings, utcnow()).requests == []
-    [due] = claim_due_refill_work(settings, utcnow() + timedelta(seconds=301)).requests
+    assert refill_attempts(settings, utcnow()) == []
+    [due] = refill_attempts(settings, utcnow() + timedelta(seconds=301))
     assert due.request_id == request_id
 
 
@@ -630,7 +645,7 @@ def test_refill_disabled_marks_the_order_and_ends_the_request(
     assert (report.outcome, report.state) == ("disabled", "gave_up")
     assert detail("panel", order_id)["refillable"] is False
     with unit_of_work() as session:
-        again = report_drop(session, "panel", order_id, now=utcnow())
+        again = report_drop(session, "panel", order_id, settings=get_settings(), now=utcnow())
     assert (
         not again.eligible and again.reason is not None and "disabled" in again.reason
     )

@@ -143,9 +143,7 @@ def test_alerts_low_balance_once_and_a_rejected_key(
     from tracker.config import get_settings, reset_settings
     from tracker.db.models import Provider
     from tracker.usecases.catalog import check_balances
-    from tracker.usecases.dispatch import claim_due_order_batches
-    from tracker.usecases.gateway import Gateway
-    from tracker.usecases.polling import poll_order_batch
+        from tracker.usecases.gateway import Gateway
 
     monkeypatch.setenv("TRACKER_WEBHOOK_URL", "http://127.0.0.1:9/unused")
     monkeypatch.setenv("TRACKER_WEBHOOK_SECRET", SECRET)
@@ -172,8 +170,8 @@ def test_alerts_low_balance_once_and_a_rejected_key(
 
             track_orders(session, "panel", sim.seed_orders(count=3, service=1), now=utcnow())
         sim.set_config(api_key="rotated-by-the-panel")
-        for batch in claim_due_order_batches(get_settings(), utcnow()):
-            poll_order_batch(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
+        for batch in order_polls(get_settings(), utcnow()):
+            poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
         [paused] = alerts("provider.paused")
         assert "API key" in str(paused["message"])
     gateway.close()

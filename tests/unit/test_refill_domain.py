@@ -24,10 +24,13 @@ from tracker.domain.refills import (
     RefillTransition,
     RetryAt,
     RetryPolicy,
+    SENT_OUTCOMES,
     apply_refill_observation,
     auto_refill_hours,
+    cooldown_hours,
     decide_after_attempt,
     expected_count,
+    may_send_refill_at,
     next_auto_refill,
     outcome_of_error,
     refill_eligibility,
@@ -40,11 +43,13 @@ from tracker.provider.errors import (
     InsufficientFunds,
     InvalidKey,
     NotJSON,
+    NotSent,
     ProviderError,
     ProviderRefused,
     ProviderTimeout,
     RateLimited,
     TransportError,
+    UnusableRefillId,
 )
 from tracker.provider.types import ItemError, RefillReport
 
@@ -309,6 +314,8 @@ def test_replaying_any_answers_records_a_consistent_chain(
         (ProviderTimeout("refill", "read timed out"), AttemptOutcome.NO_ANSWER),
         (TransportError("refill", "connection reset"), AttemptOutcome.NO_ANSWER),
         (NotJSON("refill", "truncated", '{"refi'), AttemptOutcome.NO_ANSWER),
+        (NotSent("refill", "connection refused"), AttemptOutcome.NOT_SENT),
+        (UnusableRefillId("refill", "unusable refill ID", "x" * 80), AttemptOutcome.BAD_REFILL_ID),
     ],
 )
 def test_each_failure_is_classified(
@@ -320,7 +327,6 @@ def test_each_failure_is_classified(
 def decide(outcome: AttemptOutcome, **overrides: Any) -> Decision:
     arguments: dict[str, Any] = {
         "attempts_made": 1,
-        "earlier_ambiguous": False,
         "window_ends_at": at(86400),
         "now": at(0),
         "policy": POLICY,
@@ -331,19 +337,19 @@ def decide(outcome: AttemptOutcome, **overrides: Any) -> Decision:
 
 
 def test_an_accepted_refill_stops_the_retries() -> None:
-    assert decide(AttemptOutcome.ACCEPTED) == Accepted(confirmed=True)
+    assert decide(AttemptOutcome.ACCEPTED) == Accepted()
 
 
 @pytest.mark.parametrize(
     "outcome",
     [
         AttemptOutcome.RETRY_LATER,
-        AttemptOutcome.NO_ANSWER,
         AttemptOutcome.REFUSED,
         AttemptOutcome.KEY_REJECTED,
+        AttemptOutcome.NOT_SENT,
     ],
 )
-def test_try_later_answers_and_lost_answers_are_retried_with_growing_jittered_waits(
+def test_answers_proving_nothing_was_done_are_retried_with_growing_jittered_waits(
     outcome: AttemptOutcome,
 ) -> None:
     waits = []
@@ -365,10 +371,44 @@ def test_jitter_spreads_retries_of_requests_that_failed_together() -> None:
     assert len(times) > 10
 
 
-def test_a_429_waits_at_least_its_retry_after() -> None:
-    decision = decide(AttemptOutcome.RATE_LIMITED, retry_after=900.0)
+def test_a_429_comes_back_at_its_retry_after_not_later() -> None:
+    decision = decide(AttemptOutcome.RATE_LIMITED, retry_after=2.0, attempts_made=4)
     assert isinstance(decision, RetryAt)
-    assert decision.at >= at(900)
+    assert decision.at == at(2)
+
+
+@pytest.mark.parametrize("outcome", [AttemptOutcome.NO_ANSWER, AttemptOutcome.SENT])
+def test_a_lost_answer_is_never_retried(outcome: AttemptOutcome) -> None:
+    decision = decide(outcome, attempts_made=1)
+    assert isinstance(decision, GiveUp) and decision.answer_unknown
+    assert "answer unknown" in decision.reason
+
+
+def test_an_unusable_refill_id_ends_the_request_visibly() -> None:
+    decision = decide(AttemptOutcome.BAD_REFILL_ID)
+    assert isinstance(decision, GiveUp) and "cannot be followed" in decision.reason
+    assert AttemptOutcome.BAD_REFILL_ID in SENT_OUTCOMES
+
+
+def test_the_cool_down_comes_from_the_service_then_the_provider_then_the_default() -> None:
+    assert cooldown_hours(None, None, 24.0) == 24.0
+    assert cooldown_hours(None, 12.0, 24.0) == 12.0
+    assert cooldown_hours(0.0, 12.0, 24.0) == 0.0
+
+
+def test_no_refill_goes_out_inside_the_cool_down_or_while_one_runs() -> None:
+    recheck = timedelta(minutes=5)
+    assert may_send_refill_at(last_sent_at=None, cooldown_hours=24, refill_in_flight=False, now=at(0), recheck=recheck) == at(0)
+    assert may_send_refill_at(
+        last_sent_at=at(-3600), cooldown_hours=24, refill_in_flight=False, now=at(0), recheck=recheck
+    ) == at(-3600) + timedelta(hours=24)
+    assert may_send_refill_at(
+        last_sent_at=at(-100_000), cooldown_hours=24, refill_in_flight=False, now=at(0), recheck=recheck
+    ) == at(0)
+    # A refill still running after its cool-down: look again later.
+    assert may_send_refill_at(
+        last_sent_at=at(-100_000), cooldown_hours=24, refill_in_flight=True, now=at(0), recheck=recheck
+    ) == at(0) + recheck
 
 
 def test_the_attempt_cap_ends_the_retries() -> None:
@@ -401,12 +441,6 @@ def test_refill_disabled_gives_up_and_marks_the_order_not_refillable() -> None:
 def test_answers_no_retry_can_change_give_up_at_once(outcome: AttemptOutcome) -> None:
     decision = decide(outcome)
     assert isinstance(decision, GiveUp) and not decision.not_refillable
-
-
-def test_already_active_after_a_lost_answer_counts_as_our_earlier_acceptance() -> None:
-    assert decide(
-        AttemptOutcome.ALREADY_ACTIVE, attempts_made=2, earlier_ambiguous=True
-    ) == Accepted(confirmed=False)
 
 
 def test_already_active_without_a_lost_answer_is_someone_elses_refill() -> None:

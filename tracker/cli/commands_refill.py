@@ -15,6 +15,7 @@ from tracker.config import get_settings
 from tracker.db.models import Service
 from tracker.usecases.cancel import ACCEPTED, cancel_orders
 from tracker.usecases.enqueue import parse_positive, provider_by_name
+from tracker.ratelimit import RateLimiter
 from tracker.usecases.gateway import Gateway
 from tracker.usecases.refills import UnknownOrder, report_drop
 
@@ -66,7 +67,7 @@ def register(commands: Any) -> None:
 def _report_drop(args: argparse.Namespace) -> int:
     try:
         with database() as session:
-            report = report_drop(session, args.provider, args.order_id, now=utcnow())
+            report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=utcnow())
     except UnknownOrder as error:
         raise CLIError(str(error)) from None
     except ValueError as error:
@@ -79,7 +80,8 @@ def _report_drop(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     settings = get_settings()
-    gateway = Gateway(settings, rate_limiter=None)
+    # The workers' shared rate limit applies to the operator's calls too.
+    gateway = Gateway(settings, RateLimiter.from_url(settings.broker_url))
     try:
         lines = cancel_orders(
             args.provider, args.ids, settings=settings, gateway=gateway

@@ -2,8 +2,9 @@
 
 The database is the source of truth for what is due: ``orders.next_poll_at`` says when an
 order must next be polled, and doubles as its lease while a poll is in flight (see
-``tracker.db.claims``). History tables (``order_events``, ``refill_events``,
-``refill_attempts``) are append-only: rows are inserted, never updated or deleted.
+``tracker.db.claims``). History tables (``order_events``, ``refill_events``) are
+append-only: rows are inserted, never updated or deleted. ``refill_attempts`` rows are
+written before their call and completed once with its answer.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class Provider(Base):
     auto_refill_hours: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Hours after a refill was sent before another refill of the same order may go out.
+    # None: TRACKER_REFILL_COOLDOWN_HOURS decides.
+    refill_cooldown_hours: Mapped[float | None] = mapped_column(Float)
 
     services: Mapped[list[Service]] = relationship(back_populates="provider")
 
@@ -120,6 +124,7 @@ class Service(Base):
     refill_days: Mapped[int | None] = mapped_column(Integer)
     auto_refill_hours: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refill_cooldown_hours: Mapped[float | None] = mapped_column(Float)
 
     provider: Mapped[Provider] = relationship(back_populates="services")
 
@@ -237,7 +242,11 @@ class RefillRequest(Base):
 
 
 class RefillAttempt(Base):
-    """Every call we made to request a refill, and what came of it."""
+    """Every call we made to request a refill, and what came of it.
+
+    The row is written, as ``sent``, and committed before the call goes out; its outcome
+    is filled in once, with the answer. A row still ``sent`` after its request's lease
+    is an answer lost. Rows are never deleted."""
 
     __tablename__ = "refill_attempts"
 

@@ -58,9 +58,21 @@ def after_failure(health: Health, now: datetime, *, threshold: int) -> Health:
     )
 
 
+# A 429 without Retry-After: stay away this long.
+RATE_LIMITED_DEFAULT_SECONDS = 5.0
+
+
+def rate_limit_wait(retry_after: float | None) -> float:
+    """Seconds to stay away after a 429: the provider's Retry-After when it gave one (it
+    knows; waiting longer only delays every queued call), else a few seconds."""
+    if retry_after is None:
+        return RATE_LIMITED_DEFAULT_SECONDS
+    return min(OPEN_CAP_SECONDS, max(0.5, retry_after))
+
+
 def after_rate_limited(health: Health, now: datetime, retry_after: float | None) -> Health:
-    """429: stay away for Retry-After (at least a few seconds); not a health failure."""
-    wait = max(5.0, retry_after or 0.0)
+    """429: stay away for Retry-After; not a health failure."""
+    wait = rate_limit_wait(retry_after)
     until = now + timedelta(seconds=min(OPEN_CAP_SECONDS, wait))
     current = health.circuit_open_until
     return replace(health, circuit_open_until=max(until, current) if current else until)

@@ -15,12 +15,16 @@ ignored; the same answer twice records nothing; a status change is one transitio
 consecutive "Refill not found" answers end the refill as ``Not found``; final statuses
 (Completed, Rejected, Canceled, Not found) stop polling.
 
-Attempts. ``request_refill`` is not idempotent, so each attempt's outcome decides one of
-``Accepted``, ``RetryAt(t)`` or ``GiveUp(reason)``. Answers meaning "try later" and
-failures that say nothing are retried with exponential back-off and full jitter until the
-attempt cap or the end of the window. An attempt whose answer was lost (timeout,
-connection dropped, garbled body) may have created a refill, so a later "refill already
-in progress" is taken as that earlier attempt's acceptance, not as a reason to insist.
+Attempts. ``refill`` is not idempotent, and the shop's standing with its provider is
+spent by each one that goes out. An attempt is recorded as ``sent`` before the call; its
+answer decides one of ``Accepted``, ``RetryAt(t)`` or ``GiveUp(reason)``. Only answers
+that prove the provider did not act (a refusal, 429, no connection) are retried, with
+exponential back-off and full jitter until the attempt cap or the end of the window. An
+attempt whose answer was lost (timeout, connection cut, 5xx, garbled body, or a worker
+gone between the call and the write) may have created a refill whose ID we will never
+learn (API v2 cannot list refills by order): it counts as a refill sent at that moment
+and is never repeated. A refill sent starts the order's refill cool-down, during which no
+new ``refill`` for the order goes out.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from tracker.domain.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, Or
 from tracker.provider.errors import (
     IncorrectRequest,
     InvalidKey,
+    NotSent,
     ProviderError,
     ProviderRejected,
     RateLimited,
+    UnusableRefillId,
 )
 from tracker.provider.types import ItemError, RefillReport
 
@@ -220,13 +226,22 @@ class AttemptOutcome(StrEnum):
     BAD_REQUEST = "bad_request"
     RATE_LIMITED = "rate_limited"
     KEY_REJECTED = "key_rejected"
+    # Written before the call: sent, no answer recorded yet. Found by a later run, it is
+    # an answer lost (the worker or the database failed after the call).
+    SENT = "sent"
     # No usable answer (timeout, dropped connection, 5xx, garbled body): the provider may
     # or may not have created a refill.
     NO_ANSWER = "no_answer"
+    # Never reached the provider (no connection, or the rate limit kept it back).
+    NOT_SENT = "not_sent"
+    # Accepted, with a refill ID we cannot store or poll.
+    BAD_REFILL_ID = "bad_refill_id"
 
 
 # Outcomes after which the provider may have created a refill we never heard of.
-AMBIGUOUS_OUTCOMES = frozenset({AttemptOutcome.NO_ANSWER})
+AMBIGUOUS_OUTCOMES = frozenset({AttemptOutcome.SENT, AttemptOutcome.NO_ANSWER})
+# Outcomes that count as a refill sent: they start the order's refill cool-down.
+SENT_OUTCOMES = frozenset({AttemptOutcome.ACCEPTED, AttemptOutcome.BAD_REFILL_ID, *AMBIGUOUS_OUTCOMES})
 
 _REFUSALS = {
     RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
@@ -243,6 +258,10 @@ def outcome_of_error(error: ProviderError) -> AttemptOutcome:
     ``classify_refill_refusal``, nowhere else."""
     if isinstance(error, RateLimited):
         return AttemptOutcome.RATE_LIMITED
+    if isinstance(error, NotSent):
+        return AttemptOutcome.NOT_SENT
+    if isinstance(error, UnusableRefillId):
+        return AttemptOutcome.BAD_REFILL_ID
     if isinstance(error, InvalidKey):
         return AttemptOutcome.KEY_REJECTED
     if isinstance(error, IncorrectRequest):
@@ -254,9 +273,7 @@ def outcome_of_error(error: ProviderError) -> AttemptOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    # False when inferred from "already in progress" after an attempt whose answer was
-    # lost: the provider has the refill, we do not know its ID.
-    confirmed: bool = True
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,15 +286,24 @@ class GiveUp:
     reason: str
     # The provider said refill is disabled: the order is marked not refillable.
     not_refillable: bool = False
+    # The call went out and its answer was lost: a refill may exist.
+    answer_unknown: bool = False
 
 
 Decision = Accepted | RetryAt | GiveUp
+
+ANSWER_UNKNOWN = (
+    "sent, answer unknown: the provider may have created a refill whose ID we cannot "
+    "learn, so the call is not repeated"
+)
 
 _GIVE_UP_REASONS = {
     AttemptOutcome.DISABLED: "the provider said refill is disabled for this order",
     AttemptOutcome.WINDOW_EXPIRED: "the provider said the refill period has expired",
     AttemptOutcome.NOT_FOUND: "the provider does not know the order",
     AttemptOutcome.BAD_REQUEST: "the provider did not understand the refill request",
+    AttemptOutcome.ALREADY_ACTIVE: "the provider already has a refill of this order in progress",
+    AttemptOutcome.BAD_REFILL_ID: "the provider accepted the refill but answered a refill ID that cannot be followed",
 }
 
 
@@ -292,35 +318,57 @@ def decide_after_attempt(
     outcome: AttemptOutcome,
     *,
     attempts_made: int,
-    earlier_ambiguous: bool,
     window_ends_at: datetime | None,
     now: datetime,
     policy: RetryPolicy,
     retry_after: float | None = None,
     rng: random.Random | None = None,
 ) -> Decision:
-    """What follows an attempt. ``attempts_made`` counts this one; ``earlier_ambiguous``
-    says whether an earlier attempt of the same request went unanswered."""
+    """What follows an attempt. ``attempts_made`` counts this one."""
     if outcome is AttemptOutcome.ACCEPTED:
         return Accepted()
-    if outcome is AttemptOutcome.ALREADY_ACTIVE:
-        if earlier_ambiguous:
-            return Accepted(confirmed=False)
-        return GiveUp("the provider already has a refill of this order in progress")
+    if outcome in AMBIGUOUS_OUTCOMES:
+        return GiveUp(ANSWER_UNKNOWN, answer_unknown=True)
     reason = _GIVE_UP_REASONS.get(outcome)
     if reason is not None:
         return GiveUp(reason, not_refillable=outcome is AttemptOutcome.DISABLED)
     if attempts_made >= policy.max_attempts:
         return GiveUp(f"no refill accepted after {attempts_made} attempts (the cap)")
-    wait = failure_backoff(
-        attempts_made, base=policy.base_seconds, cap=policy.cap_seconds, rng=rng
-    )
-    if outcome is AttemptOutcome.RATE_LIMITED:
-        wait = max(wait, retry_after or 0.0)
+    if outcome in (AttemptOutcome.RATE_LIMITED, AttemptOutcome.NOT_SENT) and retry_after is not None:
+        # The provider (or our own rate limit) said when: come back then, not later.
+        wait = retry_after
+    else:
+        wait = failure_backoff(attempts_made, base=policy.base_seconds, cap=policy.cap_seconds, rng=rng)
     at = now + timedelta(seconds=wait)
     if window_ends_at is not None and at > window_ends_at:
         return GiveUp("the guarantee window closes before the next attempt")
     return RetryAt(at)
+
+
+# --- the refill cool-down ------------------------------------------------------------------
+
+
+def cooldown_hours(service_hours: float | None, provider_hours: float | None, default_hours: float) -> float:
+    """The refill cool-down of an order's service: the service's own, else its provider's,
+    else the default. Most panels allow one refill per order per day."""
+    for hours in (service_hours, provider_hours):
+        if hours is not None:
+            return hours
+    return default_hours
+
+
+def may_send_refill_at(
+    *, last_sent_at: datetime | None, cooldown_hours: float, refill_in_flight: bool, now: datetime, recheck: timedelta
+) -> datetime:
+    """When the next ``refill`` for an order may go out: at once, at the end of the
+    cool-down after the last refill sent, or, while a refill is still running past its
+    cool-down, after ``recheck``."""
+    at = now
+    if last_sent_at is not None:
+        at = max(at, last_sent_at + timedelta(hours=cooldown_hours))
+    if refill_in_flight and at <= now:
+        at = now + recheck
+    return at
 
 
 # --- drops, auto-refill --------------------------------------------------------------------

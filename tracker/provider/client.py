@@ -18,10 +18,12 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from tracker.provider import parsing
 from tracker.provider.errors import (
+    NotSent,
     HTTPError,
     ProviderError,
     ProviderTimeout,
@@ -102,6 +104,12 @@ def _decode(response: requests.Response) -> str:
         except LookupError:
             pass
     return response.content.decode(encoding, errors="replace")
+
+
+def _reason(error: requests.ConnectionError) -> object:
+    """The urllib3 error under a requests ConnectionError (MaxRetryError's ``reason``)."""
+    cause = error.args[0] if error.args else None
+    return getattr(cause, "reason", cause)
 
 
 def _worth_retrying(error: ProviderError) -> bool:
@@ -368,8 +376,15 @@ class ProviderClient:
                 verify=True,
                 allow_redirects=False,
             )
+        except requests.ConnectTimeout as error:
+            failure: TransportError = NotSent(action, self._describe(error))
         except requests.Timeout as error:
-            failure: TransportError = ProviderTimeout(action, self._describe(error))
+            failure = ProviderTimeout(action, self._describe(error))
+        except requests.ConnectionError as error:
+            # Refused or unresolvable: no connection, so nothing reached the provider. Any
+            # other connection error (reset, cut short) may have come after it acted.
+            never_connected = isinstance(_reason(error), urllib3.exceptions.NewConnectionError)
+            failure = (NotSent if never_connected else TransportError)(action, self._describe(error))
         except (requests.RequestException, OSError) as error:
             # ConnectionError, ChunkedEncodingError (body cut short), connection reset...
             failure = TransportError(action, self._describe(error))

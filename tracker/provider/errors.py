@@ -39,6 +39,11 @@ class ProviderTimeout(TransportError):
     pass
 
 
+class NotSent(TransportError):
+    """The connection was never made (refused, DNS, connect timeout): the provider cannot
+    have acted on the request, so even a non-idempotent call may be made again."""
+
+
 class HTTPError(ProviderError):
     def __init__(self, action: str, status_code: int, excerpt: str) -> None:
         super().__init__(action, f"HTTP {status_code}: {excerpt}")
@@ -72,6 +77,11 @@ class NotJSON(InvalidResponse):
 
 class UnexpectedShape(InvalidResponse):
     """Valid JSON, but not the structure this action answers with."""
+
+
+class UnusableRefillId(UnexpectedShape):
+    """The provider accepted a refill but answered an ID we cannot store or poll (too long,
+    or characters no ``refills=`` list can carry). The refill probably exists."""
 
 
 class ProviderRejected(ProviderError):

@@ -50,7 +50,7 @@ from tracker.domain.status import (
     normalize_order_status,
     normalize_refill_status,
 )
-from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape
+from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
 from tracker.provider.redact import excerpt, redact
 from tracker.provider.types import (
     Balance,
@@ -73,6 +73,10 @@ _MAX_REASON = 120
 
 class _BadValue(Exception):
     """A value we cannot read. Becomes ``UnexpectedShape``, or an ``ItemError`` in a batch."""
+
+
+class _UnusableRefillId(_BadValue):
+    """A refill ID is there, but not one we can store and poll: ``UnusableRefillId``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,10 @@ class _Answer:
             return reader(value)
         except _BadValue as bad:
             reason = f"{what}: {bad}"
+            unusable = isinstance(bad, _UnusableRefillId)
         # Outside the except block: the unredacted _BadValue must not ride along as context.
+        if unusable:
+            raise UnusableRefillId(self.action, self._clean(reason), excerpt(self.text, self.secrets))
         raise self.shape_error(reason)
 
     def read_entry(self, reader: Callable[[object], K], value: object) -> K | ItemError:
@@ -242,12 +249,25 @@ def _positive_id(value: object) -> int:
     raise _BadValue(f"not a positive integer: {value!r}")
 
 
+# Refill IDs are stored in a 64-character column and sent back comma-separated in
+# ``refills=``: anything longer, or with other characters, could be neither.
+REFILL_ID_MAX_LENGTH = 64
+_USABLE_REFILL_ID = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % REFILL_ID_MAX_LENGTH)
+
+
 def _refill_id(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise _BadValue(f"not a refill ID: {value!r}")
+        text = str(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+    else:
+        raise _BadValue(f"not a refill ID: {value!r}")
+    if not _USABLE_REFILL_ID.fullmatch(text):
+        shown = text if len(text) <= 80 else text[:79] + "…"
+        raise _UnusableRefillId(
+            f"unusable refill ID {shown!r} (at most {REFILL_ID_MAX_LENGTH} letters, digits or ._:-)"
+        )
+    return text
 
 
 def _text(value: object) -> str | None:

@@ -16,13 +16,13 @@ from sqlalchemy import or_, select
 
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
-from tracker.db.refill_store import orders_with_refill_in_flight
 from tracker.db.session import unit_of_work
 from tracker.domain.refills import auto_refill_hours, next_auto_refill, window_days
 from tracker.usecases.refills import (
     completed_orders,
     eligibility_of,
     open_request,
+    orders_with_refill_in_flight,
     refill_services,
     terms_of,
 )
@@ -90,8 +90,8 @@ def schedule_auto_refills(settings: Settings, now: datetime) -> int:
                 )
                 order.next_auto_refill_at = following
                 if due and order.id not in busy:
-                    opened += (
-                        open_request(session, order, trigger="schedule", now=now)
-                        is not None
-                    )
+                    request = open_request(
+                        session, provider, order, trigger="schedule", settings=settings, now=now
+                    ).request
+                    opened += request is not None
     return opened

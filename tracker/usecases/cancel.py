@@ -4,9 +4,10 @@ Only orders the tracker knows, whose service's catalog entry says ``cancel: true
 which are not final yet, are sent; every other ID is refused here with its reason, before
 any call. The rest go out at most 100 per ``cancel`` call, and each call's answers are
 stored (``cancel_requests``) in a transaction of its own before the next call, so a
-failure later on loses nothing already answered. ``cancel`` is not idempotent: a call
-that failed after it may have been executed is recorded as ``unknown`` and never
-repeated automatically. An accepted order is made due for polling at once; its new
+failure later on loses nothing already answered. ``cancel`` is not idempotent: each
+order's request is written as ``unknown`` ("sent, no answer yet") before the call and
+completed with the answer after it, so a call whose answer was lost stays ``unknown``,
+and an order with an accepted or unknown cancel is never sent one again. An accepted order is made due for polling at once; its new
 status arrives through normal polling.
 """
 
@@ -62,6 +63,15 @@ def _refusal(order: Order | None, service: Service | None) -> str | None:
     return None
 
 
+def _sent_before(outcome: str | None) -> str | None:
+    """Why a cancel already sent for this order is not sent again, or None."""
+    if outcome == ACCEPTED:
+        return "a cancel of this order was already accepted; its new status comes by polling"
+    if outcome == UNKNOWN:
+        return "a cancel of this order was already sent and its answer is unknown; it is not sent again"
+    return None
+
+
 def cancel_orders(
     provider_name: str,
     raw_ids: Iterable[object],
@@ -93,6 +103,7 @@ def cancel_orders(
                 select(Service).where(Service.provider_id == provider.id)
             )
         }
+        sent_before = _cancels_sent(session, [order.id for order in orders.values()])
         now = clock()
         for external_id in parsed.valid:
             order = orders.get(external_id)
@@ -101,7 +112,9 @@ def cancel_orders(
                 if order and order.service_id is not None
                 else None
             )
-            reason = _refusal(order, service)
+            reason = _refusal(order, service) or _sent_before(
+                sent_before.get(order.id) if order is not None else None
+            )
             if reason is None and order is not None:
                 sendable[external_id] = order.id
                 continue
@@ -139,35 +152,43 @@ def _send(
     clock: Callable[[], datetime],
 ) -> list[CancelLine]:
     requested_at = clock()
+    # The intent first, committed before the call: should the answer be lost (the process
+    # killed, the database failing after the call), the orders show a cancel sent with
+    # its answer unknown, and it is never sent again.
+    with unit_of_work() as session:
+        intents = {
+            external_id: CancelRequest(
+                order_id=row_ids[external_id],
+                requested_at=requested_at,
+                outcome=UNKNOWN,
+                message="sent; no answer recorded",
+            )
+            for external_id in chunk
+        }
+        session.add_all(intents.values())
+        session.flush()
+        intent_ids = {external_id: intent.id for external_id, intent in intents.items()}
     error: ProviderError | None = None
     answers: dict[int, CancelResult] = {}
+    lines: list[CancelLine] = []
     try:
         answers = gateway.client(access).cancel(chunk)
     except RateLimitBusy:
-        return [
-            CancelLine(
-                str(external_id),
-                NOT_SENT,
-                "the provider's rate limit is busy; try again",
-            )
+        lines = [
+            CancelLine(str(external_id), NOT_SENT, "the provider's rate limit is busy; try again")
             for external_id in chunk
         ]
     except ProviderError as failure:
         error = failure
-    lines = [
-        _line(external_id, answers.get(external_id), error) for external_id in chunk
-    ]
+    if not lines:
+        lines = [_line(external_id, answers.get(external_id), error) for external_id in chunk]
     with unit_of_work() as session:
-        record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
+        if error is not None or answers:
+            record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
         for line in lines:
-            session.add(
-                CancelRequest(
-                    order_id=row_ids[int(line.order_id)],
-                    requested_at=requested_at,
-                    outcome=line.outcome,
-                    message=line.reason,
-                )
-            )
+            intent = session.get_one(CancelRequest, intent_ids[int(line.order_id)])
+            intent.outcome = line.outcome
+            intent.message = line.reason
         _poll_soon(
             session,
             [row_ids[int(line.order_id)] for line in lines if line.outcome == ACCEPTED],
@@ -196,6 +217,20 @@ def _line(
     return CancelLine(
         str(external_id), UNKNOWN, "the provider's answer left this order out"
     )
+
+
+def _cancels_sent(session: Session, order_ids: Sequence[int]) -> dict[int, str]:
+    """Order row id -> the outcome of a cancel sent for it before (accepted wins)."""
+    rows = session.execute(
+        select(CancelRequest.order_id, CancelRequest.outcome).where(
+            CancelRequest.order_id.in_(order_ids), CancelRequest.outcome.in_([ACCEPTED, UNKNOWN])
+        )
+    ).all()
+    sent: dict[int, str] = {}
+    for order_id, outcome in rows:
+        if sent.get(order_id) != ACCEPTED:
+            sent[order_id] = outcome
+    return sent
 
 
 def _poll_soon(session: Session, order_ids: Sequence[int], now: datetime) -> None:

@@ -24,13 +24,14 @@ from sqlalchemy import select
 from tracker.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
-from tracker.db.refill_store import max_remains_seen, orders_with_refill_in_flight
 from tracker.db.session import unit_of_work
 from tracker.domain.refills import expected_count, window_days
 from tracker.probes import CountProbe, ProbeTarget, load_count_probe
 from tracker.usecases.refills import (
     completed_orders,
     eligibility_of,
+    max_remains_seen,
+    orders_with_refill_in_flight,
     record_drop,
     refill_services,
     terms_of,
@@ -93,6 +94,7 @@ def probe_counts(
                     provider,
                     order,
                     source="probe",
+                    settings=settings,
                     now=now,
                     observed=count,
                     expected=entry.expected,

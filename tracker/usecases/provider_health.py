@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.domain.events import provider_alert
-from tracker.domain.health import Health, after_failure, after_rate_limited
+from tracker.domain.health import Health, after_failure, after_rate_limited, rate_limit_wait
 from tracker.domain.scheduling import failure_backoff
 from tracker.provider.errors import (
     InvalidKey,
@@ -85,7 +85,7 @@ def record_failure(
     elif isinstance(error, RateLimited):
         health = after_rate_limited(health, now, error.retry_after)
         if rate_limiter is not None:
-            rate_limiter.cool_down(provider_id, max(5.0, error.retry_after or 0.0))
+            rate_limiter.cool_down(provider_id, rate_limit_wait(error.retry_after))
         log.warning(
             "provider rate-limited us (HTTP 429); cooling down",
             extra={"provider": provider.name, "retry_after": error.retry_after},

@@ -1,50 +1,60 @@
 """Drops and refill requests: record a drop, open a request, make one refill attempt.
 
 A drop is always recorded, eligible or not, with the reason when it is not. An eligible
-drop opens a refill request unless the order already has one in flight (a pending
-request or a refill not yet final): at most one per order, which a partial unique index
-on ``refill_requests`` also enforces.
+drop opens a refill request, unless the order already has one open: at most one per
+order, which a partial unique index on ``refill_requests`` also enforces. A drop
+reported while a refill of the order is running, or within the refill cool-down after
+the last refill sent (``TRACKER_REFILL_COOLDOWN_HOURS``, per provider and per service),
+opens one request due when the cool-down ends; further reports until then add nothing.
+So a shop that reports the same drop twice, or five times, gets one refill.
 
-One attempt is three steps, never a transaction across the HTTP call: take the claimed
-request (re-check eligibility, extend its lease), call ``refill``, then record the
-attempt and what ``decide_after_attempt`` made of it. A wait of at most
+One attempt never holds a transaction across the HTTP call, and never repeats a call
+whose answer it did not see:
+
+1. take the claimed request: re-check eligibility and the cool-down, then write the
+   attempt as ``sent`` and commit, before anything goes out;
+2. call ``refill``;
+3. record the answer on that attempt, and what ``decide_after_attempt`` made of it.
+
+A run that finds a ``sent`` attempt without an answer (the worker was killed, or the
+write after the call failed) treats it as a refill sent then, answer unknown: the
+request ends, and the cool-down runs from that moment. A wait of at most
 ``COUNTDOWN_LIMIT`` seconds keeps the claim and is returned to the task, which retries
-with a Celery countdown; a longer wait lives in ``next_attempt_at`` and the dispatcher
-picks the request up when it is due.
+with a Celery countdown; a longer wait lives in ``next_attempt_at``, where the
+dispatcher picks the request up within the provider's budget.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, Table, false, func, or_, select, union
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tracker.clock import utcnow
 from tracker.config import Settings
-from tracker.db.claims import new_claim_id
 from tracker.db.models import (
     Drop,
     Order,
+    OrderEvent,
     Provider,
     Refill,
     RefillAttempt,
     RefillRequest,
     Service,
 )
-from tracker.db.refill_store import (
-    earlier_attempt_ambiguous,
-    orders_with_refill_in_flight,
-    release_request_claim,
-)
 from tracker.db.session import unit_of_work
-from tracker.domain.health import CircuitState
 from tracker.domain.ids import parse_order_id
 from tracker.domain.refills import (
+    ANSWER_UNKNOWN,
+    SENT_OUTCOMES,
     Accepted,
     AttemptOutcome,
     Decision,
@@ -52,7 +62,9 @@ from tracker.domain.refills import (
     GiveUp,
     RefillTerms,
     RetryPolicy,
+    cooldown_hours,
     decide_after_attempt,
+    may_send_refill_at,
     outcome_of_error,
     refill_eligibility,
     window_days,
@@ -62,7 +74,7 @@ from tracker.provider.errors import ProviderError, RateLimited
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.enqueue import provider_by_name
 from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.provider_health import health_of, record_call
+from tracker.usecases.provider_health import record_call
 
 log = logging.getLogger("tracker.refills")
 
@@ -174,8 +186,6 @@ class DropReport:
     eligible: bool
     reason: str | None
     request_id: int | None = None
-    # Set when the request was opened already claimed, for an immediate attempt.
-    claim_id: int | None = None
 
     def describe(self) -> str:
         head = f"{self.provider} order {self.order_id}: drop recorded"
@@ -183,22 +193,105 @@ class DropReport:
             return f"{head}, no refill: {self.reason}"
         if self.request_id is None:
             return f"{head}; {self.reason}"
+        if self.reason:
+            return f"{head}; refill request {self.request_id}: {self.reason}"
         return f"{head}; refill request {self.request_id} opened"
+
+
+# --- what the request path asks in bulk -----------------------------------------------------
+
+_requests = cast(Table, RefillRequest.__table__)
+_refills = cast(Table, Refill.__table__)
+
+
+def orders_with_refill_in_flight(session: Session, order_ids: Sequence[int]) -> set[int]:
+    """Orders that have an open refill request or a refill not yet final."""
+    if not order_ids:
+        return set()
+    pending = select(_requests.c.order_id).where(_requests.c.order_id.in_(order_ids), _requests.c.final == false())
+    running = select(_refills.c.order_id).where(_refills.c.order_id.in_(order_ids), _refills.c.final == false())
+    return set(session.scalars(select(union(pending, running).subquery().c.order_id)))
+
+
+def last_refill_sent_at(session: Session, order_id: int) -> datetime | None:
+    """When the last ``refill`` call for this order went out that may have created a
+    refill (accepted, or its answer lost): the start of its cool-down."""
+    return session.scalar(
+        select(func.max(RefillAttempt.at))
+        .join(RefillRequest, RefillRequest.id == RefillAttempt.request_id)
+        .where(
+            RefillRequest.order_id == order_id,
+            RefillAttempt.outcome.in_([outcome.value for outcome in SENT_OUTCOMES]),
+        )
+    )
+
+
+def max_remains_seen(session: Session, order_ids: Sequence[int]) -> dict[int, int]:
+    """The largest ``remains`` each order ever reported: its quantity, when the tracker saw
+    it before delivery started, and a lower bound of it otherwise."""
+    if not order_ids:
+        return {}
+    rows = session.execute(
+        select(OrderEvent.order_id, func.max(OrderEvent.remains))
+        .where(OrderEvent.order_id.in_(order_ids), OrderEvent.remains.is_not(None))
+        .group_by(OrderEvent.order_id)
+    ).all()
+    return {order_id: remains for order_id, remains in rows if remains is not None}
+
+
+def refill_cooldown_of(session: Session, provider: Provider, service_id: int | None, settings: Settings) -> float:
+    service_hours = None
+    if service_id is not None:
+        service_hours = session.scalar(
+            select(Service.refill_cooldown_hours).where(
+                Service.provider_id == provider.id, Service.service_id == service_id
+            )
+        )
+    return cooldown_hours(service_hours, provider.refill_cooldown_hours, settings.refill_cooldown_hours)
+
+
+def next_refill_allowed_at(session: Session, provider: Provider, order: Order, settings: Settings, now: datetime) -> datetime:
+    """When a ``refill`` for this order may go out, by the cool-down and the refill in flight."""
+    running = session.scalar(
+        select(func.count()).where(_refills.c.order_id == order.id, _refills.c.final == false())
+    )
+    return may_send_refill_at(
+        last_sent_at=last_refill_sent_at(session, order.id),
+        cooldown_hours=refill_cooldown_of(session, provider, order.service_id, settings),
+        refill_in_flight=bool(running),
+        now=now,
+        recheck=timedelta(seconds=settings.refill_retry_base),
+    )
+
+
+# --- drops ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    request: RefillRequest | None
+    # Why no request was opened, or why the one opened waits.
+    reason: str | None = None
 
 
 def open_request(
     session: Session,
+    provider: Provider,
     order: Order,
     *,
     trigger: str,
+    settings: Settings,
     now: datetime,
     drop_id: int | None = None,
-    lease_until: datetime | None = None,
-) -> RefillRequest | None:
-    """A new pending request, due now (or claimed until ``lease_until``); None when the
-    order already has a refill in flight."""
-    if orders_with_refill_in_flight(session, [order.id]):
-        return None
+) -> Opened:
+    """A new pending request, due when a refill may go out (at once, or when the cool-down
+    ends); no request when the order already has one open."""
+    open_id = session.scalar(
+        select(RefillRequest.id).where(RefillRequest.order_id == order.id, RefillRequest.final == false())
+    )
+    if open_id is not None:
+        return Opened(None, f"refill request {open_id} of this order is already open; no new request")
+    due_at = next_refill_allowed_at(session, provider, order, settings, now)
     request = RefillRequest(
         provider_id=order.provider_id,
         order_id=order.id,
@@ -207,14 +300,22 @@ def open_request(
         state=PENDING,
         final=False,
         attempts=0,
-        next_attempt_at=lease_until or now,
-        claim_id=new_claim_id() if lease_until is not None else None,
+        next_attempt_at=due_at,
         created_at=now,
         updated_at=now,
     )
+    if due_at > now:
+        request.last_message = _cooldown_message(due_at)
     session.add(request)
     session.flush()
-    return request
+    return Opened(request, request.last_message)
+
+
+def _cooldown_message(due_at: datetime) -> str:
+    return (
+        "a refill of this order was sent recently (or is still running): this request "
+        f"waits for the refill cool-down and goes out at {due_at.isoformat()}"
+    )
 
 
 def record_drop(
@@ -223,10 +324,10 @@ def record_drop(
     order: Order,
     *,
     source: str,
+    settings: Settings,
     now: datetime,
     observed: int | None = None,
     expected: int | None = None,
-    lease_until: datetime | None = None,
 ) -> DropReport:
     eligibility = eligibility_of(session, provider, order, now)
     drop = Drop(
@@ -240,40 +341,13 @@ def record_drop(
     )
     session.add(drop)
     session.flush()
-    report = DropReport(
-        provider.name,
-        order.external_id,
-        drop.id,
-        eligibility.eligible,
-        eligibility.reason,
-    )
     if not eligibility.eligible:
-        log.info(
-            "drop recorded, no refill: %s",
-            eligibility.reason,
-            extra={"provider": provider.name},
-        )
-        return report
-    request = open_request(
-        session,
-        order,
-        trigger="drop",
-        now=now,
-        drop_id=drop.id,
-        lease_until=lease_until,
-    )
-    if request is None:
-        drop.reason = "a refill of this order is already in flight; no new request"
-        return DropReport(provider.name, order.external_id, drop.id, True, drop.reason)
-    return DropReport(
-        provider.name,
-        order.external_id,
-        drop.id,
-        True,
-        None,
-        request.id,
-        request.claim_id,
-    )
+        log.info("drop recorded, no refill: %s", eligibility.reason, extra={"provider": provider.name})
+        return DropReport(provider.name, order.external_id, drop.id, False, eligibility.reason)
+    opened = open_request(session, provider, order, trigger="drop", settings=settings, now=now, drop_id=drop.id)
+    drop.reason = opened.reason
+    request_id = opened.request.id if opened.request is not None else None
+    return DropReport(provider.name, order.external_id, drop.id, True, opened.reason, request_id)
 
 
 def report_drop(
@@ -281,15 +355,13 @@ def report_drop(
     provider_name: object,
     raw_order_id: object,
     *,
+    settings: Settings,
     now: datetime,
-    lease_until: datetime | None = None,
 ) -> DropReport:
     """The shop says this order dropped (task ``tracker.report_drop``, ``tracker
     report-drop``). Raises ``UnknownProvider``, ``UnknownOrder`` or ``ValueError``."""
     provider, order = find_order(session, provider_name, raw_order_id)
-    return record_drop(
-        session, provider, order, source="shop", now=now, lease_until=lease_until
-    )
+    return record_drop(session, provider, order, source="shop", settings=settings, now=now)
 
 
 # --- one attempt ----------------------------------------------------------------------------
@@ -299,7 +371,8 @@ def report_drop(
 class AttemptReport:
     request_id: int
     # An AttemptOutcome, or no call made: "skipped" (not ours any more), "deferred"
-    # (provider unavailable or rate limit busy), "not_eligible" (window closed...).
+    # (provider paused, or the cool-down), "not_eligible" (window closed...),
+    # "answer_lost" (an earlier attempt's answer was never recorded).
     outcome: str
     state: str | None = None
     # Seconds until the task should try again, holding its claim.
@@ -311,16 +384,22 @@ class _Taken:
     access: ProviderAccess
     external_order_id: int
     window_ends_at: datetime | None
-    earlier_ambiguous: bool
     attempts_made: int
+    attempt_id: int
+    sent_at: datetime
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        settings.refill_max_attempts,
-        settings.refill_retry_base,
-        settings.refill_retry_cap,
-    )
+    return RetryPolicy(settings.refill_max_attempts, settings.refill_retry_base, settings.refill_retry_cap)
+
+
+class AnswerNotRecorded(RuntimeError):
+    """The ``refill`` call went out, and its answer could not be written. Never retried:
+    the attempt stays ``sent``, and the next run treats its answer as lost."""
+
+
+# Writing a known answer is worth a few quick tries: the alternative is losing it.
+ANSWER_WRITE_TRIES = 3
 
 
 def attempt_refill(
@@ -335,94 +414,111 @@ def attempt_refill(
     taken = _take(request_id, claim_id, settings, clock())
     if not isinstance(taken, _Taken):
         return taken
-    sent_at = clock()
     refill_id: str | None = None
     error: ProviderError | None = None
     try:
         refill_id = gateway.client(taken.access).refill(taken.external_order_id)
         outcome = AttemptOutcome.ACCEPTED
     except RateLimitBusy as busy:
-        with unit_of_work() as session:
-            release_request_claim(
-                session,
-                claim_id,
-                [request_id],
-                next_attempt_at=clock() + timedelta(seconds=busy.wait_seconds),
-            )
-        return AttemptReport(request_id, "deferred", PENDING)
+        # Kept back before sending: nothing went out.
+        error = None
+        outcome = AttemptOutcome.NOT_SENT
+        retry_after: float | None = busy.wait_seconds
     except ProviderError as failure:
         error = failure
         outcome = outcome_of_error(failure)
-    now = clock()
-    decision = decide_after_attempt(
-        outcome,
-        attempts_made=taken.attempts_made + 1,
-        earlier_ambiguous=taken.earlier_ambiguous,
-        window_ends_at=taken.window_ends_at,
-        now=now,
-        policy=retry_policy(settings),
-        retry_after=error.retry_after if isinstance(error, RateLimited) else None,
-        rng=rng,
-    )
-    attempted = _Attempted(
-        outcome=outcome,
-        decision=decision,
-        refill_id=refill_id,
-        message=f"refill {refill_id}"
-        if refill_id is not None
-        else str(error)[:MESSAGE_LIMIT],
-        sent_at=sent_at,
-    )
-    with unit_of_work() as session:
-        record_call(
-            session, taken.access.id, error, now, settings, gateway.rate_limiter
+    else:
+        retry_after = None
+    if error is not None:
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    for tries_left in range(ANSWER_WRITE_TRIES - 1, -1, -1):
+        now = clock()
+        decision = decide_after_attempt(
+            outcome,
+            attempts_made=taken.attempts_made + (0 if outcome is AttemptOutcome.NOT_SENT else 1),
+            window_ends_at=taken.window_ends_at,
+            now=now,
+            policy=retry_policy(settings),
+            retry_after=retry_after,
+            rng=rng,
         )
-        session.add(
-            RefillAttempt(
-                request_id=request_id,
-                at=sent_at,
-                outcome=outcome.value,
-                message=attempted.message,
-            )
+        answered = _Answered(
+            outcome=outcome,
+            decision=decision,
+            refill_id=refill_id,
+            message=f"refill {refill_id}" if refill_id is not None else (str(error) if error else "not sent")[:MESSAGE_LIMIT],
+            sent_at=taken.sent_at,
         )
-        return _record_decision(session, request_id, claim_id, attempted, now, settings)
+        try:
+            with unit_of_work() as session:
+                if outcome is not AttemptOutcome.NOT_SENT:
+                    record_call(session, taken.access.id, error, now, settings, gateway.rate_limiter)
+                return _record_answer(session, request_id, claim_id, taken.attempt_id, answered, now, settings)
+        except DBAPIError as failure:
+            if not tries_left:
+                log.error(
+                    "refill request %s: the answer (%s) could not be recorded: %s; it counts as lost",
+                    request_id, outcome.value, type(failure).__name__,
+                )
+                raise AnswerNotRecorded(f"refill request {request_id}: answer not recorded") from None
+            time.sleep(0.5)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
-def _take(
-    request_id: int, claim_id: int, settings: Settings, now: datetime
-) -> _Taken | AttemptReport:
+def _take(request_id: int, claim_id: int, settings: Settings, now: datetime) -> _Taken | AttemptReport:
+    """Everything before the call, committed before it: the request is still ours and
+    eligible, no refill may be running or cooling down, and the attempt is written."""
     with unit_of_work() as session:
         request = session.get(RefillRequest, request_id, with_for_update=True)
         if request is None or request.final or request.claim_id != claim_id:
             return AttemptReport(request_id, "skipped")
+        unanswered = session.scalars(
+            select(RefillAttempt).where(
+                RefillAttempt.request_id == request_id, RefillAttempt.outcome == AttemptOutcome.SENT.value
+            )
+        ).all()
+        if unanswered:
+            # Its holder's lease ran out without an answer written: the call may have
+            # created a refill. Counted as sent then (the cool-down runs from it).
+            for attempt in unanswered:
+                attempt.outcome = AttemptOutcome.NO_ANSWER.value
+                attempt.message = "the answer was never recorded (the worker stopped, or the database failed, after the call)"
+            request.attempts += len(unanswered)
+            _end(request, GAVE_UP, ANSWER_UNKNOWN, now)
+            return AttemptReport(request_id, "answer_lost", GAVE_UP)
         order = session.get_one(Order, request.order_id)
         provider = session.get_one(Provider, request.provider_id)
         eligibility = eligibility_of(session, provider, order, now)
         if not eligibility.eligible:
             _end(request, GAVE_UP, eligibility.reason, now)
             return AttemptReport(request_id, "not_eligible", GAVE_UP)
-        health = health_of(provider)
-        if health.state(now) in (CircuitState.PAUSED, CircuitState.OPEN):
-            resume = provider.circuit_open_until or now
-            request.next_attempt_at = max(
-                resume, now + timedelta(seconds=settings.tick_interval)
-            )
+        # Only a pause stops a claimed attempt. An open or half-open circuit does not: the
+        # dispatcher claimed this request within the provider's budget, possibly as the
+        # half-open probe, which must go out for the circuit to close.
+        allowed_at = next_refill_allowed_at(session, provider, order, settings, now)
+        if provider.paused or allowed_at > now:
+            request.next_attempt_at = max(allowed_at, now + timedelta(seconds=settings.tick_interval))
             request.claim_id = None
+            if allowed_at > now:
+                request.last_message = _cooldown_message(allowed_at)
             return AttemptReport(request_id, "deferred", PENDING)
-        # Hold the request through the call, however late the task started.
+        # Hold the request through the call and the write after it, however late the task
+        # started; a run that finds this attempt still "sent" after that treats it as lost.
         request.next_attempt_at = now + timedelta(seconds=settings.lease_seconds)
+        attempt = RefillAttempt(request_id=request_id, at=now, outcome=AttemptOutcome.SENT.value)
+        session.add(attempt)
+        session.flush()
         return _Taken(
             access=ProviderAccess.of(provider, settings),
             external_order_id=order.external_id,
             window_ends_at=eligibility.window_ends_at,
-            earlier_ambiguous=earlier_attempt_ambiguous(session, request_id),
             attempts_made=request.attempts,
+            attempt_id=attempt.id,
+            sent_at=now,
         )
 
 
-def _end(
-    request: RefillRequest, state: str, message: str | None, now: datetime
-) -> None:
+def _end(request: RefillRequest, state: str, message: str | None, now: datetime) -> None:
     request.state = state
     request.final = True
     request.next_attempt_at = None
@@ -432,7 +528,7 @@ def _end(
 
 
 @dataclass(frozen=True, slots=True)
-class _Attempted:
+class _Answered:
     outcome: AttemptOutcome
     decision: Decision
     refill_id: str | None
@@ -440,75 +536,56 @@ class _Attempted:
     sent_at: datetime
 
 
-def _record_decision(
+def _record_answer(
     session: Session,
     request_id: int,
     claim_id: int,
-    attempted: _Attempted,
+    attempt_id: int,
+    answered: _Answered,
     now: datetime,
     settings: Settings,
 ) -> AttemptReport:
     request = session.get_one(RefillRequest, request_id, with_for_update=True)
-    request.attempts += 1
+    attempt = session.get_one(RefillAttempt, attempt_id)
+    attempt.outcome = answered.outcome.value
+    attempt.message = answered.message
     request.updated_at = now
     refill = None
-    if attempted.refill_id is not None:
-        refill = _store_refill(
-            session, request, attempted.refill_id, attempted.sent_at, now
-        )
-    outcome = attempted.outcome.value
+    if answered.refill_id is not None:
+        refill = _store_refill(session, request, answered.refill_id, answered.sent_at, now)
+    outcome = answered.outcome.value
+    if answered.outcome is not AttemptOutcome.NOT_SENT:
+        request.attempts += 1
     if request.final or request.claim_id != claim_id:
         # The lease ran out during the call (it should not: it outlasts any call). The
-        # attempt and any refill it created are kept; the request is someone else's now.
+        # answer and any refill it created are kept; the request is someone else's now.
         log.warning("refill request %s changed hands during an attempt", request_id)
         return AttemptReport(request_id, outcome, request.state)
-    decision = attempted.decision
+    decision = answered.decision
     if isinstance(decision, Accepted):
         request.refill_id = refill.id if refill is not None else None
-        text = (
-            attempted.message
-            if decision.confirmed
-            else (
-                "accepted earlier: the provider has a refill of this order in progress after an "
-                "unanswered attempt (its refill ID is unknown)"
-            )
-        )
-        _end(request, ACCEPTED, text, now)
+        _end(request, ACCEPTED, answered.message, now)
         return AttemptReport(request_id, outcome, ACCEPTED)
     if isinstance(decision, GiveUp):
-        _end(
-            request,
-            GAVE_UP,
-            f"{decision.reason}: {attempted.message}"[:MESSAGE_LIMIT],
-            now,
-        )
+        reason = decision.reason if decision.answer_unknown else f"{decision.reason}: {answered.message}"
+        _end(request, GAVE_UP, reason[:MESSAGE_LIMIT], now)
         if decision.not_refillable:
             session.get_one(Order, request.order_id).refillable = False
         return AttemptReport(request_id, outcome, GAVE_UP)
-    request.last_message = attempted.message
+    request.last_message = answered.message
     wait = max(0.0, (decision.at - now).total_seconds())
     if wait <= COUNTDOWN_LIMIT:
         # Keep the claim; the lease covers the countdown in case the retry message is lost.
-        request.next_attempt_at = decision.at + timedelta(
-            seconds=settings.lease_seconds
-        )
+        request.next_attempt_at = decision.at + timedelta(seconds=settings.lease_seconds)
         return AttemptReport(request_id, outcome, PENDING, retry_in=wait)
     request.next_attempt_at = decision.at
     request.claim_id = None
     return AttemptReport(request_id, outcome, PENDING)
 
 
-def _store_refill(
-    session: Session,
-    request: RefillRequest,
-    refill_id: str,
-    sent_at: datetime,
-    now: datetime,
-) -> Refill:
+def _store_refill(session: Session, request: RefillRequest, refill_id: str, sent_at: datetime, now: datetime) -> Refill:
     existing = session.scalar(
-        select(Refill).where(
-            Refill.provider_id == request.provider_id, Refill.external_id == refill_id
-        )
+        select(Refill).where(Refill.provider_id == request.provider_id, Refill.external_id == refill_id)
     )
     if existing is not None:
         return existing
@@ -524,3 +601,4 @@ def _store_refill(
     session.add(refill)
     session.flush()
     return refill
+

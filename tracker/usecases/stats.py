@@ -18,7 +18,7 @@ from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.domain.health import CircuitState
 from tracker.metrics import CallCounts, CallMetrics
-from tracker.usecases.polling import base_interval
+from tracker.polling.engine import base_interval
 from tracker.usecases.provider_health import health_of
 from tracker.usecases.views import iso, money
 

@@ -22,6 +22,7 @@ from tracker.db.models import (
     RefillEvent,
     RefillRequest,
 )
+from tracker.domain.refills import AMBIGUOUS_OUTCOMES
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -131,6 +132,9 @@ def _drops(session: Session, order_id: int) -> list[dict[str, Any]]:
     ]
 
 
+_UNANSWERED = {outcome.value for outcome in AMBIGUOUS_OUTCOMES}
+
+
 def _refill_requests(session: Session, order_id: int) -> list[dict[str, Any]]:
     rows = session.execute(
         select(RefillRequest, Refill.external_id)
@@ -147,6 +151,8 @@ def _refill_requests(session: Session, order_id: int) -> list[dict[str, Any]]:
             {
                 "trigger": request.trigger,
                 "state": request.state,
+                # "unknown": a refill call went out and its answer was lost.
+                "answer": "unknown" if any(attempt.outcome in _UNANSWERED for attempt in attempts) else None,
                 "refill_id": refill_id,
                 "attempts": [
                     {"at": iso(attempt.at), "outcome": attempt.outcome, "message": attempt.message}

@@ -65,8 +65,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         return {"task": task, "schedule": seconds, "options": {"expires": max(1.0, seconds)}}
 
     schedule = {
-        "dispatch-order-polls": every("tracker.dispatch_polls", tick_interval),
-        "dispatch-refills": every("tracker.dispatch_refills", tick_interval),
+        # One dispatcher for every call kind: one budget per provider per tick.
+        "dispatch-polls": every("tracker.dispatch_polls", tick_interval),
         "schedule-auto-refills": every(
             "tracker.schedule_auto_refills", settings.auto_refill_scan_interval
         ),
@@ -88,6 +88,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 app = Celery("tracker")
 app.conf.update(build_config())
-app.conf.include = ["tracker.worker.tasks", "tracker.worker.refill_tasks"]
+app.conf.include = ["tracker.worker.tasks", "tracker.worker.refill_tasks", "tracker.worker.dispatch_tasks"]
 
 import tracker.worker.signals  # noqa: F401 - registers the worker hooks

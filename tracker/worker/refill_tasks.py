@@ -20,40 +20,28 @@ from tracker.usecases.auto_refill import (
 )
 from tracker.usecases.catalog import sync_due_catalogs
 from tracker.usecases.count_probes import probe_counts as probe_counts_usecase
-from tracker.usecases.refill_dispatch import claim_due_refill_work
-from tracker.usecases.refill_polling import (
-    poll_refill_batch as poll_refill_batch_usecase,
-)
+from tracker.polling.engine import poll_batch
+from tracker.polling.refills import REFILLS
 from tracker.usecases.refills import attempt_refill
 from tracker.usecases.refills import report_drop as report_drop_usecase
 from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway
 
 log = logging.getLogger("tracker.tasks")
 
-# Short retries of one request go through Celery (countdowns of at most a minute); the
-# attempt cap in the database is what really bounds them.
-REQUEST_TASK_RETRIES = {**DB_RETRY, "max_retries": 100}
-
 
 @shared_task(name="tracker.report_drop", **DB_RETRY)
 def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
-    settings = get_settings()
-    now = utcnow()
-    lease_until = now + timedelta(seconds=settings.lease_seconds)
     try:
         with unit_of_work() as session:
-            report = report_drop_usecase(
-                session, provider, order_id, now=now, lease_until=lease_until
-            )
+            report = report_drop_usecase(session, provider, order_id, settings=get_settings(), now=utcnow())
     except LookupError as exc:
         raise InvalidTaskInput(str(exc)) from None
     except ValueError as exc:
         # parse_order_id says what is wrong, not with what: name the value given.
         raise InvalidTaskInput(f"order ID {order_id!r} {exc}") from None
     log.info("report_drop %s", report.describe(), extra={"provider": report.provider})
-    # The request is committed, and claimed for this attempt: only now may the task exist.
-    if report.request_id is not None and report.claim_id is not None:
-        request_refill.delay(report.request_id, report.claim_id)
+    # The request, if any, is due now (or when the cool-down ends): the dispatcher's next
+    # tick claims it within the provider's budget.
     return {
         "drop_id": report.drop_id,
         "eligible": report.eligible,
@@ -61,35 +49,22 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     }
 
 
-@shared_task(name="tracker.request_refill", bind=True, **REQUEST_TASK_RETRIES)
+# No automatic retry on database errors: ``attempt_refill`` writes its intent before the
+# call and retries the write of a known answer itself, so a re-run could only find an
+# answer it must treat as lost. A failure before the call leaves the request claimed;
+# it is due again when the claim's lease ends.
+@shared_task(name="tracker.request_refill", bind=True, max_retries=100)
 def request_refill(self: Task[Any, Any], request_id: int, claim_id: int) -> str | None:
-    result = attempt_refill(
-        request_id, claim_id, settings=get_settings(), gateway=gateway()
-    )
+    result = attempt_refill(request_id, claim_id, settings=get_settings(), gateway=gateway())
     if result.retry_in is not None:
-        # The attempt is recorded and the claim kept: retry this same task shortly.
+        # The answer is recorded and the claim kept: retry this same task shortly.
         raise self.retry(countdown=result.retry_in)
     return result.state
 
 
-@shared_task(name="tracker.dispatch_refills", **DB_RETRY)
-def dispatch_refills() -> int:
-    work = claim_due_refill_work(get_settings(), utcnow())
-    # Claims are committed: only now may the tasks exist.
-    for request in work.requests:
-        request_refill.delay(request.request_id, request.claim_id)
-    for batch in work.polls:
-        poll_refill_batch.delay(
-            batch.provider_id, batch.claim.claim_id, batch.claim.row_ids
-        )
-    return len(work.requests) + len(work.polls)
-
-
 @shared_task(name="tracker.poll_refill_batch", **DB_RETRY)
 def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) -> None:
-    poll_refill_batch_usecase(
-        provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway()
-    )
+    poll_batch(REFILLS, provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway())
 
 
 @shared_task(name="tracker.schedule_auto_refills", **DB_RETRY)

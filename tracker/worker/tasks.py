@@ -10,7 +10,6 @@ import threading
 from typing import Any
 
 import redis
-import redis.lock
 from celery import shared_task
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
@@ -20,11 +19,11 @@ from tracker.db.session import unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
 from tracker.usecases.catalog import check_balances as check_balances_usecase
-from tracker.usecases.dispatch import claim_rounds
+from tracker.polling.engine import poll_batch
+from tracker.polling.orders import ORDERS
 from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed
 from tracker.usecases.enqueue import track_orders as track_orders_usecase
 from tracker.usecases.gateway import Gateway
-from tracker.usecases.polling import poll_order_batch
 
 log = logging.getLogger("tracker.tasks")
 
@@ -101,60 +100,9 @@ def track_orders(
     return {"added": result.added, "already_tracked": result.already_tracked, "rejected": len(result.rejected)}
 
 
-@shared_task(name="tracker.dispatch_polls", **DB_RETRY)
-def dispatch_polls() -> int:
-    settings = get_settings()
-    # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
-    # while a long one (a large backlog) is still claiming would skip the rows it has
-    # locked and fill batches only partly: more calls for the same orders.
-    # The lock lives a few ticks and is renewed every round, so a killed tick blocks the
-    # next ones only briefly.
-    lock = coordination().lock(
-        "tracker:lock:dispatch-polls", timeout=max(DISPATCH_LOCK_TICKS * settings.tick_interval, 10.0)
-    )
-    if not lock.acquire(blocking=False):
-        log.debug("dispatch_polls: the previous tick is still claiming")
-        return 0
-    enqueued = 0
-    try:
-        for batches in claim_rounds(settings, utcnow()):
-            # This round's claims are committed: only now may its poll tasks exist.
-            for batch in batches:
-                poll_status_batch.delay(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids)
-            enqueued += len(batches)
-            if not _renew(lock):
-                break
-    finally:
-        _release(lock)
-    return enqueued
-
-
-DISPATCH_LOCK_TICKS = 3
-
-
-def _renew(lock: redis.lock.Lock) -> bool:
-    try:
-        lock.reacquire()
-        return True
-    except redis.exceptions.LockError:
-        # It expired (a round took several ticks, or Redis was flushed): another tick may
-        # be claiming now, so this one stops; the next tick goes on where it left off.
-        log.warning("dispatch lock lost mid-tick; the next tick carries on")
-        return False
-
-
-def _release(lock: redis.lock.Lock) -> None:
-    try:
-        lock.release()
-    except redis.RedisError as error:
-        # Expired (another tick may hold it now) or Redis is gone: either way the lock is
-        # not ours to keep, and the tick's own outcome matters more.
-        log.warning("dispatch lock not released: %s", type(error).__name__)
-
-
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
 def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
-    poll_order_batch(provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
+    poll_batch(ORDERS, provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
 
 
 _sinks: Sinks | None = None

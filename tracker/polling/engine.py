@@ -1,0 +1,343 @@
+"""The one polling engine: poll a claimed batch of any polled kind (orders, refills).
+
+A poll task holds a claim (``tracker.db.claims``) on up to ``calls_per_poll_task`` calls'
+worth of rows of one provider. The engine:
+
+1. reads the claimed rows and their state, in a short read-only transaction;
+2. makes the kind's calls, one group of rows at a time, outside any transaction (a
+   transaction held across a 30-second read would hold row locks, and on SQLite the
+   whole database, that long). Calls stop at the first failure (a failing provider is
+   not asked again until its back-off has passed) and when the next call might outlast
+   the lease;
+3. applies every answer received in one transaction: a claim-checked bulk write of the
+   new state (a row re-claimed meanwhile is not written and gets no event), the new
+   history rows, the shop's events, and the provider's health;
+4. gives back the rows it did not ask about, due after the provider's back-off;
+5. re-raises an unexpected error only after 3 and 4, so nothing received is lost.
+
+What differs between kinds (which call, how to read and judge an answer) sits behind
+``PolledKind``; everything above is written once, here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy import Table, update
+from sqlalchemy.orm import Session
+
+from tracker.clock import utcnow
+from tracker.config import Settings
+from tracker.db.bulk import insert_rows, release_claimed, update_rows
+from tracker.db.models import Provider
+from tracker.db.session import unit_of_work
+from tracker.domain.events import NewEvent
+from tracker.domain.scheduling import draw_jitter, poll_delay
+from tracker.provider.client import ProviderClient
+from tracker.provider.errors import ProviderError
+from tracker.ratelimit import RateLimitBusy
+from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.outbox import record_events, sink_configured
+from tracker.usecases.provider_health import record_success, retry_delay_after
+
+log = logging.getLogger("tracker.poll")
+
+
+def base_interval(provider: Provider, settings: Settings) -> float:
+    """Seconds between polls of one active row of this provider, before adaptive back-off."""
+    return provider.poll_interval or settings.poll_interval
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What the engine needs of every claimed row; kinds subclass it with their state."""
+
+    id: int
+    external_id: Any
+    event_count: int
+    # The claim's lease: a claimed row's next_poll_at is the lease's end.
+    lease_until: datetime
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What one group's call(s) brought back. ``answered`` holds the external IDs whose
+    call completed; an ID left out of a completed answer counts as answered (we learned
+    that the provider said nothing about it). ``error`` set with some IDs answered: the
+    kind's calls failed part-way (single calls, one ID each)."""
+
+    results: dict[Any, Any] = field(default_factory=dict)
+    answered: set[Any] = field(default_factory=set)
+    error: ProviderError | RateLimitBusy | None = None
+    # Facts about the provider learned by these calls, written with the answers.
+    provider_updates: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One row's answer, judged by the kind's state machine."""
+
+    # The kind's state columns (not the scheduling columns, which the engine adds).
+    columns: dict[str, Any]
+    unchanged_polls: int
+    # The history row to append (without ``seq``), when something changed.
+    event: dict[str, Any] | None = None
+    # The shop's event for that change, when the shop listens.
+    shop_event: NewEvent | None = None
+
+
+RowT = TypeVar("RowT", bound=ClaimedRow)
+
+
+class PolledKind(Protocol[RowT]):
+    """One kind of polled row. Implementations: ``tracker.polling.orders.ORDERS`` and
+    ``tracker.polling.refills.REFILLS``."""
+
+    name: str
+    table: Table
+    events: Table
+    # A top-level refusal of this kind's call counts towards the circuit breaker: a status
+    # call has no legitimate refusal (not-found answers come per ID).
+    refusal_is_failure: bool
+
+    def rows_per_call(self, provider: Provider) -> int: ...
+
+    def read_claimed(self, session: Session, claim_id: int, row_ids: Sequence[int]) -> list[RowT]: ...
+
+    def fetch(self, client: ProviderClient, rows: Sequence[RowT], facts: dict[str, Any]) -> Fetched: ...
+
+    def observe(
+        self,
+        row: RowT,
+        result: Any,
+        observed_at: datetime,
+        *,
+        access: ProviderAccess,
+        settings: Settings,
+        shop_listens: bool,
+    ) -> Observation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollSummary:
+    kind: str
+    provider_id: int
+    asked: int = 0
+    applied: int = 0
+    transitions: int = 0
+    error: str | None = None
+
+
+# A new call starts only if twice the longest call so far, plus this, still fits in the
+# lease: the answers must be written while the task still holds the rows.
+LEASE_SAFETY = timedelta(seconds=2)
+
+
+@dataclass(slots=True)
+class _Calls(Generic[RowT]):
+    answered: list[tuple[RowT, Any, datetime]] = field(default_factory=list)
+    unasked: list[int] = field(default_factory=list)
+    provider_updates: dict[str, Any] = field(default_factory=dict)
+    # A provider's failure: its back-off applies to the unasked rows.
+    error: ProviderError | RateLimitBusy | None = None
+    # Anything else (Redis down under the rate limiter, a bug): re-raised once the
+    # answers received are applied.
+    unexpected: Exception | None = None
+
+
+def poll_batch(
+    kind: PolledKind[RowT],
+    provider_id: int,
+    claim_id: int,
+    row_ids: Sequence[int],
+    *,
+    settings: Settings,
+    gateway: Gateway,
+    clock: Callable[[], datetime] = utcnow,
+) -> PollSummary:
+    with unit_of_work() as session:
+        provider = session.get(Provider, provider_id)
+        if provider is None:
+            log.warning("poll for an unknown provider id %s ignored", provider_id)
+            return PollSummary(kind.name, provider_id, error="unknown provider")
+        rows = kind.read_claimed(session, claim_id, row_ids)
+        interval = base_interval(provider, settings)
+        paused = provider.paused
+        access = ProviderAccess.of(provider, settings)
+        group_size = kind.rows_per_call(provider)
+        facts = {"supports_multi_refill_status": provider.supports_multi_refill_status}
+    if not rows:
+        # Delivered late: the lease ran out and the rows were claimed again.
+        return PollSummary(kind.name, provider_id)
+    if paused:
+        with unit_of_work() as session:
+            release_claimed(
+                session, kind.table, claim_id, [row.id for row in rows],
+                due_at=clock() + timedelta(seconds=interval),
+            )
+        return PollSummary(kind.name, provider_id, error="provider paused")
+
+    lease_until = min(row.lease_until for row in rows)
+    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, lease_until, clock)
+    try:
+        summary = _apply(kind, access, claim_id, calls, interval, settings, clock())
+    finally:
+        if calls.unasked:
+            _release_unasked(kind, access, claim_id, calls, interval, settings, gateway, clock())
+    if calls.unexpected is not None:
+        # Answers received were applied and the rest given back; now let it be seen.
+        raise calls.unexpected
+    if calls.unasked:
+        log.info(
+            "gave back %d %s unasked (%s)",
+            len(calls.unasked),
+            kind.name,
+            type(calls.error).__name__ if calls.error else "lease running out",
+            extra={"provider": access.name, "claim_id": claim_id},
+        )
+    return summary
+
+
+def _call_all(
+    kind: PolledKind[RowT],
+    client: ProviderClient,
+    rows: list[RowT],
+    group_size: int,
+    facts: dict[str, Any],
+    lease_until: datetime,
+    clock: Callable[[], datetime],
+) -> _Calls[RowT]:
+    calls: _Calls[RowT] = _Calls()
+    longest = timedelta(0)
+    for offset in range(0, len(rows), group_size):
+        group = rows[offset : offset + group_size]
+        observed_at = clock()
+        if offset and observed_at + 2 * longest + LEASE_SAFETY > lease_until:
+            calls.unasked.extend(row.id for row in rows[offset:])
+            break
+        try:
+            fetched = kind.fetch(client, group, facts)
+        except (ProviderError, RateLimitBusy) as error:
+            fetched = Fetched(error=error)
+        except Exception as error:  # re-raised by poll_batch after applying the rest
+            calls.unexpected = error
+            calls.unasked.extend(row.id for row in rows[offset:])
+            break
+        longest = max(longest, clock() - observed_at)
+        calls.provider_updates.update(fetched.provider_updates)
+        facts.update(fetched.provider_updates)
+        for row in group:
+            if row.external_id in fetched.answered:
+                calls.answered.append((row, fetched.results.get(row.external_id), observed_at))
+            else:
+                calls.unasked.append(row.id)
+        if fetched.error is not None:
+            calls.error = fetched.error
+            calls.unasked.extend(row.id for row in rows[offset + group_size :])
+            break
+    return calls
+
+
+def _apply(
+    kind: PolledKind[RowT],
+    access: ProviderAccess,
+    claim_id: int,
+    calls: _Calls[RowT],
+    interval: float,
+    settings: Settings,
+    now: datetime,
+) -> PollSummary:
+    asked = len(calls.answered) + len(calls.unasked)
+    error = type(calls.error).__name__ if calls.error is not None else None
+    if not calls.answered and not calls.provider_updates:
+        return PollSummary(kind.name, access.id, asked=asked, error=error)
+    state_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    shop_events: list[tuple[int, NewEvent]] = []
+    shop_listens = sink_configured(settings)
+    # One draw per task, not per row: rows polled together stay together.
+    jitter = draw_jitter()
+    for row, result, observed_at in calls.answered:
+        seen = kind.observe(
+            row, result, observed_at, access=access, settings=settings, shop_listens=shop_listens
+        )
+        event_count = row.event_count
+        if seen.event is not None:
+            event_count += 1
+            event_rows.append({**seen.event, "seq": event_count, "at": observed_at})
+            if seen.shop_event is not None:
+                shop_events.append((row.id, seen.shop_event))
+        delay = poll_delay(
+            seen.unchanged_polls,
+            base_interval=interval,
+            max_factor=settings.max_poll_backoff_factor,
+            jitter=jitter,
+        )
+        state_rows.append(
+            {
+                **seen.columns,
+                "row_id": row.id,
+                "event_count": event_count,
+                "unchanged_polls": seen.unchanged_polls,
+                "next_poll_at": now + timedelta(seconds=delay),
+                "claim_id": None,
+                "updated_at": now,
+            }
+        )
+    with unit_of_work() as session:
+        if calls.provider_updates:
+            session.execute(update(Provider).where(Provider.id == access.id).values(calls.provider_updates))
+        if calls.error is None:
+            # After a failed call the failure is what counts (see _release_unasked).
+            record_success(session, access.id)
+        written = update_rows(session, kind.table, state_rows, claim_id=claim_id)
+        if len(written) < len(state_rows):
+            # Rows re-claimed while we waited on the provider: their new holder records them.
+            event_rows = [row for row in event_rows if row[_owner_column(kind)] in written]
+            shop_events = [(row_id, event) for row_id, event in shop_events if row_id in written]
+        insert_rows(session, kind.events, event_rows)
+        # Same transaction: the shop hears of a transition if and only if it was recorded.
+        record_events(session, settings, [event for _, event in shop_events])
+    log.info(
+        "polled %d %s: %d transitions",
+        len(written),
+        kind.name,
+        len(event_rows),
+        extra={"provider": access.name, "claim_id": claim_id},
+    )
+    return PollSummary(
+        kind.name, access.id, asked=asked, applied=len(written), transitions=len(event_rows), error=error
+    )
+
+
+def _owner_column(kind: PolledKind[Any]) -> str:
+    """The history table's column that points at the polled row (``order_id``, ``refill_id``)."""
+    [column] = [fk.parent.name for fk in kind.events.foreign_keys if fk.column.table is kind.table]
+    return column
+
+
+def _release_unasked(
+    kind: PolledKind[RowT],
+    access: ProviderAccess,
+    claim_id: int,
+    calls: _Calls[RowT],
+    interval: float,
+    settings: Settings,
+    gateway: Gateway,
+    now: datetime,
+) -> None:
+    """Leave unasked rows' data untouched: after a provider's failure they are due again
+    after its back-off; after something unexpected, after one interval; after running
+    out of lease, at once."""
+    with unit_of_work() as session:
+        retry_in = interval if calls.unexpected is not None else 0.0
+        if calls.error is not None:
+            retry_in = retry_delay_after(
+                session, access.id, calls.error, interval, settings, gateway.rate_limiter, now,
+                refusal_is_failure=kind.refusal_is_failure,
+            )
+        release_claimed(session, kind.table, claim_id, calls.unasked, due_at=now + timedelta(seconds=retry_in))

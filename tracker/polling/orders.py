@@ -1,0 +1,141 @@
+"""Orders as a polled kind: ``status`` calls with up to 100 IDs (``orders=``).
+
+The claimed rows are read with their state in one SELECT (Core, no ORM objects: this is
+the hot path), and judged by the pure state machine ``tracker.domain.tracking``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, false, select
+from sqlalchemy.orm import Session
+
+from tracker.config import Settings
+from tracker.db.models import Order, OrderEvent, Provider
+from tracker.domain.events import order_transition
+from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
+from tracker.domain.tracking import OrderState, apply_observation
+from tracker.polling.engine import ClaimedRow, Fetched, Observation
+from tracker.provider.client import ProviderClient
+from tracker.usecases.gateway import ProviderAccess
+
+_orders = cast(Table, Order.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedOrder(ClaimedRow):
+    completed_at: datetime | None
+    service_id: int | None
+    quantity: int | None
+    state: OrderState
+
+
+_CLAIMED_COLUMNS = (
+    "id", "external_id", "event_count", "completed_at", "service_id", "quantity", "next_poll_at",
+    "status", "raw_status", "remains", "charge", "start_count", "currency", "last_observed_at",
+    "consecutive_not_found", "unchanged_polls",
+)
+
+
+class OrderKind:
+    name = "orders"
+    table = _orders
+    events = cast(Table, OrderEvent.__table__)
+    refusal_is_failure = True
+
+    def rows_per_call(self, provider: Provider) -> int:
+        return provider.batch_size
+
+    def read_claimed(self, session: Session, claim_id: int, row_ids: Sequence[int]) -> list[ClaimedOrder]:
+        rows = session.execute(
+            select(*(_orders.c[name] for name in _CLAIMED_COLUMNS))
+            .where(_orders.c.id.in_(row_ids), _orders.c.claim_id == claim_id, _orders.c.final == false())
+            .order_by(_orders.c.id)
+        )
+        return [
+            ClaimedOrder(
+                id=row.id,
+                external_id=row.external_id,
+                event_count=row.event_count,
+                lease_until=row.next_poll_at,
+                completed_at=row.completed_at,
+                service_id=row.service_id,
+                quantity=row.quantity,
+                state=OrderState(
+                    status=OrderStatus(row.status) if row.status is not None else None,
+                    raw_status=row.raw_status,
+                    remains=row.remains,
+                    charge=row.charge,
+                    start_count=row.start_count,
+                    currency=row.currency,
+                    last_observed_at=row.last_observed_at,
+                    consecutive_not_found=row.consecutive_not_found,
+                    unchanged_polls=row.unchanged_polls,
+                ),
+            )
+            for row in rows
+        ]
+
+    def fetch(self, client: ProviderClient, rows: Sequence[ClaimedOrder], facts: dict[str, Any]) -> Fetched:
+        ids = [row.external_id for row in rows]
+        return Fetched(results=dict(client.status_multi(ids)), answered=set(ids))
+
+    def observe(
+        self,
+        row: ClaimedOrder,
+        result: Any,
+        observed_at: datetime,
+        *,
+        access: ProviderAccess,
+        settings: Settings,
+        shop_listens: bool,
+    ) -> Observation:
+        outcome = apply_observation(row.state, result, observed_at, not_found_after=settings.not_found_after)
+        state = outcome.state
+        columns: dict[str, Any] = {
+            "status": state.status.value if state.status is not None else None,
+            "raw_status": state.raw_status,
+            "remains": state.remains,
+            "charge": state.charge,
+            "start_count": state.start_count,
+            "currency": state.currency,
+            "final": state.final,
+            "last_observed_at": state.last_observed_at,
+            "consecutive_not_found": state.consecutive_not_found,
+            "completed_at": row.completed_at,
+        }
+        transition = outcome.transition
+        if transition is None:
+            return Observation(columns, state.unchanged_polls)
+        if row.completed_at is None and transition.to_status in COMPLETION_STATUSES:
+            columns["completed_at"] = observed_at
+        event = {
+            "order_id": row.id,
+            "from_status": transition.from_status.value if transition.from_status else None,
+            "to_status": transition.to_status.value,
+            "raw_status": transition.raw_status,
+            "remains": transition.remains,
+            "charge": transition.charge,
+            "start_count": transition.start_count,
+        }
+        shop_event = None
+        if shop_listens:
+            shop_event = order_transition(
+                provider_id=access.id,
+                provider_name=access.name,
+                order_row_id=row.id,
+                external_id=row.external_id,
+                service_id=row.service_id,
+                quantity=row.quantity,
+                currency=state.currency,
+                transition=transition,
+                at=observed_at,
+            )
+        return Observation(columns, state.unchanged_polls, event, shop_event)
+
+
+ORDERS = OrderKind()

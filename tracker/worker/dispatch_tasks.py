@@ -1,0 +1,87 @@
+"""The dispatcher task: beat's tick, which claims due work and enqueues one task per piece.
+
+Thin like the other tasks: ``tracker.polling.dispatch`` decides what is due and within
+which budget; this module holds the lock that keeps ticks from overlapping and enqueues
+after each committed round.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+import redis.lock
+from celery import shared_task
+
+from tracker.clock import utcnow
+from tracker.config import get_settings
+from tracker.polling.dispatch import AttemptWork, PollWork, claim_rounds
+from tracker.polling.orders import ORDERS
+from tracker.worker.refill_tasks import poll_refill_batch, request_refill
+from tracker.worker.tasks import DB_RETRY, coordination, poll_status_batch
+
+log = logging.getLogger("tracker.tasks")
+
+
+@shared_task(name="tracker.dispatch_polls", **DB_RETRY)
+def dispatch_polls() -> int:
+    """The one dispatcher: every call kind of every provider, within one budget per
+    provider per tick (see ``tracker.polling.dispatch``)."""
+    settings = get_settings()
+    # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
+    # while a long one (a large backlog) is still claiming would skip the rows it has
+    # locked and fill batches only partly, and the two would spend one budget twice.
+    # The lock lives a few ticks and is renewed every round, so a killed tick blocks the
+    # next ones only briefly.
+    lock = coordination().lock(
+        "tracker:lock:dispatch-polls", timeout=max(DISPATCH_LOCK_TICKS * settings.tick_interval, 10.0)
+    )
+    if not lock.acquire(blocking=False):
+        log.debug("dispatch_polls: the previous tick is still claiming")
+        return 0
+    enqueued = 0
+    try:
+        for work in claim_rounds(settings, utcnow()):
+            # This round's claims are committed: only now may its tasks exist.
+            for piece in work:
+                _enqueue(piece)
+            enqueued += len(work)
+            if not _renew(lock):
+                break
+    finally:
+        _release(lock)
+    return enqueued
+
+
+def _enqueue(piece: AttemptWork | PollWork) -> None:
+    if isinstance(piece, AttemptWork):
+        request_refill.delay(piece.request_id, piece.claim_id)
+    elif piece.kind == ORDERS.name:
+        poll_status_batch.delay(piece.provider_id, piece.claim.claim_id, piece.claim.row_ids)
+    else:
+        poll_refill_batch.delay(piece.provider_id, piece.claim.claim_id, piece.claim.row_ids)
+
+
+DISPATCH_LOCK_TICKS = 3
+
+
+def _renew(lock: redis.lock.Lock) -> bool:
+    try:
+        lock.reacquire()
+        return True
+    except redis.exceptions.LockError:
+        # It expired (a round took several ticks, or Redis was flushed): another tick may
+        # be claiming now, so this one stops; the next tick goes on where it left off.
+        log.warning("dispatch lock lost mid-tick; the next tick carries on")
+        return False
+
+
+def _release(lock: redis.lock.Lock) -> None:
+    try:
+        lock.release()
+    except redis.RedisError as error:
+        # Expired (another tick may hold it now) or Redis is gone: either way the lock is
+        # not ours to keep, and the tick's own outcome matters more.
+        log.warning("dispatch lock not released: %s", type(error).__name__)
+
+
