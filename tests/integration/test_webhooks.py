@@ -142,8 +142,9 @@ def test_alerts_low_balance_once_and_a_rejected_key(
     from tracker.clock import utcnow
     from tracker.config import get_settings, reset_settings
     from tracker.db.models import Provider
+    from tests.integration.helpers import order_polls, poll_orders
     from tracker.usecases.catalog import check_balances
-        from tracker.usecases.gateway import Gateway
+    from tracker.usecases.gateway import Gateway
 
     monkeypatch.setenv("TRACKER_WEBHOOK_URL", "http://127.0.0.1:9/unused")
     monkeypatch.setenv("TRACKER_WEBHOOK_SECRET", SECRET)

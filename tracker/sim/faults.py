@@ -19,6 +19,9 @@ html_200           the same challenge page with HTTP 200; not processed
 rate_limit         HTTP 429 with ``Retry-After: <seconds>``; not processed
 invalid_key        HTTP 200 ``{"error": "Invalid API key"}``; not processed
 drop_connection    the socket is closed without any answer; not processed
+act_then_drop      processed, then the socket is closed without any answer
+act_then_hang      processed, then the answer is held back ``seconds`` (default 60), past
+                   a client's read timeout
 broken_json        processed, then the JSON answer is cut in half (HTTP 200)
 php_warning        processed, then a PHP warning is printed before the valid JSON
 slow               sleeps ``seconds`` (real), then processed normally
@@ -26,8 +29,9 @@ hold               blocks until ``POST /admin/release`` (or ``seconds``, default
                    then processed normally
 =================  ==========================================================================
 
-``broken_json`` processes the request on purpose: a provider that created a refill and
-then failed to answer is exactly the case a client must survive.
+``broken_json``, ``act_then_drop`` and ``act_then_hang`` process the request on purpose:
+a provider that created a refill and then failed to answer is exactly the case a client
+must survive.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class FaultKind(StrEnum):
     RATE_LIMIT = "rate_limit"
     INVALID_KEY = "invalid_key"
     DROP_CONNECTION = "drop_connection"
+    ACT_THEN_DROP = "act_then_drop"
+    ACT_THEN_HANG = "act_then_hang"
     HOLD = "hold"
 
 

@@ -164,6 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
                 provider.gate.wait(rule.seconds)
         body = json.dumps(handle_api(provider, params), separators=(",", ":")).encode()
         if rule is not None:
+            if rule.kind is FaultKind.ACT_THEN_DROP:
+                self.close_connection = True
+                return
+            if rule.kind is FaultKind.ACT_THEN_HANG:
+                time.sleep(rule.seconds if rule.seconds is not None else 60.0)
             body = damage_body(rule, body)
         self._send(200, body)
 

@@ -410,10 +410,15 @@ def attempt_refill(
     gateway: Gateway,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
+    checkpoint: Callable[[str], None] = lambda step: None,
 ) -> AttemptReport:
+    """``checkpoint`` is called at each step with ``"before_call"``, ``"after_call"`` (before
+    each try of the write) and ``"after_write"``: tests kill the process or fail the
+    database there."""
     taken = _take(request_id, claim_id, settings, clock())
     if not isinstance(taken, _Taken):
         return taken
+    checkpoint("before_call")
     refill_id: str | None = None
     error: ProviderError | None = None
     try:
@@ -450,10 +455,11 @@ def attempt_refill(
             sent_at=taken.sent_at,
         )
         try:
+            checkpoint("after_call")
             with unit_of_work() as session:
                 if outcome is not AttemptOutcome.NOT_SENT:
                     record_call(session, taken.access.id, error, now, settings, gateway.rate_limiter)
-                return _record_answer(session, request_id, claim_id, taken.attempt_id, answered, now, settings)
+                report = _record_answer(session, request_id, claim_id, taken.attempt_id, answered, now, settings)
         except DBAPIError as failure:
             if not tries_left:
                 log.error(
@@ -462,6 +468,9 @@ def attempt_refill(
                 )
                 raise AnswerNotRecorded(f"refill request {request_id}: answer not recorded") from None
             time.sleep(0.5)
+        else:
+            checkpoint("after_write")
+            return report
     raise AssertionError("unreachable: the last try returns or raises")
 
 

@@ -1,0 +1,220 @@
+"""No refill is ever sent twice, and cool-downs end: black-box scenarios with real parts.
+
+Each test runs a real Celery worker and beat against the simulated provider over HTTP,
+with the shop reporting drops through its own Celery client (``tracker.report_drop``) and
+the CLI, on SQLite and PostgreSQL. What counts is what the sim saw: how many refills it
+created for each order.
+
+- a 429 on the first ``refill`` call, with 10 requests waiting: all 10 go out soon after
+  Retry-After, none twice;
+- the same drop reported 2 and 5 times, by task and CLI, at once and seconds apart,
+  before and after the first refill completed: one refill per order;
+- the provider creates the refill and its answer is lost (connection cut, read timeout),
+  and the first refill completes before any retry could go out: one refill per order,
+  and the request is shown as sent with its answer unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.integration.helpers import add_provider, print_figures, running_tracker, shop_client
+from tests.support.processes import wait_until
+from tracker.cli.main import main as tracker_cli
+from tracker.db.models import Order, Provider, RefillRequest, Service
+from tracker.db.session import unit_of_work
+from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL as REFILL
+from tracker.sim.server import SimServer
+
+pytestmark = pytest.mark.integration
+
+LONG_AGO = 10_000.0  # sim seconds: orders seeded this old are final at once
+SPEED = 10.0  # sim seconds per real second: a refill runs 1 s from request to Completed
+
+
+@contextmanager
+def panel() -> Iterator[SimServer]:
+    with SimServer(
+        dialect="standard", speed=SPEED, seed=77, natural_drops=False,
+        refill_too_early_s=0.0, refill_pending_s=5.0, refill_progress_s=5.0,
+    ) as sim:
+        yield sim
+
+
+def refills_per_order(sim: SimServer) -> Counter[int]:
+    """How many refills the sim created for each order: the ground truth."""
+    created = sim.stats()["refills"]
+    truth = sim.refill_truth(range(1, created + 1))
+    return Counter(int(entry["order"]) for entry in truth.values() if entry is not None)
+
+
+def refill_status_at_sim(sim: SimServer, order_id: int) -> str | None:
+    truth = sim.refill_truth(range(1, sim.stats()["refills"] + 1))
+    return next((entry["status"] for entry in truth.values() if entry and int(entry["order"]) == order_id), None)
+
+
+def refill_calls(sim: SimServer) -> int:
+    return int(sim.stats()["actions"].get("refill", {}).get("calls", 0))
+
+
+def count_services() -> int:
+    with unit_of_work() as session:
+        return int(session.scalar(select(func.count()).select_from(Service)) or 0)
+
+
+def statuses(ids: Sequence[int]) -> list[str | None]:
+    with unit_of_work() as session:
+        return list(session.scalars(select(Order.status).where(Order.external_id.in_(ids))))
+
+
+def open_requests() -> int:
+    with unit_of_work() as session:
+        return int(
+            session.scalar(select(func.count()).select_from(RefillRequest).where(RefillRequest.final.is_(False)))
+            or 0
+        )
+
+
+def order_json(order_id: int, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert tracker_cli(["order", "panel", str(order_id), "--json"]) == 0
+    view: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return view
+
+
+def start(
+    sim: SimServer, env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch, orders: int
+) -> tuple[list[int], Any]:
+    """Register the panel, seed ``orders`` completed orders of a refill service, and have the
+    worker sync the catalog and poll them to Completed."""
+    add_provider("panel", sim.url, monkeypatch, "--rate-limit", "20")
+    ids = sim.seed_orders(count=orders, service=REFILL, outcome="Completed", age_s=LONG_AGO)
+    shop = shop_client(broker_url)
+    shop.send_task("tracker.sync_catalogs")
+    wait_until(lambda: count_services() > 0, timeout=30, what="catalog synced")
+    shop.send_task("tracker.track_orders", args=["panel", ids], kwargs={"service": REFILL})
+    wait_until(lambda: statuses(ids).count("Completed") == orders, timeout=30, what="orders Completed")
+    for order_id in ids:
+        sim.drop(order_id, 5)
+    return ids, shop
+
+
+def test_a_429_on_the_first_refill_delays_every_waiting_refill_only_by_its_retry_after(
+    tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retry_after = 2.0
+    with panel() as sim, running_tracker(tracker_env, tmp_path / "logs"):
+        ids, shop = start(sim, tracker_env, broker_url, monkeypatch, orders=10)
+        sim.inject_fault("rate_limit", count=1, actions=["refill"], seconds=retry_after)
+        started = time.monotonic()
+        for order_id in ids:
+            shop.send_task("tracker.report_drop", args=["panel", order_id])
+        wait_until(lambda: sim.stats()["refills"] >= 10, timeout=60, what="10 refills created")
+        elapsed = time.monotonic() - started
+        # Nothing more goes out afterwards: every request has ended.
+        wait_until(lambda: open_requests() == 0, timeout=30, what="every request ended")
+        per_order = refills_per_order(sim)
+        calls = refill_calls(sim)
+        max_in_1s = sim.stats()["all"]["max_calls_in_any_1s_window"]
+    assert per_order == Counter({order_id: 1 for order_id in ids})
+    assert calls == 11, "the 429 and one call per order"
+    assert max_in_1s <= 20, "every kind together stays within the provider's rate"
+    print_figures(
+        f"429 on the first refill {tracker_env['TRACKER_DATABASE_URL'].split(':')[0]}",
+        {"retry_after_s": retry_after, "tick_s": tracker_env["TRACKER_TICK_INTERVAL"],
+         "seconds_until_all_10_sent": round(elapsed, 1), "refill_calls": calls, "max_calls_in_any_1s": max_in_1s},
+    )
+
+
+def test_the_same_drop_reported_again_and_again_gets_one_refill(
+    tracker_env: dict[str, str],
+    broker_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with panel() as sim, running_tracker(tracker_env, tmp_path / "logs"):
+        ids, shop = start(sim, tracker_env, broker_url, monkeypatch, orders=5)
+        twice_at_once, five_at_once, cli_apart, mixed, after_completion = ids
+
+        def cli(order_id: int) -> None:
+            tracker_cli(["report-drop", "panel", str(order_id)])
+
+        def task(order_id: int) -> None:
+            shop.send_task("tracker.report_drop", args=["panel", order_id])
+
+        # At once: shop tasks and CLI calls in parallel threads.
+        reporters = [threading.Thread(target=task, args=(twice_at_once,)) for _ in range(2)]
+        reporters += [threading.Thread(target=task, args=(five_at_once,)) for _ in range(5)]
+        reporters += [threading.Thread(target=report, args=(mixed,)) for report in (task, cli, task, cli, task)]
+        for thread in reporters:
+            thread.start()
+        for thread in reporters:
+            thread.join()
+        # Seconds apart, from the CLI.
+        cli(cli_apart)
+        time.sleep(2)
+        cli(cli_apart)
+        # After the first refill completed at the provider.
+        task(after_completion)
+        wait_until(
+            lambda: refill_status_at_sim(sim, after_completion) == "Completed",
+            timeout=30,
+            what="the first refill completed at the provider",
+        )
+        task(after_completion)
+        cli(after_completion)
+        # Give the tracker every chance to send more: a few ticks and polls.
+        time.sleep(5)
+        wait_until(lambda: refills_per_order(sim).keys() >= set(ids), timeout=30, what="a refill for every order")
+        time.sleep(3)
+        per_order = refills_per_order(sim)
+        view = order_json(after_completion, capsys)
+    assert per_order == Counter({order_id: 1 for order_id in ids})
+    # The later reports were recorded, and one request waits for the cool-down to end.
+    assert len(view["drops"]) == 3
+    waiting = [request for request in view["refill_requests"] if request["state"] == "pending"]
+    assert len(waiting) == 1 and "cool-down" in waiting[0]["last_message"]
+
+
+@pytest.mark.parametrize("fault", ["act_then_drop", "act_then_hang"])
+def test_a_refill_whose_answer_was_lost_is_never_sent_again(
+    fault: str,
+    tracker_env: dict[str, str],
+    broker_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The first refill completes 1 s after it was requested; a retry, were there one,
+    # would come 2-4 s after the lost answer: when the provider gladly accepts another.
+    env = {**tracker_env, "TRACKER_HTTP_READ_TIMEOUT": "2", "TRACKER_REFILL_RETRY_BASE": "4",
+           "TRACKER_REFILL_RETRY_CAP": "8"}
+    with panel() as sim, running_tracker(env, tmp_path / "logs"):
+        [order_id], shop = start(sim, env, broker_url, monkeypatch, orders=1)
+        sim.inject_fault(fault, count=1, actions=["refill"], seconds=5.0)
+        shop.send_task("tracker.report_drop", args=["panel", order_id])
+        wait_until(lambda: refill_calls(sim) >= 1, timeout=30, what="the refill call")
+        wait_until(lambda: open_requests() == 0, timeout=30, what="the request ended")
+        # Longer than any retry would have waited.
+        time.sleep(10)
+        calls = refill_calls(sim)
+        per_order = refills_per_order(sim)
+        view = order_json(order_id, capsys)
+    assert calls == 1 and per_order == Counter({order_id: 1})
+    [request] = view["refill_requests"]
+    assert request["state"] == "gave_up" and request["answer"] == "unknown"
+    assert [attempt["outcome"] for attempt in request["attempts"]] == ["no_answer"]
+    assert "answer unknown" in request["last_message"]
+    with unit_of_work() as session:
+        assert session.scalar(select(Provider.paused)) is False
