@@ -125,10 +125,14 @@ def test_tracker_run_starts_everything_on_embedded_defaults(tmp_path: Path) -> N
         while True:
             assert process.poll() is None, (tmp_path / "run.log").read_text()
             try:
-                workers = requests.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", timeout=5)
+                # Local Flower too needs the password `tracker run` generated (test_flower.py).
+                password = (tmp_path / ".tracker" / "flower-password").read_text().strip()
+                workers = requests.get(
+                    f"http://127.0.0.1:{port}/api/workers?refresh=1", auth=("tracker", password), timeout=5
+                )
                 if workers.ok and workers.json():
                     break
-            except requests.RequestException:
+            except (requests.RequestException, FileNotFoundError):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.5)

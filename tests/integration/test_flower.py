@@ -5,6 +5,9 @@ the monitor that lists every task with arguments made of IDs only."""
 from __future__ import annotations
 
 import ast
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +129,71 @@ def test_flower_without_basic_auth_in_production_refuses_to_start(tracker_env: d
     assert "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not listening(port)
+
+
+def command_lines() -> list[str]:
+    """Every process's command line, as `ps` shows it to any user of the machine."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        try:
+            lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return lines
+
+
+def test_local_flower_of_tracker_run_needs_its_password_and_refuses_other_origins(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """`tracker run`'s Flower: a web page in the operator's browser must not be able to
+    enqueue tasks (cross-origin POSTs), nor read the API; the operator can, with the
+    password `tracker run` prints."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("TRACKER_", "FLOWER_"))}
+    env["TRACKER_BROKER_URL"] = broker_url
+    port = free_port()
+    run = processes.start("run", [sys.executable, "-m", "tracker.cli.main", "run", "--flower-port", str(port)], env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    enqueue = f"{base}/api/task/async-apply/tracker.report_drop"
+    body = {"args": ["panel", 5]}
+    evil = {"Origin": "http://evil.example"}
+    try:
+        wait_until(lambda: answers(f"{base}/healthcheck") or not run.alive(), timeout=90, what="Flower of tracker run")
+        assert run.alive(), run.output()
+
+        # No credentials: refused, with or without a foreign Origin, and nothing tells a
+        # browser that other origins may read the answer.
+        anonymous = requests.post(enqueue, json=body, timeout=10)
+        assert anonymous.status_code == 401, anonymous.text
+        cross_origin = requests.post(enqueue, json=body, headers=evil, timeout=10)
+        assert cross_origin.status_code in (401, 403), cross_origin.text
+        preflight = requests.options(
+            enqueue, headers={**evil, "Access-Control-Request-Method": "POST"}, timeout=10
+        )
+        for answer in (anonymous, cross_origin, preflight):
+            assert answer.headers.get("Access-Control-Allow-Origin") in (None, ""), answer.headers
+        assert requests.get(f"{base}/api/tasks", timeout=10).status_code == 401
+
+        # The operator's credentials, printed once, kept in the state directory for them only.
+        printed = re.search(r"Flower at http://127\.0\.0\.1:\d+ \(user (\S+), password (\S+)\)", run.output())
+        assert printed is not None, run.output()
+        auth = (printed.group(1), printed.group(2))
+        assert run.output().count(auth[1]) == 1
+        stored = tmp_path / ".tracker" / "flower-password"
+        assert stored.read_text().strip() == auth[1]
+        assert stored.stat().st_mode & 0o077 == 0
+        assert not any(auth[1] in line for line in command_lines()), "the password must not be on a command line"
+
+        # With them, a same-origin call works, as a shop's script makes it.
+        accepted = requests.post(enqueue, json=body, auth=auth, timeout=10)
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["task-id"]
+        # Even a browser that attaches the cached credentials cannot post from another origin.
+        forged = requests.post(enqueue, json=body, auth=auth, headers=evil, timeout=10)
+        assert forged.status_code == 403, forged.text
+        assert forged.headers.get("Access-Control-Allow-Origin") in (None, ""), forged.headers
+    finally:
+        run.process.send_signal(signal.SIGINT)
+        try:
+            run.process.wait(timeout=60)
+        finally:
+            run.stop()

@@ -56,6 +56,8 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
 ) -> None:
     lines = procfile_lines()
     assert set(lines) == {"release", "worker", "beat", "flower"}
+    # Beat makes its own state directory (test_plain_celery.py): no shell crutch here.
+    assert lines["beat"].startswith("celery -A tracker beat"), lines["beat"]
     # A database nothing has migrated yet: the release line must create the schema.
     database = f"sqlite:///{tmp_path / 'procfile.db'}"
     monkeypatch.setenv("TRACKER_DATABASE_URL", database)

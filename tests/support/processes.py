@@ -55,11 +55,12 @@ class Proc:
         self.process.wait()
 
 
-def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Proc:
+def start(name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Proc:
+    """Run ``command`` in ``cwd`` (the log directory unless told otherwise)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")  # noqa: SIM115 - closed in Proc.stop
-    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=log_dir)
+    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or log_dir)
     return Proc(name, process, log_path, handle)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from tracker.domain.health import CircuitState, Health, after_failure, after_rate_limited, after_success, batches_per_tick
+from tracker.domain.health import OPEN_CAP_SECONDS, CircuitState, Health, after_failure, after_rate_limited, after_success, batches_per_tick
 from tracker.domain.scheduling import draw_jitter, failure_backoff, poll_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -53,3 +53,28 @@ def test_rate_limit_cool_down_and_budget() -> None:
     assert health.consecutive_failures == 0
     assert batches_per_tick(Health(), NOW, rate_limit=4, tick_interval=5) == 20
     assert batches_per_tick(Health(paused=True), NOW, rate_limit=4, tick_interval=5) == 0
+
+
+class _TopOfRange(random.Random):
+    """Draws the top of every range, so a capped back-off shows as exactly the cap."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_poll_delay_stays_at_the_cap_after_a_million_unchanged_polls() -> None:
+    # An order stuck In progress for months must not break its whole batch.
+    for unchanged in (10**6, 10**9):
+        assert poll_delay(unchanged, base_interval=60, max_factor=8, jitter=0.0) == 480
+
+
+def test_failure_backoff_stays_at_the_cap_after_a_million_failures() -> None:
+    for failures in (10**6, 10**9):
+        assert failure_backoff(failures, base=300, cap=21600, rng=_TopOfRange()) == 21600
+
+
+def test_circuit_cool_down_stays_at_the_cap_after_a_million_failures() -> None:
+    for failures in (10**6, 10**9):
+        health = after_failure(Health(consecutive_failures=failures), NOW, threshold=5)
+        assert health.circuit_open_until == NOW + timedelta(seconds=OPEN_CAP_SECONDS)
+        assert health.consecutive_failures == failures + 1

@@ -139,7 +139,7 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _orders(args: argparse.Namespace) -> int:
-    with database() as session:
+    with database(read_only=True) as session:
         if args.provider is not None:
             provider_by_name(session, args.provider)
         views = list_orders(session, provider=args.provider, status=args.status, limit=args.limit)
@@ -162,7 +162,7 @@ def _order(args: argparse.Namespace) -> int:
         external_id = parse_order_id(args.order_id)
     except ValueError as exc:
         raise CLIError(f"order ID {args.order_id!r} {exc}", 2) from None
-    with database() as session:
+    with database(read_only=True) as session:
         provider = provider_by_name(session, args.provider)
         order = session.scalar(
             select(Order).where(Order.provider_id == provider.id, Order.external_id == external_id)

@@ -60,6 +60,10 @@ def _flower(args: argparse.Namespace) -> int:
 
     from tracker.cli.errors import CLIError
 
+    from pathlib import Path
+
+    from tracker.ops.local_flower import require_flower_auth
+
     settings = get_settings()
     auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
     if not settings.local_mode and ":" not in auth:
@@ -68,6 +72,9 @@ def _flower(args: argparse.Namespace) -> int:
             "(outside local mode Flower shows every task and can enqueue them)"
         )
     address = args.address
+    login = require_flower_auth(os.environ, Path(settings.state_dir))
+    if login is not None:
+        print(f"Flower at http://{address}:{args.port} ({login})", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "celery", "-A", "tracker", "flower", f"--address={address}", f"--port={args.port}"]
     # Flower reads FLOWER_BASIC_AUTH from the environment itself; never put it on argv.
     os.execv(sys.executable, command)

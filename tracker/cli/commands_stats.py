@@ -49,7 +49,7 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 def _stats(args: argparse.Namespace) -> int:
     settings = get_settings()
     metrics = call_metrics(settings)
-    with database() as session:
+    with database(read_only=True) as session:
         views = provider_stats(session, settings, utcnow(), metrics)
     if args.json:
         print_json(views)

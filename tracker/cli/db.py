@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from tracker.cli.errors import CLIError
 from tracker.config import get_settings
 from tracker.db import migrate
-from tracker.db.session import get_engine, unit_of_work
+from tracker.db.session import read_only_engine, unit_of_work
 
 _checked = False
 
@@ -27,7 +27,7 @@ def ensure_schema() -> None:
     config = Config()
     config.set_main_option("script_location", migrate.script_location())
     head = ScriptDirectory.from_config(config).get_current_head()
-    with get_engine().connect() as connection:
+    with read_only_engine().connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
         if not get_settings().local_mode:
@@ -37,7 +37,8 @@ def ensure_schema() -> None:
 
 
 @contextmanager
-def database() -> Iterator[Session]:
+def database(*, read_only: bool = False) -> Iterator[Session]:
+    """``read_only`` for commands that only show: they never wait for a worker's write lock."""
     ensure_schema()
-    with unit_of_work() as session:
+    with unit_of_work(read_only=read_only) as session:
         yield session

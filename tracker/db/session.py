@@ -3,6 +3,11 @@
 One session and one transaction per unit of work, as in pypi/warehouse: a task opens
 ``unit_of_work()``, does its reads and writes, and the block commits once at the end (or
 rolls back on any exception). Messages to the broker are sent only after that commit.
+
+Work that only reads opens ``unit_of_work(read_only=True)``: on SQLite a deferred
+transaction (plain ``BEGIN``), so it never queues for the write lock behind a worker's
+batch, with ``PRAGMA query_only`` on; on PostgreSQL a ``READ ONLY`` transaction. A write
+in one fails at once instead of quietly taking the write path.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from tracker.config import get_settings, normalize_database_url
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
+_read_only_factories: dict[str, sessionmaker[Session]] = {}
+# Execution option of read-only engines; the SQLite hooks below read it at BEGIN.
+READ_ONLY = "tracker_read_only"
+# Whether a pooled SQLite connection has query_only on (kept in its pool record's info).
+_QUERY_ONLY = "tracker_query_only"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -37,6 +47,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
+        read_only = bool(connection.get_execution_options().get(READ_ONLY, False))
+        if connection.info.get(_QUERY_ONLY, False) != read_only:
+            # Pooled connections serve both kinds of work: switch only when it changes.
+            connection.exec_driver_sql(f"PRAGMA query_only = {int(read_only)}")
+            connection.info[_QUERY_ONLY] = read_only
+        if read_only:
+            # Reads need no write lock: a deferred transaction reads the last committed
+            # state (WAL) while a worker holds the lock.
+            connection.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front. A deferred transaction that reads and then writes
         # fails at once with "database is locked" when another writer got in between,
         # instead of waiting out the busy timeout.
@@ -60,19 +80,37 @@ def get_engine(url: str | None = None) -> Engine:
         if engine is None:
             engine = _engines[key] = make_engine(key)
             _factories[key] = sessionmaker(engine, expire_on_commit=False)
+            _read_only_factories[key] = sessionmaker(_read_only(engine), expire_on_commit=False)
         return engine
 
 
-def session_factory(url: str | None = None) -> sessionmaker[Session]:
+def _read_only(engine: Engine) -> Engine:
+    """The same engine and pool, with transactions that only read."""
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        # psycopg then begins with BEGIN READ ONLY; the option is reset on return to the pool.
+        options["postgresql_readonly"] = True
+    return engine.execution_options(**options)
+
+
+def read_only_engine(url: str | None = None) -> Engine:
+    """``get_engine(url)`` for connections that only read (see the module's docstring)."""
+    return _read_only(get_engine(url))
+
+
+def session_factory(url: str | None = None, *, read_only: bool = False) -> sessionmaker[Session]:
     key = normalize_database_url(url or get_settings().database_url)
     get_engine(key)
-    return _factories[key]
+    return (_read_only_factories if read_only else _factories)[key]
 
 
 @contextmanager
-def unit_of_work(url: str | None = None) -> Iterator[Session]:
-    """One session, one transaction: commit on success, roll back on any exception."""
-    with session_factory(url)() as session, session.begin():
+def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator[Session]:
+    """One session, one transaction: commit on success, roll back on any exception.
+
+    ``read_only``: for work that writes nothing (views, stats, reading claimed rows).
+    """
+    with session_factory(url, read_only=read_only)() as session, session.begin():
         yield session
 
 
@@ -83,3 +121,4 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _factories.clear()
+        _read_only_factories.clear()

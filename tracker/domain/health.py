@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from tracker.domain.scheduling import doubling
+
 OPEN_BASE_SECONDS = 30.0
 OPEN_CAP_SECONDS = 1800.0
 
@@ -50,7 +52,7 @@ def after_failure(health: Health, now: datetime, *, threshold: int) -> Health:
     failures = health.consecutive_failures + 1
     if failures < threshold:
         return replace(health, consecutive_failures=failures)
-    opened = OPEN_BASE_SECONDS * 2.0 ** (failures - threshold)
+    opened = OPEN_BASE_SECONDS * doubling(failures - threshold)
     return replace(
         health,
         consecutive_failures=failures,

@@ -15,6 +15,14 @@ import random
 
 UNCHANGED_POLLS_PER_DOUBLING = 3
 JITTER = 0.10
+# 2**62 is past every cap we use, and far from float overflow (2**1024): counters that
+# grew for months (polls of a stuck order, failures of a dead provider) stay harmless.
+MAX_DOUBLINGS = 62
+
+
+def doubling(exponent: int) -> float:
+    """``2 ** exponent`` for back-off factors, with the exponent clamped to [0, MAX_DOUBLINGS]."""
+    return 2.0 ** min(max(0, exponent), MAX_DOUBLINGS)
 
 
 def draw_jitter(rng: random.Random | None = None) -> float:
@@ -30,7 +38,7 @@ def poll_delay(
     jitter: float,
 ) -> float:
     """Seconds until the next poll of an active order."""
-    factor = min(max_factor, 2.0 ** (unchanged_polls // UNCHANGED_POLLS_PER_DOUBLING))
+    factor = min(max_factor, doubling(unchanged_polls // UNCHANGED_POLLS_PER_DOUBLING))
     return base_interval * factor * (1.0 + jitter)
 
 
@@ -46,5 +54,5 @@ def failure_backoff(
     Full jitter (uniform between half and all of the exponential step) keeps many workers
     that failed together from retrying together.
     """
-    step = min(cap, base * 2.0 ** max(0, consecutive_failures - 1))
+    step = min(cap, base * doubling(consecutive_failures - 1))
     return (rng or random).uniform(step / 2.0, step)

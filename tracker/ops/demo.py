@@ -118,7 +118,7 @@ def collect(url: str, providers: Sequence[DemoProvider], elapsed: float) -> Demo
     final_orders: dict[int, Counter[str]] = defaultdict(Counter)
     refills: dict[int, Counter[str]] = defaultdict(Counter)
     refills_final: Counter[int] = Counter()
-    with unit_of_work(url) as session:
+    with unit_of_work(url, read_only=True) as session:
         for provider_id, status, final, count in session.execute(
             select(Order.provider_id, Order.status, Order.final, func.count()).group_by(
                 Order.provider_id, Order.status, Order.final
@@ -172,7 +172,7 @@ def collect(url: str, providers: Sequence[DemoProvider], elapsed: float) -> Demo
 
 def pending_refill_work(url: str) -> int:
     """Refill requests still being retried plus refills not final yet."""
-    with unit_of_work(url) as session:
+    with unit_of_work(url, read_only=True) as session:
         requests = session.scalar(select(func.count()).select_from(RefillRequest).where(RefillRequest.final.is_(False)))
         refills = session.scalar(select(func.count()).select_from(Refill).where(Refill.final.is_(False)))
     return int(requests or 0) + int(refills or 0)
@@ -180,7 +180,7 @@ def pending_refill_work(url: str) -> int:
 
 def drop_candidates(url: str, provider: DemoProvider, wanted: int) -> list[int]:
     """Orders of refill services the tracker has seen Completed, not dropped yet."""
-    with unit_of_work(url) as session:
+    with unit_of_work(url, read_only=True) as session:
         return list(
             session.scalars(
                 select(Order.external_id)
@@ -285,7 +285,7 @@ class Demo:
             retry_at = time.monotonic() + CATALOG_RETRY_EVERY
             while time.monotonic() < retry_at:
                 self.check_children()
-                with unit_of_work(self.url) as session:
+                with unit_of_work(self.url, read_only=True) as session:
                     synced = int(session.scalar(select(func.count()).select_from(Service)) or 0)
                 if synced >= expected:
                     say(f"catalogs synced: {synced} services from {len(self.providers)} providers")

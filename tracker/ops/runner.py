@@ -20,6 +20,7 @@ from tracker.config import Settings, broker_url_file
 from tracker.db import migrate
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.ops.children import die_with_parent
+from tracker.ops.local_flower import require_flower_auth
 
 STOP_GRACE_SECONDS = 20.0
 
@@ -128,10 +129,9 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     if bundled is not None:
         environment["TRACKER_BROKER_URL"] = bundled.url
     broker = environment.get("TRACKER_BROKER_URL", settings.broker_url)
-    # Local mode only: Flower listens on 127.0.0.1, so its HTTP API (which shops use to
-    # enqueue from any language) may answer without credentials. Deployments use
-    # `tracker flower`, which insists on FLOWER_BASIC_AUTH.
-    environment.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    # Even on 127.0.0.1 Flower needs credentials: without them any web page in the
+    # operator's browser could use its API (see tracker.ops.local_flower).
+    flower_login = require_flower_auth(environment, state_dir)
     commands = {
         **{
             "worker" if index == 0 else f"worker{index + 1}": worker_command(loglevel, index)
@@ -157,7 +157,7 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
         print(
             f"tracker running: database {_describe_database(settings.database_url)}, "
             f"broker {'bundled Redis at ' + broker if bundled else 'TRACKER_BROKER_URL'}, "
-            f"Flower at http://127.0.0.1:{flower_port}. Ctrl-C stops.",
+            f"Flower at http://127.0.0.1:{flower_port} ({flower_login or 'FLOWER_BASIC_AUTH'}). Ctrl-C stops.",
             flush=True,
         )
         while not stopping:

@@ -52,6 +52,8 @@ def build_config() -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.state_dir / "celerybeat-schedule"),
+        # Creates the state directory when beat opens its schedule (see tracker.worker.beat).
+        "beat_scheduler": "tracker.worker.beat:StateDirScheduler",
         "enable_utc": True,
         "timezone": "UTC",
     }
