@@ -60,3 +60,17 @@ def test_max_attempts_when_set_ends_retries_earlier() -> None:
     assert attempts == 10 and last < CREATED + THREE_DAYS
     attempts, last = attempts_until_given_up(timedelta(minutes=5), max_attempts=1000)
     assert last == CREATED + timedelta(minutes=5)
+
+
+def test_settings_retry_span_and_deprecated_attempts() -> None:
+    import pytest
+
+    from tracker.config import ConfigError, Settings
+
+    default = Settings.from_env({})
+    assert (default.webhook_retry_for, default.webhook_max_attempts) == (259200.0, None)
+    chosen = Settings.from_env({"TRACKER_WEBHOOK_RETRY_FOR": "3600", "TRACKER_WEBHOOK_MAX_ATTEMPTS": "10"})
+    assert (chosen.webhook_retry_for, chosen.webhook_max_attempts) == (3600.0, 10)
+    for bad in ({"TRACKER_WEBHOOK_RETRY_FOR": "3 days"}, {"TRACKER_WEBHOOK_MAX_ATTEMPTS": "0"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Settings.from_env(bad)

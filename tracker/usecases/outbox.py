@@ -80,8 +80,10 @@ def record_events(session: Session, settings: Settings, events: Sequence[NewEven
 
 
 def post_budget(settings: Settings) -> float:
-    """Seconds one delivery may take, at most: connecting, waiting for the answer, and a
-    margin for the bookkeeping around it and for clocks of different hosts."""
+    """Seconds one delivery may take: connecting, waiting for the answer, and a margin for
+    the bookkeeping around it and for clocks of different hosts. (The read timeout bounds
+    each wait for data: a shop that trickles its answer byte by byte could take longer;
+    then the claim is lost, and that is logged.)"""
     margin = max(1.0, 0.05 * settings.lease_seconds)
     if not settings.webhook_url:
         return margin
