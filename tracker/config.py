@@ -67,6 +67,12 @@ def _integer(env: dict[str, str], name: str, default: int, *, minimum: int) -> i
     return int(value)
 
 
+def _optional_integer(env: dict[str, str], name: str, *, minimum: int) -> int | None:
+    if env.get(name, "").strip() == "":
+        return None
+    return _integer(env, name, 0, minimum=minimum)
+
+
 # A poll task's calls run one after another: more would hold a task (and its lease) long.
 MAX_CALLS_PER_POLL_TASK = 50
 
@@ -112,7 +118,10 @@ class Settings:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = 10.0
-    webhook_max_attempts: int = 10
+    # A failing event is retried until this many seconds after it was recorded (or resent).
+    webhook_retry_for: float = 259200.0
+    # Deprecated: None, the default, means no limit on attempts inside webhook_retry_for.
+    webhook_max_attempts: int | None = None
     event_task: str | None = None
     # The shop's own worker consumes this queue; the tracker's workers never do.
     event_queue: str = "tracker-events"
@@ -192,7 +201,8 @@ class Settings:
             webhook_url=env.get("TRACKER_WEBHOOK_URL", "").strip() or None,
             webhook_secret=env.get("TRACKER_WEBHOOK_SECRET", "").strip() or None,
             webhook_timeout=_number(env, "TRACKER_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
-            webhook_max_attempts=_integer(env, "TRACKER_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1),
+            webhook_retry_for=_number(env, "TRACKER_WEBHOOK_RETRY_FOR", 259200.0, minimum=1.0),
+            webhook_max_attempts=_optional_integer(env, "TRACKER_WEBHOOK_MAX_ATTEMPTS", minimum=1),
             event_task=env.get("TRACKER_EVENT_TASK", "").strip() or None,
             event_queue=env.get("TRACKER_EVENT_QUEUE", "").strip() or "tracker-events",
             balance_check_interval=_number(env, "TRACKER_BALANCE_CHECK_INTERVAL", 3600.0, minimum=1.0),

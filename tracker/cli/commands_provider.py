@@ -16,7 +16,7 @@ from tracker.cli.progress import progress_bar
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Provider, Service
-from tracker.usecases.catalog import store_balance, store_catalog
+from tracker.usecases.catalog import distinct_services, store_balance, store_catalog
 from tracker.usecases.enqueue import provider_by_name
 from tracker.usecases.gateway import ProviderAccess
 from tracker.usecases.providers import ProviderSpec, upsert_provider
@@ -163,6 +163,7 @@ def _sync(args: argparse.Namespace) -> int:
             added = store_catalog(session, provider, entries, utcnow())
             store_balance(session, settings, provider, balance, utcnow())
         bar.update(advance=1, detail="done")
+    entries = distinct_services(entries)[0]
     with_refill = sum(1 for entry in entries if entry.refill)
     with_cancel = sum(1 for entry in entries if entry.cancel)
     print(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from tracker import logs
 from tracker.cli import (
     commands_demo,
+    commands_events,
     commands_orders,
     commands_provider,
     commands_refill,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_orders.register(commands)
     commands_refill.register(commands)
     commands_stats.register(commands)
+    commands_events.register(commands)
     commands_demo.register(commands)
     return parser
 

@@ -319,6 +319,8 @@ class OutboxEvent(Base):
     __tablename__ = "outbox_events"
     __table_args__ = (
         due_index("ix_outbox_events_due", "next_attempt_at"),
+        # An event waits for its order's earlier undelivered events: found through this.
+        due_index("ix_outbox_events_order_pending", "order_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -335,3 +337,5 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by `tracker events resend`: retries then run for TRACKER_WEBHOOK_RETRY_FOR from here.
+    resent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -11,17 +11,22 @@ provider's charge), both exact decimals. A shop applies the fraction to its own 
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tracker.domain.scheduling import failure_backoff
 from tracker.domain.status import FINAL_ORDER_STATUSES, OrderStatus
 from tracker.domain.tracking import Transition
 
 REFUNDABLE = frozenset({OrderStatus.PARTIAL, OrderStatus.CANCELED})
 MONEY_PLACES = Decimal("0.00000001")
+# Back-off between failed deliveries of one event: 10 s doubling to an hour, jittered.
+DELIVERY_RETRY_BASE = 10.0
+DELIVERY_RETRY_CAP = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,26 @@ class NewEvent:
     order_id: int | None
     created_at: datetime
     payload: dict[str, Any]
+
+
+def next_delivery_attempt(
+    *,
+    since: datetime,
+    attempts: int,
+    now: datetime,
+    retry_for: timedelta,
+    max_attempts: int | None = None,
+    rng: random.Random | None = None,
+) -> datetime | None:
+    """When to try an event again after its ``attempts``-th failed delivery at ``now``, or
+    None to give up. Retries go on until ``since`` (when the event was recorded or resent)
+    + ``retry_for``, so a shop that is down for a while loses nothing; the last attempt is
+    made at that deadline. ``max_attempts``, when set, ends them earlier."""
+    deadline = since + retry_for
+    if now >= deadline or (max_attempts is not None and attempts >= max_attempts):
+        return None
+    delay = failure_backoff(attempts, base=DELIVERY_RETRY_BASE, cap=DELIVERY_RETRY_CAP, rng=rng)
+    return min(now + timedelta(seconds=delay), deadline)
 
 
 def iso(moment: datetime | None) -> str | None:

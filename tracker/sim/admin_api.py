@@ -20,6 +20,8 @@ POST     /admin/faults           queue a rule ``{"kind", "count", "probability",
 DELETE   /admin/faults           clear the queue
 POST     /admin/release          let every held request go on -> ``{"released": n}``
 POST     /admin/drop             ``{"order", "amount"}``: a completed order loses ``amount``
+POST     /admin/catalog/again    ``{"service", "category", "name", "rate"}``: list a service
+                                 once more, last, under another category -> ``{"services"}``
 GET/POST /admin/clock            read sim time / jump ahead: ``{"advance_s": s}``
 POST     /admin/reset            forget everything, restore the startup config
 GET      /count?order=ID         ``{"order", "count", "expected"}``, the count probe endpoint
@@ -122,6 +124,7 @@ def handle_admin(
         ("DELETE", "/admin/faults"): lambda: (200, {"cleared": provider.faults.clear()}),
         ("POST", "/admin/release"): lambda: (200, {"released": provider.gate.release()}),
         ("POST", "/admin/drop"): lambda: _drop(provider, body),
+        ("POST", "/admin/catalog/again"): lambda: (200, provider.list_service_again(body)),
         ("GET", "/admin/clock"): lambda: (
             200,
             {"sim_now": provider.now(), "speed": provider.clock.speed},

@@ -175,6 +175,7 @@ class SimProvider:
         self._startup = replace(config) if config is not None else SimConfig()
         self.config = replace(self._startup)
         dialect_named(self.config.dialect)  # fail fast on a bad name
+        self._startup_catalog = catalog
         self.catalog = catalog
         self.services = catalog_by_id(catalog)
         self.clock = SimClock(self.config.speed)
@@ -493,6 +494,31 @@ class SimProvider:
             refills[str(refill_id)] = self._refill_truth(refill, t) if refill else None
         return {"sim_now": t, "refills": refills}
 
+    def list_service_again(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """List a service a second time, under another category (real panels do this): the
+        copy goes last, with the given category and optionally its own name and rate. The
+        sim's own rules then use the last listing, as a client that reads the list would."""
+        service_id = _as_int(spec.get("service"), "service", minimum=1)
+        category = spec.get("category")
+        if not isinstance(category, str) or not category:
+            raise AdminError("category must be a non-empty string")
+        with self._lock:
+            original = self.services.get(service_id)
+            if original is None:
+                raise AdminError(f"unknown service {service_id}")
+            name = spec.get("name", original.name)
+            rate = spec.get("rate", original.rate_text)
+            if not isinstance(name, str) or not name:
+                raise AdminError("name must be a non-empty string")
+            try:
+                Decimal(str(rate))
+            except InvalidOperation:
+                raise AdminError("rate must be a decimal amount") from None
+            copy = replace(original, category=category, name=name, rate_text=str(rate))
+            self.catalog = (*self.catalog, copy)
+            self.services = catalog_by_id(self.catalog)
+            return {"services": len(self.catalog)}
+
     def configure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         known = {item.name for item in fields(SimConfig)} - {"seed", "currency"}
         unknown = set(changes) - known
@@ -539,11 +565,14 @@ class SimProvider:
         return self.clock.advance(_as_float(seconds, "advance_s"))
 
     def reset(self) -> None:
-        """Forget orders, refills, drops, faults and counters; restore the startup config."""
+        """Forget orders, refills, drops, faults and counters; restore the startup config
+        and catalog."""
         with self._lock:
             self._orders = _OrderStore()
             self._plans = {}
             self._activity = _Activity()
+            self.catalog = self._startup_catalog
+            self.services = catalog_by_id(self.catalog)
             self.config = replace(self._startup)
             if self.clock.speed != self.config.speed:
                 self.clock.set_speed(self.config.speed)

@@ -358,6 +358,12 @@ class SimServer:
     def count(self, order: int) -> dict[str, Any] | None:
         return self.provider.count(order)
 
+    def list_service_again(self, service: int, category: str, **changes: Any) -> dict[str, Any]:
+        try:
+            return self.provider.list_service_again({"service": service, "category": category, **changes})
+        except AdminError as error:
+            raise ValueError(str(error)) from None
+
     def advance(self, seconds: float) -> float:
         return self.provider.advance(seconds)
 

@@ -38,15 +38,38 @@ class SyncResult:
     currency: str | None
 
 
+def distinct_services(entries: Sequence[CatalogEntry]) -> tuple[list[CatalogEntry], list[int]]:
+    """(one entry per service ID, the IDs listed more than once). Real panels list a
+    service in two categories; the last listing wins, as it would in a dict of the list."""
+    last: dict[int, CatalogEntry] = {}
+    repeated: dict[int, None] = {}
+    for entry in entries:
+        if entry.service_id in last:
+            repeated[entry.service_id] = None
+            # Re-insert so the service keeps the position of its last listing.
+            del last[entry.service_id]
+        last[entry.service_id] = entry
+    return list(last.values()), sorted(repeated)
+
+
 def store_catalog(session: Session, provider: Provider, entries: Sequence[CatalogEntry], now: datetime) -> int:
     """Upsert catalog entries; operator overrides (refill days, auto-refill) are kept.
-    Returns how many services were new."""
+    A service listed twice is stored once, as its last listing. Returns how many
+    services were new."""
+    unique, repeated = distinct_services(entries)
+    if repeated:
+        shown = ", ".join(str(service_id) for service_id in repeated[:20])
+        more = f" and {len(repeated) - 20} more" if len(repeated) > 20 else ""
+        log.warning(
+            "catalog lists %d service(s) more than once, kept the last listing of each: %s%s",
+            len(repeated), shown, more, extra={"provider": provider.name},
+        )
     existing = {
         service.service_id: service
         for service in session.scalars(select(Service).where(Service.provider_id == provider.id))
     }
     added = 0
-    for entry in entries:
+    for entry in unique:
         service = existing.get(entry.service_id)
         if service is None:
             service = Service(provider_id=provider.id, service_id=entry.service_id)
@@ -165,6 +188,7 @@ def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> li
             provider = session.get_one(Provider, access.id)
             added = store_catalog(session, provider, entries, now)
             store_balance(session, settings, provider, balance, now)
+        entries = distinct_services(entries)[0]
         results.append(
             SyncResult(
                 provider=access.name,

@@ -6,9 +6,17 @@ exists if and only if its change was committed. Delivery happens later, from bea
 ``deliver_claimed`` POSTs each event, signed (see ``tracker.webhooks``), to
 TRACKER_WEBHOOK_URL, and/or sends it as a Celery task named TRACKER_EVENT_TASK. A 2xx
 marks it delivered; anything else retries with exponential back-off until
-TRACKER_WEBHOOK_MAX_ATTEMPTS, then marks it failed (kept, with its last error, for
-inspection). With no sink configured nothing is recorded, so the table cannot grow
-unread.
+TRACKER_WEBHOOK_RETRY_FOR after the event was recorded (see ``next_delivery_attempt``),
+then marks it failed (kept, with its last error, for inspection; ``resend_events`` puts
+it back). With no sink configured nothing is recorded, so the table cannot grow unread.
+
+Two rules keep deliveries from repeating or overtaking each other:
+
+- a delivery task POSTs only while a whole POST still fits in its lease; what is left is
+  released, due now, for the next tick. An event whose lease ran out is claimed again,
+  and a POST still in flight would then be sent twice;
+- one order's events go out in the order they were recorded: an event waits while an
+  earlier event of its order is neither delivered nor failed.
 """
 
 from __future__ import annotations
@@ -22,16 +30,15 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import requests
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import ColumnElement, Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
-from tracker.db.bulk import insert_rows
+from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import OutboxEvent
 from tracker.db.session import unit_of_work
-from tracker.domain.events import NewEvent
-from tracker.domain.scheduling import failure_backoff
+from tracker.domain.events import NewEvent, next_delivery_attempt
 from tracker.provider.redact import excerpt
 from tracker.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -39,9 +46,10 @@ log = logging.getLogger("tracker.outbox")
 
 _table = cast(Table, OutboxEvent.__table__)
 DELIVERY_BATCH = 50
-RETRY_BASE_SECONDS = 10.0
-RETRY_CAP_SECONDS = 3600.0
 KEEP_DELIVERED = timedelta(days=7)
+# How soon an event waiting for an earlier event of its order, which a delivery task
+# holds right now, looks again.
+ORDER_WAIT = timedelta(seconds=10)
 
 
 def sink_configured(settings: Settings) -> bool:
@@ -71,6 +79,27 @@ def record_events(session: Session, settings: Settings, events: Sequence[NewEven
     )
 
 
+def post_budget(settings: Settings) -> float:
+    """Seconds one delivery may take: connecting, waiting for the answer, and a margin for
+    the bookkeeping around it and for clocks of different hosts. (The read timeout bounds
+    each wait for data: a shop that trickles its answer byte by byte could take longer;
+    then the claim is lost, and that is logged.)"""
+    margin = max(1.0, 0.05 * settings.lease_seconds)
+    if not settings.webhook_url:
+        return margin
+    return connect_timeout(settings) + settings.webhook_timeout + margin
+
+
+def connect_timeout(settings: Settings) -> float:
+    return min(settings.http_connect_timeout, settings.webhook_timeout)
+
+
+def delivery_lease(settings: Settings) -> float:
+    """The lease of a delivery claim: TRACKER_LEASE_SECONDS, but room for two deliveries at
+    least, so a task that starts a little late still delivers something."""
+    return max(settings.lease_seconds, 2 * post_budget(settings))
+
+
 def claim_due_events(settings: Settings, now: datetime, max_batches: int = 4) -> list[Claim]:
     with unit_of_work() as session:
         claims = claim_due(
@@ -78,7 +107,7 @@ def claim_due_events(settings: Settings, now: datetime, max_batches: int = 4) ->
             OutboxEvent,
             provider_id=None,
             now=now,
-            lease_until=now + timedelta(seconds=settings.lease_seconds),
+            lease_until=now + timedelta(seconds=delivery_lease(settings)),
             batch_size=DELIVERY_BATCH,
             max_batches=max_batches,
             due_column="next_attempt_at",
@@ -119,7 +148,8 @@ class Sinks:
             if settings.webhook_secret:
                 headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, timestamp, body)
             response = self.http.post(
-                settings.webhook_url, data=body, headers=headers, timeout=settings.webhook_timeout,
+                settings.webhook_url, data=body, headers=headers,
+                timeout=(connect_timeout(settings), settings.webhook_timeout),
                 allow_redirects=False,
             )
             if not 200 <= response.status_code < 300:
@@ -132,40 +162,126 @@ class DeliveryFailed(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An event as its delivery task holds it."""
+
+    id: int
+    event_id: str
+    order_id: int | None
+    payload: str
+    attempts: int
+    created_at: datetime
+    resent_at: datetime | None
+    lease_until: datetime
+
+
 def deliver_claimed(claim_id: int, event_row_ids: Sequence[int], sinks: Sinks, now: Callable[[], datetime]) -> DeliverySummary:
     with unit_of_work() as session:
-        rows = session.execute(
-            select(OutboxEvent.id, OutboxEvent.event_id, OutboxEvent.payload, OutboxEvent.attempts).where(
-                OutboxEvent.id.in_(event_row_ids), OutboxEvent.claim_id == claim_id, OutboxEvent.final.is_(False)
-            ).order_by(OutboxEvent.id)
-        ).all()
+        rows = [
+            _Held(*row)
+            for row in session.execute(
+                select(
+                    OutboxEvent.id, OutboxEvent.event_id, OutboxEvent.order_id, OutboxEvent.payload,
+                    OutboxEvent.attempts, OutboxEvent.created_at, OutboxEvent.resent_at, OutboxEvent.next_attempt_at,
+                ).where(
+                    OutboxEvent.id.in_(event_row_ids), OutboxEvent.claim_id == claim_id, OutboxEvent.final.is_(False)
+                ).order_by(OutboxEvent.id)
+            )
+        ]
+    budget = timedelta(seconds=post_budget(sinks.settings))
     delivered = retrying = failed = 0
-    for row in rows:
-        error: str | None = None
-        try:
-            sinks.deliver(row.event_id, row.payload.encode())
-        except (requests.RequestException, DeliveryFailed, OSError) as exc:
-            error = str(exc)[:500]
-        except Exception as exc:  # noqa: BLE001 - e.g. the broker for TRACKER_EVENT_TASK is down
-            error = f"{type(exc).__name__}: {exc}"[:500]
+    for index, row in enumerate(rows):
+        if now() + budget > row.lease_until:
+            _release(claim_id, rows[index:], now())
+            break
+        if _wait_for_earlier(claim_id, row, now()):
+            continue
+        error = _deliver(sinks, row)
         moment = now()
-        attempts = row.attempts + 1
-        values: dict[str, Any] = {"attempts": attempts, "claim_id": None, "last_error": error}
+        values: dict[str, Any] = {"attempts": row.attempts + 1, "claim_id": None, "last_error": error}
         if error is None:
             values.update(final=True, delivered_at=moment)
             delivered += 1
-        elif attempts >= sinks.settings.webhook_max_attempts:
-            values.update(final=True, failed_at=moment)
-            failed += 1
-            log.error("event %s not delivered after %d attempts: %s", row.event_id, attempts, error)
         else:
-            delay = failure_backoff(attempts, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
-            values.update(next_attempt_at=moment + timedelta(seconds=delay))
-            retrying += 1
-            log.warning("event %s delivery failed (attempt %d): %s", row.event_id, attempts, error)
+            following = next_delivery_attempt(
+                since=row.resent_at or row.created_at,
+                attempts=row.attempts + 1,
+                now=moment,
+                retry_for=timedelta(seconds=sinks.settings.webhook_retry_for),
+                max_attempts=sinks.settings.webhook_max_attempts,
+            )
+            if following is None:
+                values.update(final=True, failed_at=moment)
+                failed += 1
+                log.error("event %s not delivered after %d attempts: %s", row.event_id, row.attempts + 1, error)
+            else:
+                values.update(next_attempt_at=following)
+                retrying += 1
+                log.warning("event %s delivery failed (attempt %d): %s", row.event_id, row.attempts + 1, error)
         # One short transaction per event: a delivered event is marked before the next POST.
         with unit_of_work() as session:
-            session.execute(
-                update(OutboxEvent).where(OutboxEvent.id == row.id, OutboxEvent.claim_id == claim_id).values(**values)
-            )
+            marked = session.connection().execute(
+                update(_table).where(_table.c.id == row.id, _table.c.claim_id == claim_id).values(**values)
+            ).rowcount
+        if not marked:
+            log.warning("event %s: its claim was lost during the delivery; it may be delivered again", row.event_id)
     return DeliverySummary(delivered, retrying, failed)
+
+
+def _deliver(sinks: Sinks, row: _Held) -> str | None:
+    """The delivery's error, or None when every sink took the event."""
+    try:
+        sinks.deliver(row.event_id, row.payload.encode())
+    except (requests.RequestException, DeliveryFailed, OSError) as exc:
+        return str(exc)[:500]
+    except Exception as exc:  # noqa: BLE001 - e.g. the broker for TRACKER_EVENT_TASK is down
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return None
+
+
+def _release(claim_id: int, rows: Sequence[_Held], moment: datetime) -> None:
+    """Hand back events this task has no time left for: due now, for the next tick."""
+    with unit_of_work() as session:
+        release_claimed(session, _table, claim_id, [row.id for row in rows], due_at=moment, due_column="next_attempt_at")
+    log.info("released %d events: their lease ends before another delivery could finish", len(rows))
+
+
+def _wait_for_earlier(claim_id: int, row: _Held, moment: datetime) -> bool:
+    """True (and the event handed back, to wait) while an earlier event of its order is
+    neither delivered nor failed."""
+    if row.order_id is None:
+        return False
+    with unit_of_work() as session:
+        earlier = session.execute(
+            select(OutboxEvent.next_attempt_at, OutboxEvent.claim_id)
+            .where(OutboxEvent.order_id == row.order_id, OutboxEvent.final.is_(False), OutboxEvent.id < row.id)
+            .order_by(OutboxEvent.id)
+            .limit(1)
+        ).first()
+        if earlier is None:
+            return False
+        # Try again when the earlier event is next tried; if a task holds it now, soon.
+        again = moment + ORDER_WAIT if earlier.claim_id is not None else max(moment, earlier.next_attempt_at)
+        release_claimed(session, _table, claim_id, [row.id], due_at=again, due_column="next_attempt_at")
+    return True
+
+
+def resend_events(session: Session, now: datetime, *, failed_only: bool, since: datetime | None) -> int:
+    """Put ended events back to be delivered again, now: those that failed for good
+    (``failed_only``) or also those delivered, recorded at or after ``since`` if given.
+    Events still being retried are left alone. Returns how many were put back."""
+    conditions: list[ColumnElement[bool]] = [_table.c.final.is_(True)]
+    if failed_only:
+        conditions.append(_table.c.failed_at.is_not(None))
+    if since is not None:
+        conditions.append(_table.c.created_at >= since)
+    result = session.connection().execute(
+        update(_table)
+        .where(*conditions)
+        .values(
+            final=False, next_attempt_at=now, claim_id=None, attempts=0, last_error=None,
+            delivered_at=None, failed_at=None, resent_at=now,
+        )
+    )
+    return int(result.rowcount or 0)

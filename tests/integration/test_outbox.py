@@ -1,0 +1,182 @@
+"""The outbox against a real shop endpoint over HTTP and a real database: a slow shop
+gets each event once, one order's events arrive in order, and `tracker events resend`
+puts events back."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from tests.integration.helpers import add_provider, print_figures, running_tracker
+from tests.support.processes import wait_until
+from tests.support.shop_endpoint import ShopEndpoint
+from tracker.cli.main import main as tracker_cli
+from tracker.clock import utcnow
+from tracker.config import get_settings, reset_settings
+from tracker.db.models import Order, OutboxEvent
+from tracker.db.session import unit_of_work
+from tracker.domain.events import NewEvent
+from tracker.usecases.enqueue import track_orders
+from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed, record_events
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec-outbox-5e1a"
+
+
+def use_shop(monkeypatch: pytest.MonkeyPatch, shop: ShopEndpoint, **extra: str) -> dict[str, str]:
+    """Point this process (and the returned environment, for workers) at the shop."""
+    values = {"TRACKER_WEBHOOK_URL": shop.url, "TRACKER_WEBHOOK_SECRET": SECRET, **extra}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    return values
+
+
+def record(count: int, *, order_id: int | None = None, at: datetime | None = None) -> list[str]:
+    """Record ``count`` events through the real outbox path; their IDs, oldest first."""
+    start = at or utcnow()
+    events = []
+    for index in range(count):
+        event_id = str(uuid.uuid4())
+        created = start + timedelta(milliseconds=index)
+        events.append(
+            NewEvent(event_id, "test.ping", None, order_id, created, {"id": event_id, "type": "test.ping", "n": index})
+        )
+    with unit_of_work() as session:
+        record_events(session, get_settings(), events)
+    return [event.event_id for event in events]
+
+
+def undelivered() -> int:
+    with unit_of_work() as session:
+        return int(session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.final.is_(False))) or 0)
+
+
+def run_outbox(sinks: Sinks, now: datetime) -> None:
+    """One dispatcher tick and its delivery tasks, in this process, at ``now``."""
+    for claim in claim_due_events(get_settings(), now):
+        deliver_claimed(claim.claim_id, claim.row_ids, sinks, lambda: now)
+
+
+@pytest.fixture
+def order_row_id(tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    # Nothing listens on port 9: the provider is never called here.
+    add_provider("panel", "http://127.0.0.1:9/api/v2", monkeypatch)
+    with unit_of_work() as session:
+        track_orders(session, "panel", [4242], now=utcnow())
+    with unit_of_work() as session:
+        return int(session.scalar(select(Order.id).where(Order.external_id == 4242)) or 0)
+
+
+def test_a_slow_shop_gets_each_event_once(
+    tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each POST takes 0.5 s, a delivery task gets up to 50 events, the lease is 6 s: one
+    task cannot deliver its batch within its lease. No event may be POSTed twice."""
+    with ShopEndpoint(delay_s=0.5) as shop:
+        env = dict(tracker_env, **use_shop(monkeypatch, shop, TRACKER_LEASE_SECONDS="6", TRACKER_WEBHOOK_TIMEOUT="1.5"))
+        ids = record(24)
+        with running_tracker(env, tmp_path / "logs"):
+            wait_until(lambda: undelivered() == 0, timeout=120, what="every event delivered")
+        posts = Counter(post.event_id for post in shop.posts)
+    twice = sorted(event_id for event_id, count in posts.items() if count > 1)
+    print_figures(
+        f"outbox slow shop {tracker_env['TRACKER_DATABASE_URL'].split(':')[0].split('+')[0]}",
+        {"events": len(ids), "posts": sum(posts.values()), "events_posted_twice_or_more": len(twice)},
+    )
+    assert set(posts) == set(ids)
+    assert not twice, f"{len(twice)} of {len(ids)} events POSTed more than once"
+
+
+def test_one_orders_events_reach_the_shop_in_order(
+    tracker_env: dict[str, str], order_row_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ShopEndpoint() as shop:
+        use_shop(monkeypatch, shop)
+        first, second, third = record(3, order_id=order_row_id)
+        [other] = record(1)
+        shop.refuse(first)
+        sinks = Sinks(get_settings(), send_task=None)
+        now = utcnow()
+        for _ in range(10):
+            run_outbox(sinks, now)
+            if not undelivered():
+                break
+            now += timedelta(hours=2)
+        posts = shop.posts
+    assert undelivered() == 0
+    sequence = [(post.event_id, post.accepted) for post in posts]
+    first_accepted = sequence.index((first, True))
+    assert sequence[0] == (first, False) or sequence[1] == (first, False), sequence
+    assert not {second, third} & {event_id for event_id, _ in sequence[:first_accepted]}, (
+        "a later event of the order was POSTed before the first was delivered"
+    )
+    assert [event_id for event_id in shop.accepted_ids() if event_id != other] == [first, second, third]
+    # Another order's (here: no order's) event is not held back by this order's.
+    assert sequence.index((other, True)) < first_accepted
+
+
+def test_events_resend_puts_ended_events_back(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(*arguments: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = tracker_cli(list(arguments))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    with ShopEndpoint() as shop:
+        use_shop(monkeypatch, shop)
+        now = utcnow()
+        [old_delivered] = record(1, at=now - timedelta(days=2))
+        delivered, failed, pending = record(3, at=now - timedelta(minutes=30))
+        with unit_of_work() as session:
+            ended = {"final": True, "claim_id": None, "attempts": 7}
+            session.execute(
+                update(OutboxEvent).where(OutboxEvent.event_id.in_([old_delivered, delivered])).values(delivered_at=now, **ended)
+            )
+            session.execute(
+                update(OutboxEvent).where(OutboxEvent.event_id == failed).values(failed_at=now, last_error="HTTP 503", **ended)
+            )
+            session.execute(update(OutboxEvent).where(OutboxEvent.event_id == pending).values(next_attempt_at=now + timedelta(hours=1)))
+
+        def state() -> dict[str, tuple[bool, int, bool, bool]]:
+            with unit_of_work() as session:
+                rows = session.execute(select(OutboxEvent)).scalars().all()
+                return {
+                    row.event_id: (row.final, row.attempts, row.failed_at is not None, row.next_attempt_at <= utcnow())
+                    for row in rows
+                }
+
+        before = state()
+        # Bad --since: a clear error, exit 2, nothing changed.
+        for bad in ("yesterday", "2h30", "3x", "2024-13-45"):
+            code, out, err = run("events", "resend", "--since", bad)
+            assert code == 2, (bad, out, err)
+            assert f"--since {bad!r}" in err and "ISO 8601" in err, err
+        assert state() == before
+
+        code, out, _ = run("events", "resend", "--failed")
+        assert (code, out.strip()) == (0, "resent 1 event")
+        assert state()[failed] == (False, 0, False, True)
+        assert state()[delivered] == before[delivered]
+
+        # Without --failed, delivered events come back too; --since keeps older ones out.
+        code, out, _ = run("events", "resend", "--since", "2h")
+        assert (code, out.strip()) == (0, "resent 1 event")
+        assert state()[delivered] == (False, 0, False, True)
+        assert state()[old_delivered] == before[old_delivered]
+        assert state()[pending] == before[pending], "an event still being retried is left alone"
+
+        code, out, _ = run("events", "resend", "--since", (now - timedelta(days=3)).isoformat())
+        assert (code, out.strip()) == (0, "resent 1 event")
+
+        # Resent events are delivered again by the ordinary path.
+        run_outbox(Sinks(get_settings(), send_task=None), utcnow())
+        assert sorted(shop.accepted_ids()) == sorted([old_delivered, delivered, failed])
