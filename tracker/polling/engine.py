@@ -159,7 +159,8 @@ def poll_batch(
     gateway: Gateway,
     clock: Callable[[], datetime] = utcnow,
 ) -> PollSummary:
-    with unit_of_work() as session:
+    # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
+    with unit_of_work(read_only=True) as session:
         provider = session.get(Provider, provider_id)
         if provider is None:
             log.warning("poll for an unknown provider id %s ignored", provider_id)
