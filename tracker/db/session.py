@@ -114,11 +114,13 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
         yield session
 
 
-def dispose_engines() -> None:
-    """Close pooled connections: after fork, and in tests that drop their database."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Forget every engine and its pooled connections: in tests that drop their database,
+    and (``close=False``) in a forked child, which must neither use nor close the sockets
+    it shares with its parent (SQLAlchemy's advice for ``os.fork``)."""
     with _lock:
         for engine in _engines.values():
-            engine.dispose()
+            engine.dispose(close=close)
         _engines.clear()
         _factories.clear()
         _read_only_factories.clear()

@@ -63,7 +63,7 @@ def stop_queue_keeper(**_kwargs: Any) -> None:
 @worker_process_init.connect
 def reset_connections_after_fork(**_kwargs: Any) -> None:
     # A forked pool child must not share its parent's database sockets.
-    dispose_engines()
+    dispose_engines(close=False)
 
 
 @after_setup_logger.connect
