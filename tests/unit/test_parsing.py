@@ -3,10 +3,12 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider import parsing
@@ -576,3 +578,52 @@ def test_a_value_beyond_the_database_columns_makes_only_its_entry_unreadable() -
     third = answers[3]
     assert not isinstance(third, parsing.ItemError)
     assert third.charge == Decimal("0.25") and third.currency == "US DOLLA"
+
+
+# --- money at the scale the database stores ------------------------------------------
+
+# NUMERIC(24, 8): PostgreSQL rounds a value with more places half away from zero.
+STORED_QUANTUM = Decimal("1E-8")
+
+
+def _stored(value: Decimal) -> Decimal:
+    return value.quantize(STORED_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.000410922", "0.00041092"),
+        ("0.000000005", "1E-8"),
+        ("-0.000000005", "-1E-8"),
+        ("1.123456785", "1.12345679"),
+        ("2.5E-9", "0E-8"),
+    ],
+)
+def test_a_charge_with_more_than_8_places_is_rounded_as_the_database_stores_it(
+    text: str, expected: str
+) -> None:
+    for body in (f'{{"status": "Completed", "charge": "{text}"}}', f'{{"status": "Completed", "charge": {text}}}'):
+        report = parsing.parse_status(body)
+        assert isinstance(report, OrderReport)
+        assert report.charge == Decimal(expected)
+        assert str(report.charge) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.decimals(
+        min_value=Decimal("-9999999999999999"), max_value=Decimal("9999999999999999"),
+        allow_nan=False, allow_infinity=False, places=None,
+    ).filter(lambda value: abs(_stored(value)) < Decimal(10) ** 16)
+)
+def test_any_parsed_charge_round_trips_through_the_stored_scale(value: Decimal) -> None:
+    for literal in (str(value), f'"{value}"'):
+        report = parsing.parse_status(f'{{"status": "In progress", "charge": {literal}}}')
+        assert isinstance(report, OrderReport) and report.charge is not None
+        # What NUMERIC(24, 8) would keep is what the parser already returned...
+        assert _stored(report.charge) == report.charge
+        assert report.charge == _stored(value)
+        # ...and parsing the same answer again gives the same value (no spurious change).
+        again = parsing.parse_status(f'{{"status": "In progress", "charge": {literal}}}')
+        assert isinstance(again, OrderReport) and again.charge == report.charge

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from tracker.domain.money import MONEY_LIMIT, to_stored_scale
 from tracker.domain.provider_messages import classify_top_level_error, means_not_found
 from tracker.domain.status import (
     OrderStatus,
@@ -197,14 +198,20 @@ def _is_blank(value: object) -> bool:
 # What the database columns hold: BIGINT, and NUMERIC(24, 8) for money. A value beyond
 # them makes that one entry unreadable, instead of failing the write of a whole batch.
 _INT_LIMIT = 2**63 - 1
-_DECIMAL_LIMIT = Decimal(10) ** 16
 
 
 def _decimal(value: object) -> Decimal | None:
+    """Money, rounded to the places the database keeps: the state read back must equal
+    the next identical answer, or every poll would record a change."""
     number = _any_decimal(value)
-    if number is not None and abs(number) >= _DECIMAL_LIMIT:
-        raise _BadValue(f"number out of range: {value!r}")
-    return number
+    if number is None:
+        return None
+    # Range first: rounding a huge number would overflow the decimal context.
+    if abs(number) < MONEY_LIMIT:
+        stored = to_stored_scale(number)
+        if abs(stored) < MONEY_LIMIT:  # 9999999999999999.999999999 rounds up to the limit
+            return stored
+    raise _BadValue(f"number out of range: {value!r}")
 
 
 def _any_decimal(value: object) -> Decimal | None:
