@@ -485,6 +485,27 @@ def test_promobox_refill_multi_with_one_id(sim: SimServer, client: ProviderClien
     assert truth is not None and truth["order"] == order
 
 
+def test_one_id_multi_status_answered_in_the_single_form(
+    sim: SimServer, client: ProviderClient
+) -> None:
+    """Some panels answer ``orders=<one id>`` like ``order=``: an unknown order is then a
+    top-level "Incorrect order ID", which is that order's not-found, not a failed call."""
+    sim.set_config(single_id_orders_as_order=True)
+    known = one(sim.seed_orders(1, age_s=3000))
+    missing = client.status_multi([UNKNOWN_ORDER])
+    assert set(missing) == {UNKNOWN_ORDER}
+    answer = missing[UNKNOWN_ORDER]
+    assert isinstance(answer, ItemError) and answer.means_not_found
+    truth = sim.truth([known])[known]
+    assert truth is not None
+    assert client.status_multi([known]) == {known: expected_report(truth)}
+    # Several IDs are still a batch answer.
+    both = client.status_multi([known, UNKNOWN_ORDER])
+    assert both[known] == expected_report(truth)
+    assert isinstance(both[UNKNOWN_ORDER], ItemError) and both[UNKNOWN_ORDER].means_not_found
+    assert calls(sim, "status") == 3
+
+
 def test_wrong_key_is_invalid_key_without_the_key(sim: SimServer) -> None:
     wrong = ProviderClient(sim.url, WRONG_KEY, retries=RETRIES, retry_backoff=0.01)
     with wrong, pytest.raises(InvalidKey) as caught:

@@ -505,6 +505,29 @@ def test_single_not_found_is_an_item_error(parse: Callable[[str], object], messa
     assert isinstance(result, ItemError) and result.means_not_found
 
 
+@pytest.mark.parametrize("message", ["Incorrect order ID", "Order not found", "invalid order id"])
+def test_one_id_multi_status_answered_with_a_top_level_not_found(message: str) -> None:
+    """Real panels answer ``orders=<one id>`` like ``order=``: a top-level error about
+    that one order is its per-ID not-found, not a failed call."""
+    parse = parsing.parse_status_one_of_multi(42)
+    answers = parse(json.dumps({"error": message}))
+    assert answers == {42: ItemError(message)}
+    assert answers[42].means_not_found if isinstance(answers[42], ItemError) else False
+
+
+def test_one_id_multi_status_answered_in_the_single_form() -> None:
+    parse = parsing.parse_status_one_of_multi(42)
+    assert parse(seed("000_status.json")) == {42: partial_usd()}
+    # The batch forms still work, and the other top-level errors still fail the call.
+    assert parse('{"42": {"status": "Partial", "charge": "0.27819", "start_count": "3572",'
+                 ' "remains": "157", "currency": "USD"}}') == {42: partial_usd()}
+    assert parse('{"42": {"error": "Incorrect order ID"}}') == {42: ItemError("Incorrect order ID")}
+    with pytest.raises(InvalidKey):
+        parse('{"error": "Invalid API key"}')
+    with pytest.raises(ProviderRefused):
+        parse('{"error": "Service is temporarily unavailable"}')
+
+
 def test_refill_refusal_nested_in_a_single_refill_is_raised() -> None:
     with pytest.raises(ProviderRefused) as caught:
         parsing.parse_refill('{"refill": {"error": "Refill is available after 24 hours"}}')

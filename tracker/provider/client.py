@@ -262,7 +262,11 @@ class ProviderClient:
 
     def status_multi(self, order_ids: Sequence[int]) -> dict[int, OrderResult]:
         ids = [_checked_order_id(order_id) for order_id in order_ids]
-        return self._batched("status", "orders", ids, parsing.parse_status_multi, True)
+        # A one-ID `orders=` request may be answered in the single form, errors included.
+        return self._batched(
+            "status", "orders", ids, parsing.parse_status_multi, True,
+            parse_single_id=parsing.parse_status_one_of_multi,
+        )
 
     def refill(self, order_id: int) -> str:
         params = {"order": _checked_order_id(order_id)}

@@ -473,6 +473,24 @@ def parse_status_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, O
     return _batch(answer, data, "order", _positive_id, _order_entry)
 
 
+def parse_status_one_of_multi(order_id: int) -> Callable[..., dict[int, OrderResult]]:
+    """The parser for a multi status request that carried only ``order_id``. Some panels
+    answer ``orders=<one id>`` like ``order=<id>``: the order's status object, or a
+    top-level ``{"error": "Incorrect order ID"}``. That error is the order's not-found
+    (an ``ItemError``), as in a batch answer; read as a failed call, it would count
+    toward the provider's circuit and the order would never reach Not found."""
+
+    def parse(text: str, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
+        answer, data = _load("status", text, secrets)
+        if isinstance(data, dict) and not _is_id_keyed(data):
+            message = _top_level_error(data)
+            if message is not None or "status" in data:
+                return {order_id: parse_status(text, secrets=secrets)}
+        return parse_status_multi(text, secrets=secrets)
+
+    return parse
+
+
 def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:
     answer, data = _load("refill", text, secrets)
     _raise_top_level_error(answer, data)
