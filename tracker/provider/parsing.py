@@ -153,7 +153,6 @@ _TAG = re.compile(r"<[^>]*>")
 # A framework's error block (Laravel/Whoops/Ignition, Symfony) for a PHP error that it
 # turned into an ErrorException: benign only when it names a notice or deprecation, names
 # nothing worse, and names no other exception class.
-_FRAMEWORK_ERROR = re.compile(r"\bErrorException\b")
 _FRAMEWORK_BENIGN = re.compile(
     r"\b(?:deprecated|notice|E_DEPRECATED|E_USER_DEPRECATED|E_NOTICE|E_USER_NOTICE)\b",
     re.IGNORECASE,
