@@ -73,6 +73,17 @@ def _optional_integer(env: dict[str, str], name: str, *, minimum: int) -> int | 
     return _integer(env, name, 0, minimum=minimum)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no), got {env.get(name)!r}")
+    return value in _TRUE
+
+
 # A poll task's calls run one after another: more would hold a task (and its lease) long.
 MAX_CALLS_PER_POLL_TASK = 50
 
@@ -128,6 +139,9 @@ class Settings:
     balance_check_interval: float = 3600.0
     secret_key: str | None = field(default=None, repr=False)
     mode: str = "local"
+    # Outside local mode, plain http:// to a provider that is not on loopback is refused
+    # (the API key would travel in clear text) unless this is set.
+    allow_http_providers: bool = False
     state_dir: Path = Path(".tracker")
     # From <state_dir>/broker-url, read only when TRACKER_BROKER_URL is unset.
     running_broker_url: str | None = None
@@ -208,6 +222,7 @@ class Settings:
             balance_check_interval=_number(env, "TRACKER_BALANCE_CHECK_INTERVAL", 3600.0, minimum=1.0),
             secret_key=env.get("TRACKER_SECRET_KEY", "").strip() or None,
             mode=mode,
+            allow_http_providers=_flag(env, "TRACKER_ALLOW_HTTP_PROVIDERS"),
             state_dir=state_dir,
             running_broker_url=None if broker_url_setting else read_broker_url_file(state_dir),
         )

@@ -1,4 +1,5 @@
-"""Per-provider call counters in Redis: calls, errors and IDs per minute, kept two hours.
+"""Per-provider call counters in Redis: calls, errors, IDs and answers salvaged from PHP
+notices (``CallRecord.noise``) per minute, kept two hours.
 
 Workers count every provider call (the client's ``after_call`` hook); ``tracker stats``
 sums the last 60 minutes. Redis, not the database: these counters change on every call,
@@ -22,6 +23,8 @@ class CallCounts:
     calls: int = 0
     errors: int = 0
     ids: int = 0
+    # Successful calls whose answer had PHP notices before its JSON.
+    noisy: int = 0
 
 
 class CallMetrics:
@@ -43,6 +46,8 @@ class CallMetrics:
             pipe.hincrby(key, "ids", call.ids)
             if call.error is not None:
                 pipe.hincrby(key, "errors", 1)
+            if call.noise:
+                pipe.hincrby(key, "noisy", 1)
             pipe.expire(key, RETENTION_SECONDS)
             pipe.execute()
 
@@ -52,9 +57,10 @@ class CallMetrics:
             for minute in range(now_minute - 59, now_minute + 1):
                 pipe.hgetall(self._key(provider_id, minute))
             buckets = pipe.execute()
-        calls = errors = ids = 0
+        calls = errors = ids = noisy = 0
         for bucket in buckets:
             calls += int(bucket.get(b"calls", 0))
             errors += int(bucket.get(b"errors", 0))
             ids += int(bucket.get(b"ids", 0))
-        return CallCounts(calls, errors, ids)
+            noisy += int(bucket.get(b"noisy", 0))
+        return CallCounts(calls, errors, ids, noisy)

@@ -23,7 +23,7 @@ import pytest
 
 from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
 from tracker.domain.status import OrderStatus, RefillStatus
-from tracker.provider.client import ProviderClient
+from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import (
     HTTPError,
     IncorrectRequest,
@@ -485,6 +485,27 @@ def test_promobox_refill_multi_with_one_id(sim: SimServer, client: ProviderClien
     assert truth is not None and truth["order"] == order
 
 
+def test_one_id_multi_status_answered_in_the_single_form(
+    sim: SimServer, client: ProviderClient
+) -> None:
+    """Some panels answer ``orders=<one id>`` like ``order=``: an unknown order is then a
+    top-level "Incorrect order ID", which is that order's not-found, not a failed call."""
+    sim.set_config(single_id_orders_as_order=True)
+    known = one(sim.seed_orders(1, age_s=3000))
+    missing = client.status_multi([UNKNOWN_ORDER])
+    assert set(missing) == {UNKNOWN_ORDER}
+    answer = missing[UNKNOWN_ORDER]
+    assert isinstance(answer, ItemError) and answer.means_not_found
+    truth = sim.truth([known])[known]
+    assert truth is not None
+    assert client.status_multi([known]) == {known: expected_report(truth)}
+    # Several IDs are still a batch answer.
+    both = client.status_multi([known, UNKNOWN_ORDER])
+    assert both[known] == expected_report(truth)
+    assert isinstance(both[UNKNOWN_ORDER], ItemError) and both[UNKNOWN_ORDER].means_not_found
+    assert calls(sim, "status") == 3
+
+
 def test_wrong_key_is_invalid_key_without_the_key(sim: SimServer) -> None:
     wrong = ProviderClient(sim.url, WRONG_KEY, retries=RETRIES, retry_backoff=0.01)
     with wrong, pytest.raises(InvalidKey) as caught:
@@ -515,6 +536,7 @@ FAULT_CASES: dict[str, FaultCase] = {
     "html_200": FaultCase(NotJSON, retried=False, executed=False),
     "broken_json": FaultCase(NotJSON, retried=False, executed=True),
     "php_warning": FaultCase(NotJSON, retried=False, executed=True),
+    "codeigniter_warning": FaultCase(NotJSON, retried=False, executed=True),
     "slow": FaultCase(ProviderTimeout, retried=True, executed=True, seconds=SLOW_S),
     "rate_limit": FaultCase(RateLimited, retried=False, executed=False, status_code=429, seconds=7),
     "invalid_key": FaultCase(InvalidKey, retried=False, executed=False),
@@ -523,8 +545,60 @@ FAULT_CASES: dict[str, FaultCase] = {
 }
 
 
+# PHP notices and deprecations before the JSON: the answer is salvaged, not a failure.
+NOISE_KINDS = [
+    "php_deprecated", "php_notice", "php_notice_text", "codeigniter_notice", "laravel_deprecation",
+]
+
+
 def test_every_fault_kind_is_covered() -> None:
-    assert set(FAULT_CASES) == {kind.value for kind in FaultKind}
+    assert not set(FAULT_CASES) & set(NOISE_KINDS)
+    assert set(FAULT_CASES) | set(NOISE_KINDS) == {kind.value for kind in FaultKind}
+
+
+@pytest.mark.parametrize("action", ["status", "status_multi", "add", "refill"])
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_noise_before_the_json_is_salvaged(sim: SimServer, kind: str, action: str) -> None:
+    """The answer is used, the call is not retried, it is no failure, and the client's
+    call record says the answer was noisy (for ``tracker stats``)."""
+    records: list[CallRecord] = []
+    client = ProviderClient(
+        sim.url, KEY, timeout=(2.0, 5.0), retries=RETRIES, retry_backoff=0.01,
+        after_call=records.append,
+    )
+    order = completed_with_drop(sim)
+    wire_action = "status" if action == "status_multi" else action
+    sim.reset_stats()
+    sim.inject_fault(kind, actions=[wire_action])
+    with client:
+        if action == "status":
+            truth = sim.truth([order])[order]
+            assert truth is not None and client.status(order) == expected_report(truth)
+        elif action == "status_multi":
+            truth = sim.truth([order])[order]
+            assert truth is not None
+            assert client.status_multi([order, UNKNOWN_ORDER]) == {
+                order: expected_report(truth),
+                UNKNOWN_ORDER: ItemError("Incorrect order ID"),
+            }
+        elif action == "add":
+            created = client.add(LIKES, LINK, 100)
+            assert sim.truth([created])[created] is not None
+        else:
+            refill_id = client.refill(order)
+            truth = sim.refill_truth([int(refill_id)])[int(refill_id)]
+            assert truth is not None and truth["order"] == order
+    stats = sim.stats()
+    assert stats["actions"][wire_action]["calls"] == 1
+    assert stats["faults_fired"] == {kind: 1}
+    assert [(r.action, r.error, r.noise) for r in records] == [(wire_action, None, True)]
+
+
+def test_a_clean_answer_is_not_noisy(sim: SimServer) -> None:
+    records: list[CallRecord] = []
+    with ProviderClient(sim.url, KEY, after_call=records.append) as client:
+        client.status_multi([one(sim.seed_orders(1, age_s=3000))])
+    assert [(r.action, r.error, r.noise) for r in records] == [("status", None, False)]
 
 
 def _prepare(

@@ -657,6 +657,39 @@ def test_answer_faults(
     assert sim.stats()["faults_fired"] == {kind: 1}
 
 
+@pytest.mark.parametrize(
+    ("kind", "marker"),
+    [
+        ("php_deprecated", "<b>Deprecated</b>:"),
+        ("php_notice", "<b>Notice</b>:"),
+        ("php_notice_text", "PHP Deprecated:"),
+        ("codeigniter_notice", "<p>Severity: 8192</p>"),
+        ("codeigniter_warning", "<p>Severity: Warning</p>"),
+        ("laravel_deprecation", "(E_DEPRECATED)"),
+    ],
+)
+def test_debug_mode_noise_comes_before_the_real_answer(
+    sim: SimServer, api: Api, kind: str, marker: str
+) -> None:
+    sim.inject_fault(kind, count=1)
+    response = api.post(action="balance")
+    assert response.status_code == 200
+    noise, _, answer = response.text.rpartition('{"balance"')
+    assert marker in noise and not noise.lstrip().startswith("{")
+    assert json.loads('{"balance"' + answer)["currency"] == "USD"
+    assert sim.stats()["faults_fired"] == {kind: 1}
+
+
+def test_single_id_orders_as_order(sim: SimServer, api: Api) -> None:
+    [order_id] = sim.seed_orders()
+    assert set(api(action="status", orders=str(order_id))) == {str(order_id)}
+    sim.set_config(single_id_orders_as_order=True)
+    assert api(action="status", orders=str(order_id)) == api(action="status", order=str(order_id))
+    assert api(action="status", orders="9000000") == {"error": "Incorrect order ID"}
+    both = api(action="status", orders=f"{order_id},9000000")
+    assert both["9000000"] == {"error": "Incorrect order ID"} and str(order_id) in both
+
+
 def _parses(text: str) -> bool:
     try:
         json.loads(text)

@@ -21,12 +21,14 @@ from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import add_provider, count_orders, running_tracker, shop_client
 from tests.support.processes import wait_until
 from tracker.clock import utcnow
+from tracker.config import get_settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import dispose_engines, unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ops.bundled_redis import free_port
 from tracker.provider.client import CallRecord
 from tracker.sim.server import SimServer
+from tracker.usecases.gateway import Gateway, ProviderAccess
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +180,36 @@ def test_tracker_run_tells_other_commands_where_its_bundled_broker_is(tmp_path: 
             run.wait()
         log.close()
         dispose_engines()
+
+
+def test_answers_salvaged_from_php_notices_are_a_warning(
+    tracker_env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real workers' path: the Gateway's client counts each call in Redis, and `tracker
+    stats` shows the answers salvaged from PHP notices as a warning, not a failure."""
+    with SimServer(dialect="standard", api_key=TEST_API_KEY) as sim:
+        add_provider("debugmode", sim.url, monkeypatch)
+        ids = sim.seed_orders(count=3, service=1, pending_s=5, progress_s=30)
+        settings = get_settings()
+        with unit_of_work() as session:
+            provider = session.scalars(select(Provider).where(Provider.name == "debugmode")).one()
+            access = ProviderAccess.of(provider, settings)
+        gateway = Gateway(settings, None, CallMetrics.from_url(broker_url))
+        try:
+            client = gateway.client(access)
+            sim.inject_fault("php_notice", actions=["status"], count=1)
+            sim.inject_fault("codeigniter_notice", actions=["status"], count=1)
+            assert set(client.status_multi(ids)) == set(ids)  # salvaged
+            assert set(client.status_multi(ids)) == set(ids)  # salvaged
+            assert set(client.status_multi(ids)) == set(ids)  # clean
+        finally:
+            gateway.close()
+    views, code = stats(tracker_env)
+    view = views["debugmode"]
+    assert code == 0 and view["healthy"] is True and view["problems"] == []
+    assert (view["calls_last_hour"], view["errors_last_hour"]) == (3, 0)
+    assert view["salvaged_last_hour"] == 2
+    assert view["warnings"] == ["2 answers salvaged from PHP notices before their JSON in the last hour"]
+    text = tracker(tracker_env, "stats")
+    assert text.returncode == 0
+    assert "warning: 2 answers salvaged from PHP notices" in text.stdout

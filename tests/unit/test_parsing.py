@@ -3,10 +3,12 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider import parsing
@@ -436,7 +438,7 @@ CLOUDFLARE = (
     ("body", "reason"),
     [
         (PHP_WARNING, "PHP warning"),
-        ("Notice: Undefined index: orders in /srv/api.php on line 4\n{}", "PHP warning"),
+        ("Warning: Undefined array key 1 in /srv/api.php on line 4\n{}", "PHP warning"),
         (CLOUDFLARE, "HTML"),
         ("<html><body>502 Bad Gateway</body></html>", "HTML"),
         ('{"charge": "0.27819", "status": "Parti', "invalid JSON"),
@@ -452,6 +454,151 @@ def test_not_json(body: str, reason: str) -> None:
         with pytest.raises(NotJSON) as caught:
             parse(body)
         assert reason in caught.value.reason
+
+
+# --- PHP notices and deprecations before the JSON (panels left in debug mode) ----------
+
+STATUS_JSON = (
+    '{"charge": "0.27819", "start_count": "3572", "status": "Partial", "remains": "157",'
+    ' "currency": "USD"}'
+)
+RAW_DEPRECATED = (
+    "<br />\n<b>Deprecated</b>:  Creation of dynamic property Api::$db is deprecated in "
+    "<b>/var/www/panel/app/Api.php</b> on line <b>12</b><br />\n"
+)
+RAW_NOTICE = (
+    "<br />\n<b>Notice</b>:  Undefined index: currency in <b>/var/www/panel/api/v2.php</b>"
+    " on line <b>88</b><br />\n"
+)
+RAW_WARNING = (
+    "<br />\n<b>Warning</b>:  Undefined array key \"currency\" in <b>/var/www/api.php</b>"
+    " on line <b>12</b><br />\n"
+)
+PLAIN_PHP_DEPRECATED = (
+    "PHP Deprecated:  strlen(): Passing null to parameter #1 ($string) of type string is "
+    "deprecated in /var/www/panel/api.php on line 31\n"
+)
+PLAIN_DEPRECATED = "\nDeprecated: Function utf8_encode() is deprecated in /var/www/panel/api.php on line 40\n"
+PLAIN_NOTICE = "Notice: Undefined offset: 1 in /var/www/panel/api.php on line 7\n"
+
+
+def codeigniter(severity: str) -> str:
+    """CodeIgniter 3's error_php.php view; E_DEPRECATED has no name there, so 8192."""
+    return (
+        '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
+        "<h4>A PHP Error was encountered</h4>\n\n"
+        f"<p>Severity: {severity}</p>\n"
+        "<p>Message:  Undefined index: currency</p>\n"
+        "<p>Filename: controllers/Api.php</p>\n"
+        "<p>Line Number: 42</p>\n\n"
+        "\t<p>Backtrace:</p>\n\t\n\t\t<p style=\"margin-left:10px\">\n"
+        "\t\tFile: /var/www/application/controllers/Api.php<br />\n"
+        "\t\tLine: 42<br />\n\t\tFunction: _error_handler\t\t\t</p>\n\n</div>"
+    )
+
+
+def laravel(title: str) -> str:
+    """A Whoops/Ignition-style fragment for a PHP error turned into ErrorException."""
+    return (
+        '<div class="exception-summary">\n'
+        '  <div class="exc-title">\n'
+        '    <span class="exc-title-primary">ErrorException</span>\n'
+        '    <span class="exc-title-secondary">(E_DEPRECATED)</span>\n'
+        "  </div>\n"
+        f'  <div class="exc-message"><span>{title}</span></div>\n'
+        '  <div class="frame">vendor/laravel/framework/src/Illuminate/Foundation/Bootstrap/'
+        "HandleExceptions.php:255</div>\n"
+        "</div>\n"
+    )
+
+
+LARAVEL_DEPRECATION = laravel(
+    "Deprecated: Return type of App\\Support\\Bag::offsetGet($key) should either be "
+    "compatible with ArrayAccess::offsetGet(mixed $offset): mixed"
+)
+
+SALVAGEABLE = {
+    "raw deprecated": RAW_DEPRECATED,
+    "raw notice": RAW_NOTICE,
+    "raw deprecated then notice": RAW_DEPRECATED + RAW_NOTICE,
+    "plain PHP Deprecated": PLAIN_PHP_DEPRECATED,
+    "plain Deprecated": PLAIN_DEPRECATED,
+    "plain Notice": PLAIN_NOTICE,
+    "codeigniter Notice": codeigniter("Notice"),
+    "codeigniter Deprecated": codeigniter("Deprecated"),
+    "codeigniter 8192": codeigniter("8192"),
+    "codeigniter 8": codeigniter("8"),
+    "codeigniter twice": codeigniter("8192") + "\n" + codeigniter("Notice"),
+    "laravel deprecation": LARAVEL_DEPRECATION,
+    "all of them": RAW_NOTICE + PLAIN_DEPRECATED + codeigniter("8") + LARAVEL_DEPRECATION,
+}
+
+
+@pytest.mark.parametrize("noise", SALVAGEABLE.values(), ids=SALVAGEABLE.keys())
+def test_json_after_php_notices_is_salvaged(noise: str) -> None:
+    body = noise + STATUS_JSON + "\n"
+    assert parsing.parse_status(body) == partial_usd()
+    salvaged = parsing.strip_php_notices(body)
+    assert salvaged.noisy and json.loads(salvaged.text) == json.loads(STATUS_JSON)
+    batch = noise + '{"7": ' + STATUS_JSON + ', "8": {"error": "Incorrect order ID"}}'
+    assert parsing.parse_status_multi(batch) == {7: partial_usd(), 8: ItemError("Incorrect order ID")}
+    assert parsing.parse_services(noise + seed("000_services.json")) == panel_services(True, None)
+    assert parsing.parse_services("\ufeff" + noise + "[]") == []
+
+
+def test_a_clean_body_is_not_noisy() -> None:
+    for body in (STATUS_JSON, " \ufeff" + STATUS_JSON, "[]", "<html></html>", ""):
+        salvaged = parsing.strip_php_notices(body)
+        assert not salvaged.noisy and salvaged.text == body
+
+
+NOT_SALVAGEABLE = {
+    "raw warning": RAW_WARNING,
+    "raw notice then warning": RAW_NOTICE + RAW_WARNING,
+    "raw fatal": (
+        "<br />\n<b>Fatal error</b>:  Uncaught Error: Call to a member function get() on null"
+        " in <b>/var/www/api.php</b> on line <b>3</b><br />\n"
+    ),
+    "raw parse error": (
+        "<br />\n<b>Parse error</b>:  syntax error, unexpected '}' in <b>/var/www/api.php</b>"
+        " on line <b>9</b><br />\n"
+    ),
+    "plain warning": "PHP Warning:  Undefined variable $x in /var/www/api.php on line 2\n",
+    "plain notice then fatal": PLAIN_NOTICE + "PHP Fatal error:  Oops in /var/www/api.php on line 3\n",
+    "codeigniter Warning": codeigniter("Warning"),
+    "codeigniter Error": codeigniter("Error"),
+    "codeigniter 2 (E_WARNING)": codeigniter("2"),
+    "codeigniter notice then warning": codeigniter("Notice") + codeigniter("Warning"),
+    "laravel warning": laravel("Warning: Undefined array key 1").replace("E_DEPRECATED", "E_WARNING"),
+    "laravel other exception": LARAVEL_DEPRECATION.replace("ErrorException", "QueryException"),
+    "unrecognised html": "<div>Deprecated: see the maintenance notice</div>\n",
+    "notice without its file and line": "Notice: the API moves soon\n",
+    "text between notice and json": RAW_NOTICE + "debug: ok\n",
+}
+
+
+@pytest.mark.parametrize("noise", NOT_SALVAGEABLE.values(), ids=NOT_SALVAGEABLE.keys())
+def test_warnings_errors_and_unknown_noise_stay_failures(noise: str) -> None:
+    body = noise + STATUS_JSON
+    assert not parsing.strip_php_notices(body).noisy
+    for parse in (parsing.parse_status, parsing.parse_status_multi, parsing.parse_balance):
+        with pytest.raises(NotJSON):
+            parse(body)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        STATUS_JSON + RAW_NOTICE,  # noise after the JSON
+        STATUS_JSON + " trailing",
+        '"just a string"',
+        "157",
+        STATUS_JSON[:-1],  # cut short
+    ],
+)
+def test_salvage_wants_the_whole_rest_to_be_one_json_document(tail: str) -> None:
+    with pytest.raises(NotJSON):
+        parsing.parse_status(RAW_NOTICE + tail)
 
 
 @pytest.mark.parametrize("wrapping", ["\ufeff{}", "\n\t {} \r\n", "\ufeff\n{}\n"])
@@ -501,6 +648,29 @@ def test_single_not_found_is_an_item_error(parse: Callable[[str], object], messa
     result = parse(json.dumps({"error": message}))
     assert result == ItemError(message)
     assert isinstance(result, ItemError) and result.means_not_found
+
+
+@pytest.mark.parametrize("message", ["Incorrect order ID", "Order not found", "invalid order id"])
+def test_one_id_multi_status_answered_with_a_top_level_not_found(message: str) -> None:
+    """Real panels answer ``orders=<one id>`` like ``order=``: a top-level error about
+    that one order is its per-ID not-found, not a failed call."""
+    parse = parsing.parse_status_one_of_multi(42)
+    answers = parse(json.dumps({"error": message}))
+    assert answers == {42: ItemError(message)}
+    assert answers[42].means_not_found if isinstance(answers[42], ItemError) else False
+
+
+def test_one_id_multi_status_answered_in_the_single_form() -> None:
+    parse = parsing.parse_status_one_of_multi(42)
+    assert parse(seed("000_status.json")) == {42: partial_usd()}
+    # The batch forms still work, and the other top-level errors still fail the call.
+    assert parse('{"42": {"status": "Partial", "charge": "0.27819", "start_count": "3572",'
+                 ' "remains": "157", "currency": "USD"}}') == {42: partial_usd()}
+    assert parse('{"42": {"error": "Incorrect order ID"}}') == {42: ItemError("Incorrect order ID")}
+    with pytest.raises(InvalidKey):
+        parse('{"error": "Invalid API key"}')
+    with pytest.raises(ProviderRefused):
+        parse('{"error": "Service is temporarily unavailable"}')
 
 
 def test_refill_refusal_nested_in_a_single_refill_is_raised() -> None:
@@ -576,3 +746,52 @@ def test_a_value_beyond_the_database_columns_makes_only_its_entry_unreadable() -
     third = answers[3]
     assert not isinstance(third, parsing.ItemError)
     assert third.charge == Decimal("0.25") and third.currency == "US DOLLA"
+
+
+# --- money at the scale the database stores ------------------------------------------
+
+# NUMERIC(24, 8): PostgreSQL rounds a value with more places half away from zero.
+STORED_QUANTUM = Decimal("1E-8")
+
+
+def _stored(value: Decimal) -> Decimal:
+    return value.quantize(STORED_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.000410922", "0.00041092"),
+        ("0.000000005", "1E-8"),
+        ("-0.000000005", "-1E-8"),
+        ("1.123456785", "1.12345679"),
+        ("2.5E-9", "0E-8"),
+    ],
+)
+def test_a_charge_with_more_than_8_places_is_rounded_as_the_database_stores_it(
+    text: str, expected: str
+) -> None:
+    for body in (f'{{"status": "Completed", "charge": "{text}"}}', f'{{"status": "Completed", "charge": {text}}}'):
+        report = parsing.parse_status(body)
+        assert isinstance(report, OrderReport)
+        assert report.charge == Decimal(expected)
+        assert str(report.charge) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.decimals(
+        min_value=Decimal("-9999999999999999"), max_value=Decimal("9999999999999999"),
+        allow_nan=False, allow_infinity=False, places=None,
+    ).filter(lambda value: abs(_stored(value)) < Decimal(10) ** 16)
+)
+def test_any_parsed_charge_round_trips_through_the_stored_scale(value: Decimal) -> None:
+    for literal in (str(value), f'"{value}"'):
+        report = parsing.parse_status(f'{{"status": "In progress", "charge": {literal}}}')
+        assert isinstance(report, OrderReport) and report.charge is not None
+        # What NUMERIC(24, 8) would keep is what the parser already returned...
+        assert _stored(report.charge) == report.charge
+        assert report.charge == _stored(value)
+        # ...and parsing the same answer again gives the same value (no spurious change).
+        again = parsing.parse_status(f'{{"status": "In progress", "charge": {literal}}}')
+        assert isinstance(again, OrderReport) and again.charge == report.charge

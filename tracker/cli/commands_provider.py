@@ -18,7 +18,7 @@ from tracker.config import get_settings
 from tracker.db.models import Provider, Service
 from tracker.usecases.catalog import distinct_services, store_balance, store_catalog
 from tracker.usecases.enqueue import provider_by_name
-from tracker.usecases.gateway import ProviderAccess
+from tracker.usecases.gateway import ProviderAccess, refuse_plain_http
 from tracker.usecases.providers import ProviderSpec, upsert_provider
 from tracker.usecases.views import iso, money
 
@@ -150,6 +150,7 @@ def _sync(args: argparse.Namespace) -> int:
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
+    refuse_plain_http(access, settings, "services")
     # Three steps: a big catalog takes a while to download, and longer to store.
     with progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
         with ProviderClient(access.api_url, access.api_key) as client:

@@ -94,6 +94,8 @@ def _print_text(views: list[dict[str, Any]], *, broker_reachable: bool) -> None:
         print(f"  final:  {_by_status(view['final'])}")
         for problem in view["problems"]:
             print(f"  problem: {problem}")
+        for warning in view["warnings"]:
+            print(f"  warning: {warning}")
     if not broker_reachable:
         print("tracker: the broker is unreachable: calls and errors are not available", file=sys.stderr)
 

@@ -54,12 +54,15 @@ V = TypeVar("V")
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One HTTP call, for metrics. ``error`` is the error class name, None on success."""
+    """One HTTP call, for metrics. ``error`` is the error class name, None on success.
+    ``noise``: the answer had PHP notices or deprecations before its JSON, which were
+    stripped (``parsing.strip_php_notices``); the call still succeeded."""
 
     action: str
     ids: int
     seconds: float
     error: str | None = None
+    noise: bool = False
 
 
 class _Parser(Protocol[T_co]):
@@ -156,6 +159,10 @@ class ProviderClient:
 
     Redirects are not followed: a redirected POST either loses its body or, with 307/308,
     resends the key to another address. A 3xx is an ``HTTPError`` naming the new location.
+
+    PHP notices and deprecations printed before the JSON (a panel in debug mode) are
+    stripped and the answer used; ``CallRecord.noise`` says so. Warnings and errors there
+    still fail the call (``NotJSON``), as any other text before the JSON does.
 
     A 4xx whose body is a JSON ``{"error": ...}`` is parsed like a 2xx one, so a panel that
     answers "Invalid API key" with HTTP 401 still raises ``InvalidKey``.
@@ -270,7 +277,11 @@ class ProviderClient:
 
     def status_multi(self, order_ids: Sequence[int]) -> dict[int, OrderResult]:
         ids = [_checked_order_id(order_id) for order_id in order_ids]
-        return self._batched("status", "orders", ids, parsing.parse_status_multi, True)
+        # A one-ID `orders=` request may be answered in the single form, errors included.
+        return self._batched(
+            "status", "orders", ids, parsing.parse_status_multi, True,
+            parse_single_id=parsing.parse_status_one_of_multi,
+        )
 
     def refill(self, order_id: int) -> str:
         params = {"order": _checked_order_id(order_id)}
@@ -353,16 +364,21 @@ class ProviderClient:
             self._before_call(action)
         started = time.monotonic()
         try:
-            result = parse(self._text(action, self._post(action, params)), secrets=self._secrets)
+            body = parsing.strip_php_notices(self._text(action, self._post(action, params)))
+            result = parse(body.text, secrets=self._secrets)
         except ProviderError as error:
             self._record(action, ids, started, type(error).__name__)
             raise
-        self._record(action, ids, started, None)
+        if body.noisy:
+            log.info("%s answer salvaged from PHP notices before its JSON", action)
+        self._record(action, ids, started, None, noise=body.noisy)
         return result
 
-    def _record(self, action: str, ids: int, started: float, error: str | None) -> None:
+    def _record(
+        self, action: str, ids: int, started: float, error: str | None, *, noise: bool = False
+    ) -> None:
         if self._after_call is not None:
-            self._after_call(CallRecord(action, ids, time.monotonic() - started, error))
+            self._after_call(CallRecord(action, ids, time.monotonic() - started, error, noise))
 
     def _post(self, action: str, params: Mapping[str, object]) -> requests.Response:
         form = {"key": self._key, "action": action}

@@ -106,3 +106,9 @@ class IncorrectRequest(ProviderRejected):
 
 class ProviderRefused(ProviderRejected):
     """Any other top-level error, e.g. a refill refusal. ``classify_refill_refusal`` says more."""
+
+
+class InsecureProviderURL(ProviderError):
+    """The provider's URL is plain ``http://`` to another machine, and the tracker is not
+    allowed to send the API key in clear text there (see ``TRACKER_ALLOW_HTTP_PROVIDERS``).
+    Nothing was sent. Retrying cannot help: the operator must change the URL or opt in."""

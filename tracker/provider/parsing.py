@@ -4,10 +4,12 @@ One function per action. Each takes the decoded body text and returns typed resu
 or raises:
 
 - ``NotJSON``: the body is not one JSON document (HTML, a Cloudflare page, truncated
-  JSON, a PHP warning or notice in front of the JSON). A body with a PHP warning in front
+  JSON, a PHP warning or error in front of the JSON). A body with a PHP warning in front
   is *not* salvaged by looking for the first ``{``: the warning means the script that
   produced the JSON misbehaved, and a half-trusted body must never be applied to orders.
-  Leading/trailing whitespace and a UTF-8 BOM are fine.
+  Only PHP *notices and deprecations* in front are removed (``strip_php_notices``): then
+  the rest must be exactly one JSON document. Leading/trailing whitespace and a UTF-8 BOM
+  are fine.
 - ``UnexpectedShape``: valid JSON that is not what the action answers with, including an
   ID in a batch answer that is not a valid ID.
 - a ``ProviderRejected`` subclass (chosen by ``classify_top_level_error``) for a top-level
@@ -33,6 +35,7 @@ Every message and excerpt stored in an exception or ``ItemError`` goes through `
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from tracker.domain.money import MONEY_LIMIT, to_stored_scale
 from tracker.domain.provider_messages import classify_top_level_error, means_not_found
 from tracker.domain.status import (
     OrderStatus,
@@ -118,6 +122,135 @@ class _Answer:
             return self.item_error(f"unreadable answer: {bad}")
 
 
+# --- PHP notices before the JSON -----------------------------------------------------
+#
+# Panels left in debug mode print PHP diagnostics before the answer. Notices and
+# deprecations say nothing about the JSON that follows, so it is salvaged; a warning, a
+# fatal or parse error, or anything unrecognised means the script misbehaved, and the body
+# stays a failure. Each recogniser below matches one whole diagnostic at a position and
+# says whether it is benign; the body is salvaged only if nothing but benign diagnostics
+# (and whitespace) come before a ``{`` or ``[``, and the JSON parser then insists that the
+# rest is exactly one document.
+
+_BENIGN_LEVELS = frozenset({"deprecated", "notice", "php deprecated", "php notice"})
+# CodeIgniter 3 names E_NOTICE "Notice" and prints unnamed levels as numbers:
+# 8 E_NOTICE, 1024 E_USER_NOTICE, 8192 E_DEPRECATED, 16384 E_USER_DEPRECATED.
+_BENIGN_SEVERITIES = frozenset(
+    {"notice", "deprecated", "user notice", "user deprecated", "8", "1024", "8192", "16384"}
+)
+
+# PHP with html_errors: "<br />\n<b>Deprecated</b>:  msg in <b>file</b> on line <b>12</b><br />".
+# The message is HTML-escaped, so it holds no "<".
+_RAW_PHP = re.compile(
+    r"(?:<br\s*/?>\s*)?<b>\s*(?P<level>[A-Za-z ]{1,30}?)\s*</b>:[^<]*? in <b>[^<]*</b>"
+    r" on line <b>\d+</b>(?:[ \t]*<br\s*/?>)?",
+    re.IGNORECASE,
+)
+# Plain text, one line: "PHP Deprecated:  msg in /path/file.php on line 12". Matched as
+# a line, then checked for its " in FILE on line N" ending (no nested lazy scans: linear).
+_PLAIN_PHP = re.compile(r"(?P<level>[A-Za-z ]{1,30}?):(?P<message>[^\n]*)(?:\n|$)")
+_PLAIN_PHP_ENDING = re.compile(r" on line \d+\s*$")
+_CODEIGNITER = re.compile(
+    r"<div\b[^>]*>\s*<h4>\s*A PHP Error was encountered\s*</h4>\s*"
+    r"<p>\s*Severity:\s*(?P<level>[^<]*?)\s*</p>(?:(?!</?div\b).)*</div>",
+    re.IGNORECASE | re.DOTALL,
+)
+_DIV_TAG = re.compile(r"<(/?)div\b[^>]*>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+# A framework's error block (Laravel/Whoops/Ignition, Symfony) for a PHP error that it
+# turned into an ErrorException: benign only when it names a notice or deprecation, names
+# nothing worse, and names no other exception class.
+_FRAMEWORK_BENIGN = re.compile(
+    r"\b(?:deprecated|notice|E_DEPRECATED|E_USER_DEPRECATED|E_NOTICE|E_USER_NOTICE)\b",
+    re.IGNORECASE,
+)
+_FRAMEWORK_WORSE = re.compile(
+    r"\b(?:warning|fatal|parse error|E_WARNING|E_USER_WARNING|E_ERROR|E_USER_ERROR|E_PARSE|"
+    r"E_CORE_\w+|E_COMPILE_\w+|E_RECOVERABLE_ERROR)\b",
+    re.IGNORECASE,
+)
+_EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
+
+
+def _div_block_end(body: str, start: int) -> int | None:
+    """The end of the balanced ``<div>...</div>`` that starts at ``start``."""
+    depth = 0
+    for tag in _DIV_TAG.finditer(body, start):
+        if depth == 0 and tag.start() != start:
+            return None
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return tag.end()
+    return None
+
+
+def _framework_block_end(body: str, start: int) -> int | None:
+    end = _div_block_end(body, start)
+    if end is None:
+        return None
+    text = html.unescape(_TAG.sub(" ", body[start:end]))
+    exceptions = set(_EXCEPTION_NAME.findall(text))
+    if (
+        exceptions == {"ErrorException"}
+        and _FRAMEWORK_BENIGN.search(text)
+        and not _FRAMEWORK_WORSE.search(text)
+    ):
+        return end
+    return None
+
+
+def _names_its_line(message: str) -> bool:
+    ending = _PLAIN_PHP_ENDING.search(message)
+    return ending is not None and " in " in message[: ending.start()]
+
+
+def _benign_diagnostic_end(body: str, start: int) -> int | None:
+    """Where the benign diagnostic at ``start`` ends; None if none starts there."""
+    for pattern, benign in (
+        (_RAW_PHP, _BENIGN_LEVELS),
+        (_PLAIN_PHP, _BENIGN_LEVELS),
+        (_CODEIGNITER, _BENIGN_SEVERITIES),
+    ):
+        match = pattern.match(body, start)
+        if match is not None and pattern is _PLAIN_PHP and not _names_its_line(match["message"]):
+            return None
+        if match is not None:
+            level = " ".join(match.group("level").lower().split())
+            return match.end() if level in benign else None
+    return _framework_block_end(body, start)
+
+
+@dataclass(frozen=True, slots=True)
+class Salvaged:
+    """A body with the PHP notices in front of its JSON removed. ``noisy``: there were some."""
+
+    text: str
+    noisy: bool
+
+
+_MAX_DIAGNOSTICS = 100
+
+
+def strip_php_notices(text: str) -> Salvaged:
+    """The JSON after PHP notices and deprecations (raw PHP, plain text, CodeIgniter and
+    Laravel-style blocks), or ``text`` unchanged when it has none, or anything else before
+    its JSON (a warning, an error, unknown HTML: left for the parser to refuse)."""
+    body = text.lstrip().lstrip("\ufeff").lstrip()
+    if not body or body[0] in "{[":
+        return Salvaged(text, False)
+    position = 0
+    for _ in range(_MAX_DIAGNOSTICS):
+        end = _benign_diagnostic_end(body, position)
+        if end is None:
+            return Salvaged(text, False)
+        position = end
+        while position < len(body) and body[position].isspace():
+            position += 1
+        if body.startswith(("{", "["), position):
+            return Salvaged(body[position:], True)
+    return Salvaged(text, False)
+
+
 # --- loading -------------------------------------------------------------------------
 
 _PHP_DIAGNOSTIC = re.compile(
@@ -127,13 +260,16 @@ _PHP_DIAGNOSTIC = re.compile(
 )
 
 
+_CODEIGNITER_BLOCK = re.compile(r"<h4>\s*A PHP Error was encountered\s*</h4>", re.IGNORECASE)
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not a number we accept")
 
 
 def _why_not_json(body: str, error: Exception) -> str:
-    if _PHP_DIAGNOSTIC.search(body):
-        return "PHP warning or notice in the body (not salvaged: half-trusted body)"
+    if _PHP_DIAGNOSTIC.search(body) or _CODEIGNITER_BLOCK.search(body):
+        return "PHP warning or error in the body (not salvaged: half-trusted body)"
     if body.startswith("<"):
         return "HTML instead of JSON"
     if isinstance(error, json.JSONDecodeError):
@@ -145,7 +281,7 @@ def _why_not_json(body: str, error: Exception) -> str:
 
 def _load(action: str, text: str, secrets: Sequence[str]) -> tuple[_Answer, object]:
     answer = _Answer(action, text, tuple(secrets))
-    body = text.strip().lstrip("\ufeff").strip()
+    body = strip_php_notices(text).text.strip().lstrip("\ufeff").strip()
     if not body:
         raise NotJSON(action, "empty body", "")
     try:
@@ -185,7 +321,7 @@ def _raise_top_level_error(answer: _Answer, data: object) -> None:
 def top_level_error_message(text: str) -> str | None:
     """The top-level ``{"error": ...}`` message of a body, or None (also for non-JSON)."""
     try:
-        data = json.loads(text.strip().lstrip("\ufeff"), parse_float=Decimal)
+        data = json.loads(strip_php_notices(text).text.strip().lstrip("\ufeff"), parse_float=Decimal)
     except (ValueError, RecursionError):
         return None
     return _top_level_error(data)
@@ -204,14 +340,20 @@ def _is_blank(value: object) -> bool:
 # What the database columns hold: BIGINT, and NUMERIC(24, 8) for money. A value beyond
 # them makes that one entry unreadable, instead of failing the write of a whole batch.
 _INT_LIMIT = 2**63 - 1
-_DECIMAL_LIMIT = Decimal(10) ** 16
 
 
 def _decimal(value: object) -> Decimal | None:
+    """Money, rounded to the places the database keeps: the state read back must equal
+    the next identical answer, or every poll would record a change."""
     number = _any_decimal(value)
-    if number is not None and abs(number) >= _DECIMAL_LIMIT:
-        raise _BadValue(f"number out of range: {value!r}")
-    return number
+    if number is None:
+        return None
+    # Range first: rounding a huge number would overflow the decimal context.
+    if abs(number) < MONEY_LIMIT:
+        stored = to_stored_scale(number)
+        if abs(stored) < MONEY_LIMIT:  # 9999999999999999.999999999 rounds up to the limit
+            return stored
+    raise _BadValue(f"number out of range: {value!r}")
 
 
 def _any_decimal(value: object) -> Decimal | None:
@@ -484,6 +626,24 @@ def parse_status(text: str, *, secrets: Sequence[str] = ()) -> OrderResult:
 def parse_status_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
     answer, data = _load("status", text, secrets)
     return _batch(answer, data, "order", _positive_id, _order_entry)
+
+
+def parse_status_one_of_multi(order_id: int) -> Callable[..., dict[int, OrderResult]]:
+    """The parser for a multi status request that carried only ``order_id``. Some panels
+    answer ``orders=<one id>`` like ``order=<id>``: the order's status object, or a
+    top-level ``{"error": "Incorrect order ID"}``. That error is the order's not-found
+    (an ``ItemError``), as in a batch answer; read as a failed call, it would count
+    toward the provider's circuit and the order would never reach Not found."""
+
+    def parse(text: str, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
+        answer, data = _load("status", text, secrets)
+        if isinstance(data, dict) and not _is_id_keyed(data):
+            message = _top_level_error(data)
+            if message is not None or "status" in data:
+                return {order_id: parse_status(text, secrets=secrets)}
+        return parse_status_multi(text, secrets=secrets)
+
+    return parse
 
 
 def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:

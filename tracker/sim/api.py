@@ -109,6 +109,8 @@ def _status(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
             return _error(msg.ERR_INCORRECT_REQUEST)
         if len(tokens) > MAX_IDS_PER_CALL:
             return _error(msg.ERR_TOO_MANY_IDS)
+        if len(tokens) == 1 and provider.config.single_id_orders_as_order:
+            return _status(provider, dialect, {"order": tokens[0]})
         t = provider.now()
         answer: dict[str, Any] = {}
         polled: list[int] = []

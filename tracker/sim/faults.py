@@ -24,6 +24,15 @@ act_then_hang      processed, then the answer is held back ``seconds`` (default 
                    a client's read timeout
 broken_json        processed, then the JSON answer is cut in half (HTTP 200)
 php_warning        processed, then a PHP warning is printed before the valid JSON
+php_deprecated     processed, then a PHP "Deprecated" (html_errors) before the valid JSON
+php_notice         processed, then a PHP "Notice" (html_errors) before the valid JSON
+php_notice_text    processed, then plain-text "PHP Deprecated:" and "Notice:" lines
+                   before the valid JSON
+codeigniter_notice processed, then CodeIgniter "A PHP Error was encountered" blocks of
+                   Severity Notice and 8192 (E_DEPRECATED) before the valid JSON
+codeigniter_warning  processed, then the same block of Severity Warning before the JSON
+laravel_deprecation  processed, then a Whoops/Ignition-style ErrorException block for an
+                   E_DEPRECATED before the valid JSON
 slow               sleeps ``seconds`` (real), then processed normally
 hold               blocks until ``POST /admin/release`` (or ``seconds``, default 600, pass),
                    then processed normally
@@ -31,7 +40,9 @@ hold               blocks until ``POST /admin/release`` (or ``seconds``, default
 
 ``broken_json``, ``act_then_drop`` and ``act_then_hang`` process the request on purpose:
 a provider that created a refill and then failed to answer is exactly the case a client
-must survive.
+must survive. The notice and
+deprecation kinds are what panels left in debug mode print; a client salvages the JSON
+after them, while ``php_warning`` and ``codeigniter_warning`` stay failures.
 """
 
 from __future__ import annotations
@@ -52,6 +63,12 @@ class FaultKind(StrEnum):
     HTML_200 = "html_200"
     BROKEN_JSON = "broken_json"
     PHP_WARNING = "php_warning"
+    PHP_DEPRECATED = "php_deprecated"
+    PHP_NOTICE = "php_notice"
+    PHP_NOTICE_TEXT = "php_notice_text"
+    CODEIGNITER_NOTICE = "codeigniter_notice"
+    CODEIGNITER_WARNING = "codeigniter_warning"
+    LARAVEL_DEPRECATION = "laravel_deprecation"
     SLOW = "slow"
     RATE_LIMIT = "rate_limit"
     INVALID_KEY = "invalid_key"
@@ -262,11 +279,74 @@ _PHP_WARNING = (
 )
 
 
+_PHP_DEPRECATED = (
+    b"<br />\n<b>Deprecated</b>:  Creation of dynamic property Api\\V2::$db is deprecated in "
+    b"<b>/var/www/panel/app/Api/V2.php</b> on line <b>12</b><br />\n"
+)
+
+_PHP_NOTICE = (
+    b"<br />\n<b>Notice</b>:  Undefined index: currency in "
+    b"<b>/var/www/panel/app/Api/V2.php</b> on line <b>88</b><br />\n"
+)
+
+_PHP_NOTICE_TEXT = (
+    b"PHP Deprecated:  strlen(): Passing null to parameter #1 ($string) of type string is "
+    b"deprecated in /var/www/panel/app/Api/V2.php on line 31\n"
+    b"Notice: Undefined offset: 1 in /var/www/panel/app/Api/V2.php on line 40\n"
+)
+
+
+def _codeigniter_block(severity: str) -> bytes:
+    """CodeIgniter 3's errors/html/error_php.php (it prints E_DEPRECATED as 8192)."""
+    return (
+        '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
+        "<h4>A PHP Error was encountered</h4>\n\n"
+        f"<p>Severity: {severity}</p>\n"
+        "<p>Message:  Undefined index: currency</p>\n"
+        "<p>Filename: controllers/Api.php</p>\n"
+        "<p>Line Number: 42</p>\n\n"
+        "\t<p>Backtrace:</p>\n\t\n"
+        '\t\t<p style="margin-left:10px">\n'
+        "\t\tFile: /var/www/panel/application/controllers/Api.php<br />\n"
+        "\t\tLine: 42<br />\n"
+        "\t\tFunction: _error_handler\t\t\t</p>\n\n"
+        "</div>"
+    ).encode()
+
+
+_CODEIGNITER_NOTICE = _codeigniter_block("Notice") + b"\n" + _codeigniter_block("8192")
+_CODEIGNITER_WARNING = _codeigniter_block("Warning")
+
+_LARAVEL_DEPRECATION = (
+    b'<div class="exception-summary">\n'
+    b'  <div class="exc-title">\n'
+    b'    <span class="exc-title-primary">ErrorException</span>\n'
+    b'    <span class="exc-title-secondary">(E_DEPRECATED)</span>\n'
+    b"  </div>\n"
+    b'  <div class="exc-message"><span>Deprecated: Return type of App\\Support\\Bag::offsetGet($key)'
+    b" should either be compatible with ArrayAccess::offsetGet(mixed $offset): mixed</span></div>\n"
+    b'  <div class="frame">vendor/laravel/framework/src/Illuminate/Foundation/Bootstrap/'
+    b"HandleExceptions.php:255</div>\n"
+    b"</div>\n"
+)
+
+# Printed before the real answer, which is processed as usual.
+_NOISE_BEFORE_JSON: dict[FaultKind, bytes] = {
+    FaultKind.PHP_WARNING: _PHP_WARNING,
+    FaultKind.PHP_DEPRECATED: _PHP_DEPRECATED,
+    FaultKind.PHP_NOTICE: _PHP_NOTICE,
+    FaultKind.PHP_NOTICE_TEXT: _PHP_NOTICE_TEXT,
+    FaultKind.CODEIGNITER_NOTICE: _CODEIGNITER_NOTICE,
+    FaultKind.CODEIGNITER_WARNING: _CODEIGNITER_WARNING,
+    FaultKind.LARAVEL_DEPRECATION: _LARAVEL_DEPRECATION,
+}
+
+
 def canned_reply(rule: FaultRule) -> CannedReply | None:
     """The answer a short-circuiting fault sends instead of processing the request.
 
-    ``None`` for kinds that let the request through (slow, hold, broken_json,
-    php_warning) and for ``drop_connection``, which sends nothing at all.
+    ``None`` for kinds that let the request through (slow, hold, broken_json, the PHP
+    and framework noise kinds) and for ``drop_connection``, which sends nothing at all.
     """
     kind = rule.kind
     if kind is FaultKind.HTTP_500:
@@ -294,6 +374,5 @@ def damage_body(rule: FaultRule, body: bytes) -> bytes:
     """Apply a body-damaging fault to a real answer (no-op for other kinds)."""
     if rule.kind is FaultKind.BROKEN_JSON:
         return body[: max(1, len(body) // 2)]
-    if rule.kind is FaultKind.PHP_WARNING:
-        return _PHP_WARNING + body
-    return body
+    noise = _NOISE_BEFORE_JSON.get(rule.kind)
+    return noise + body if noise is not None else body

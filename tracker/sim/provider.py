@@ -76,6 +76,9 @@ class SimConfig:
     # None: refills are accepted however long ago the order finished.
     refill_window_s: float | None = None
     track_per_id: bool = False
+    # A one-ID ``orders=`` status call answered in the single ``order=`` form: the order's
+    # status object, or a top-level {"error": "Incorrect order ID"} (as some panels do).
+    single_id_orders_as_order: bool = False
     natural_drops: bool = True
     cancel_delay_s: float = 10.0
     # None: drawn per refill (5-30 s pending, 20-120 s in progress).
@@ -539,7 +542,7 @@ class SimProvider:
                     setattr(config, name, _as_float(value, name))
                 elif name in ("refill_window_s", "refill_pending_s", "refill_progress_s"):
                     setattr(config, name, _as_float(value, name, allow_none=True))
-                elif name in ("track_per_id", "natural_drops"):
+                elif name in ("track_per_id", "natural_drops", "single_id_orders_as_order"):
                     setattr(config, name, _as_bool(value, name))
                 elif name == "api_key":
                     if value is not None and (not isinstance(value, str) or not value):

@@ -2,7 +2,8 @@
 
 One ``ProviderClient`` (one connection pool) per provider per process, rebuilt when the
 provider's URL or key changes. Every HTTP call first takes a slot from the shared Redis
-rate limiter.
+rate limiter, and is refused (``InsecureProviderURL``, nothing sent) when it would carry the
+key over plain http:// where that is not allowed (see ``plain_http_refusal``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from tracker.db.models import Provider
 from tracker.logs import register_secret
 from tracker.metrics import CallMetrics
 from tracker.provider.client import CallRecord, ProviderClient
+from tracker.provider.errors import InsecureProviderURL
 from tracker.ratelimit import RateLimiter
 from tracker.secrets import decrypt_api_key
+from tracker.usecases.providers import plain_http_refusal
 
 
 log = logging.getLogger("tracker.gateway")
@@ -55,6 +58,14 @@ class ProviderAccess:
     def fingerprint(self) -> str:
         material = f"{self.api_url}\n{self.api_key}\n{self.rate_limit}\n{self.batch_size}"
         return hashlib.sha256(material.encode()).hexdigest()
+
+
+def refuse_plain_http(access: ProviderAccess, settings: Settings, action: str) -> None:
+    """Raise ``InsecureProviderURL`` when the key must not be sent to ``access.api_url``:
+    a provider stored with a plain http:// URL before that was refused at ``provider add``."""
+    refusal = plain_http_refusal(access.api_url, settings)
+    if refusal is not None:
+        raise InsecureProviderURL(action, refusal)
 
 
 class Gateway:
@@ -91,8 +102,12 @@ class Gateway:
 
     def _throttle(self, access: ProviderAccess) -> Callable[[str], None]:
         limiter = self._rate_limiter
+        settings = self._settings
 
-        def before_call(_action: str) -> None:
+        def before_call(action: str) -> None:
+            # Before every request, so nothing is sent, and the caller sees a ProviderError
+            # where it already handles failed calls.
+            refuse_plain_http(access, settings, action)
             if limiter is not None:
                 limiter.acquire(access.id, access.rate_limit)
 

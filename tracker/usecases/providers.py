@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,12 +54,43 @@ def validate_url(url: str) -> str:
     return url
 
 
-def validate(spec: ProviderSpec) -> None:
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_refusal(url: str, settings: Settings) -> str | None:
+    """Why the API key must not be sent to ``url``, or None when it may.
+
+    Plain http:// would carry the key in clear text. It is allowed in local mode, to a
+    loopback address (127.0.0.0/8, ::1, localhost: the sim, a local tunnel) in any mode,
+    and everywhere when the operator sets TRACKER_ALLOW_HTTP_PROVIDERS=1.
+    """
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if parts.scheme.lower() != "http" or settings.local_mode or settings.allow_http_providers:
+        return None
+    if _is_loopback(host):
+        return None
+    return (
+        f"refusing plain http:// to {host}: the API key would travel in clear text. "
+        "Use https://, or set TRACKER_ALLOW_HTTP_PROVIDERS=1 to allow it"
+    )
+
+
+def validate(spec: ProviderSpec, settings: Settings) -> None:
     if not NAME_PATTERN.match(spec.name):
         raise ProviderConfigError(
             f"invalid provider name {spec.name!r}: use 1-64 letters, digits, '.', '_' or '-'"
         )
     validate_url(spec.url)
+    refusal = plain_http_refusal(spec.url, settings)
+    if refusal is not None:
+        raise ProviderConfigError(refusal)
     if spec.api_key is not None and not spec.api_key.strip():
         raise ProviderConfigError("the API key is empty")
     if spec.batch_size is not None and not 1 <= spec.batch_size <= MAX_BATCH_SIZE:
@@ -76,7 +108,7 @@ def validate(spec: ProviderSpec) -> None:
 
 def upsert_provider(session: Session, spec: ProviderSpec, settings: Settings, now: datetime) -> tuple[Provider, bool]:
     """Add the provider, or update it if the name exists. Returns (provider, created)."""
-    validate(spec)
+    validate(spec, settings)
     provider = session.scalar(select(Provider).where(Provider.name == spec.name))
     created = provider is None
     if provider is None:

@@ -2,7 +2,8 @@
 
 A provider is unhealthy when it is paused, its circuit is open (or probing), or its
 oldest overdue order waits longer than ``max(60 s, 2 × its poll interval)``: then the
-workers are not keeping up, or are not running at all.
+workers are not keeping up, or are not running at all. Warnings do not make it unhealthy:
+answers salvaged from PHP notices (a panel left in debug mode) are one.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def provider_stats(
                 "provider": provider.name,
                 "healthy": not problems,
                 "problems": problems,
+                "warnings": _warnings(calls),
                 "state": state.value,
                 "active": dict(sorted(counts[provider.id]["active"].items())),
                 "final": dict(sorted(counts[provider.id]["final"].items())),
@@ -70,6 +72,7 @@ def provider_stats(
                 "calls_last_hour": calls.calls if calls else None,
                 "errors_last_hour": calls.errors if calls else None,
                 "ids_last_hour": calls.ids if calls else None,
+                "salvaged_last_hour": calls.noisy if calls else None,
                 "consecutive_failures": provider.consecutive_failures,
                 "circuit_open_until": iso(provider.circuit_open_until),
                 "balance": money(provider.balance),
@@ -78,6 +81,15 @@ def provider_stats(
             }
         )
     return views
+
+
+def _warnings(calls: CallCounts | None) -> list[str]:
+    """Worth a look, but not unhealthy: the provider answers, only not cleanly."""
+    if calls is None or not calls.noisy:
+        return []
+    answers = "answer" if calls.noisy == 1 else "answers"
+    their = "its" if calls.noisy == 1 else "their"
+    return [f"{calls.noisy} {answers} salvaged from PHP notices before {their} JSON in the last hour"]
 
 
 def _calls(metrics: CallMetrics | None, provider_id: int) -> CallCounts | None:
