@@ -95,6 +95,12 @@ class Provider(Base):
     auto_refill_hours: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set only while the provider is paused because it rejected the API key: when its key
+    # is next probed (see tracker.usecases.key_probe). NULL for any other pause, which
+    # therefore never ends by itself.
+    key_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Probes rejected since the pause: the back-off's exponent.
+    key_probe_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     services: Mapped[list[Service]] = relationship(back_populates="provider")
 
