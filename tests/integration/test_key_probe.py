@@ -126,12 +126,12 @@ def test_a_spurious_invalid_key_pauses_the_provider_and_a_probe_resumes_it(
 def test_two_percent_invalid_key_answers_lose_no_order(
     probe_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    orders = 250
+    orders = 300
     with SimServer(dialect="standard", speed=20.0, seed=42, natural_drops=False) as sim, Cluster(
         probe_env, tmp_path / "logs"
     ) as cluster:
         # Small batches: more calls per sweep, so more of them are rejected.
-        add_provider("noisy", sim.url, monkeypatch, "--rate-limit", "50", "--batch-size", "20")
+        add_provider("noisy", sim.url, monkeypatch, "--rate-limit", "50", "--batch-size", "10")
         ids = sim.seed_orders(count=orders, service=1)
         sim.inject_fault("invalid_key", probability=0.02)
         cluster.worker()
@@ -143,7 +143,7 @@ def test_two_percent_invalid_key_answers_lose_no_order(
 
         stats = sim.stats()
         rejected = stats["faults_fired"].get("invalid_key", 0)
-        assert rejected >= 2, "the sim rejected too few calls for the test to mean anything"
+        assert rejected >= 5, "the sim rejected too few calls for the test to mean anything"
         assert_true_final("noisy", sim, ids)
         kinds = alert_kinds("noisy")
         assert kinds.count("provider.paused") >= 1
