@@ -137,6 +137,10 @@ class Settings:
     # The shop's own worker consumes this queue; the tracker's workers never do.
     event_queue: str = "tracker-events"
     balance_check_interval: float = 3600.0
+    # A provider paused for a rejected key is probed with one `balance` call after this
+    # back-off: base, doubling per rejected probe, capped.
+    key_probe_base: float = 60.0
+    key_probe_cap: float = 1800.0
     secret_key: str | None = field(default=None, repr=False)
     mode: str = "local"
     # Outside local mode, plain http:// to a provider that is not on loopback is refused
@@ -220,6 +224,8 @@ class Settings:
             event_task=env.get("TRACKER_EVENT_TASK", "").strip() or None,
             event_queue=env.get("TRACKER_EVENT_QUEUE", "").strip() or "tracker-events",
             balance_check_interval=_number(env, "TRACKER_BALANCE_CHECK_INTERVAL", 3600.0, minimum=1.0),
+            key_probe_base=_number(env, "TRACKER_KEY_PROBE_BASE", 60.0, minimum=0.1),
+            key_probe_cap=_number(env, "TRACKER_KEY_PROBE_CAP", 1800.0, minimum=0.1),
             secret_key=env.get("TRACKER_SECRET_KEY", "").strip() or None,
             mode=mode,
             allow_http_providers=_flag(env, "TRACKER_ALLOW_HTTP_PROVIDERS"),

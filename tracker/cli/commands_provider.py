@@ -102,6 +102,8 @@ def provider_view(provider: Provider, services: int) -> dict[str, Any]:
         "refill_days": provider.refill_days,
         "paused": provider.paused,
         "paused_reason": provider.paused_reason,
+        # Paused over a rejected key: when the key is probed next (None for other pauses).
+        "key_probe_at": iso(provider.key_probe_at),
         "consecutive_failures": provider.consecutive_failures,
         "circuit_open_until": iso(provider.circuit_open_until),
         "services": services,
@@ -136,12 +138,21 @@ def _list(args: argparse.Namespace) -> int:
                 view["refill_days"],
                 view["services"],
                 f"{view['balance']} {view['currency'] or ''}".strip() if view["balance"] else "-",
-                "paused: " + (view["paused_reason"] or "") if view["paused"] else "active",
+                _state(view),
             ]
             for view in views
         ],
     )
     return 0
+
+
+def _state(view: dict[str, Any]) -> str:
+    if not view["paused"]:
+        return "active"
+    state = "paused: " + (view["paused_reason"] or "by an operator")
+    if view["key_probe_at"]:
+        state += f" (next key probe {view['key_probe_at']})"
+    return state
 
 
 def _sync(args: argparse.Namespace) -> int:

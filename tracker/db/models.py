@@ -99,6 +99,12 @@ class Provider(Base):
     # Hours after a refill was sent before another refill of the same order may go out.
     # None: TRACKER_REFILL_COOLDOWN_HOURS decides.
     refill_cooldown_hours: Mapped[float | None] = mapped_column(Float)
+    # Set only while the provider is paused because it rejected the API key: when its key
+    # is next probed (see tracker.usecases.key_probe). NULL for any other pause, which
+    # therefore never ends by itself.
+    key_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Probes rejected since the pause: the back-off's exponent.
+    key_probe_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     services: Mapped[list[Service]] = relationship(back_populates="provider")
 

@@ -4,8 +4,10 @@ A provider's circuit opens after ``threshold`` consecutive failed calls (transpo
 errors, 5xx, unreadable answers). While it is open the dispatcher sends nothing. When the
 cool-down has passed the circuit is half-open: one batch goes out as a probe; success
 closes the circuit, failure re-opens it for twice as long (capped). An invalid key pauses
-the provider until an operator fixes it: no number of retries can succeed, and hammering
-a panel with a bad key is how accounts get banned.
+the provider: retrying every call with a bad key is how accounts get banned. Some panels
+answer "Invalid API key" for a moment when their own database hiccups, though, so a paused
+provider's key is probed with one ``balance`` call after ``key_probe_delay``; the
+provider resumes when it works. A new key from the operator resumes it at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from tracker.domain.scheduling import doubling
 
 OPEN_BASE_SECONDS = 30.0
 OPEN_CAP_SECONDS = 1800.0
+# 2**40 x any sane base is far beyond any cap: the exponent stops here, so the float
+# never overflows however many probes a really bad key has failed.
+_MAX_DOUBLINGS = 40
 
 
 class CircuitState(StrEnum):
@@ -94,3 +99,10 @@ def batches_per_tick(
     if state is CircuitState.HALF_OPEN:
         return 1
     return max(1, math.ceil(rate_limit * tick_interval))
+
+
+def key_probe_delay(failures: int, *, base: float, cap: float) -> float:
+    """Seconds until the next probe of a rejected key, after ``failures`` probes that were
+    rejected too: ``base``, doubling, capped at ``cap`` (never below ``base``)."""
+    doublings = min(max(0, failures), _MAX_DOUBLINGS)
+    return max(base, min(cap, base * 2.0**doublings))

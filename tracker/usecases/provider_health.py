@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
@@ -11,7 +11,13 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.domain.events import provider_alert
-from tracker.domain.health import Health, after_failure, after_rate_limited, rate_limit_wait
+from tracker.domain.health import (
+    Health,
+    after_failure,
+    after_rate_limited,
+    key_probe_delay,
+    rate_limit_wait,
+)
 from tracker.domain.scheduling import failure_backoff
 from tracker.provider.errors import (
     InvalidKey,
@@ -23,6 +29,8 @@ from tracker.ratelimit import RateLimitBusy, RateLimiter
 from tracker.usecases.outbox import record_events
 
 log = logging.getLogger("tracker.health")
+
+KEY_PAUSE_REASON = "the provider rejected the API key"
 
 
 def health_of(provider: Provider) -> Health:
@@ -61,27 +69,11 @@ def record_failure(
         return Health()
     health = health_of(provider)
     if isinstance(error, InvalidKey):
-        provider.paused = True
-        provider.paused_reason = "the provider rejected the API key"
-        log.error(
-            "provider paused: the API key was rejected; fix it with "
-            "`tracker provider add` and the provider resumes",
-            extra={"provider": provider.name, "action": error.action},
-        )
-        health = health_of(provider)
-        record_events(
-            session,
-            settings,
-            [
-                provider_alert(
-                    provider_id=provider.id,
-                    provider_name=provider.name,
-                    kind="provider.paused",
-                    message="the provider rejected the API key; tracking is paused until it is replaced",
-                    at=now,
-                )
-            ],
-        )
+        if not provider.paused:
+            _pause_for_rejected_key(session, provider, error, now, settings)
+            health = health_of(provider)
+        # Already paused: for the key (its probe is scheduled) or by an operator (never
+        # resumed by itself). A late answer from a call in flight changes neither.
     elif isinstance(error, RateLimited):
         health = after_rate_limited(health, now, error.retry_after)
         if rate_limiter is not None:
@@ -105,6 +97,42 @@ def record_failure(
     provider.circuit_open_until = health.circuit_open_until
     provider.updated_at = now
     return health
+
+
+def next_probe_at(settings: Settings, failures: int, now: datetime) -> datetime:
+    """When to probe a rejected key next, after ``failures`` rejected probes."""
+    delay = key_probe_delay(failures, base=settings.key_probe_base, cap=settings.key_probe_cap)
+    return now + timedelta(seconds=delay)
+
+
+def _pause_for_rejected_key(
+    session: Session, provider: Provider, error: InvalidKey, now: datetime, settings: Settings
+) -> None:
+    """Pause the provider and schedule the first probe of its key (see
+    ``tracker.usecases.key_probe``): some panels reject a good key for a moment."""
+    provider.paused = True
+    provider.paused_reason = KEY_PAUSE_REASON
+    provider.key_probe_failures = 0
+    provider.key_probe_at = next_probe_at(settings, 0, now)
+    log.error(
+        "provider paused: the API key was rejected; probing it with back-off, and "
+        "`tracker provider add` with a new key resumes it at once",
+        extra={"provider": provider.name, "action": error.action, "key_probe_at": provider.key_probe_at},
+    )
+    record_events(
+        session,
+        settings,
+        [
+            provider_alert(
+                provider_id=provider.id,
+                provider_name=provider.name,
+                kind="provider.paused",
+                message="the provider rejected the API key; tracking is paused until the key "
+                "works again (probed with back-off) or is replaced",
+                at=now,
+            )
+        ],
+    )
 
 
 def record_call(

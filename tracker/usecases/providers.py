@@ -126,6 +126,8 @@ def upsert_provider(session: Session, spec: ProviderSpec, settings: Settings, no
         provider.paused_reason = None
         provider.consecutive_failures = 0
         provider.circuit_open_until = None
+        provider.key_probe_at = None
+        provider.key_probe_failures = 0
     if spec.rate_limit is not None:
         provider.rate_limit = spec.rate_limit
     if spec.refill_days is not None:

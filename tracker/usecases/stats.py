@@ -54,7 +54,7 @@ def provider_stats(
         calls = _calls(metrics, provider.id)
         problems = []
         if state is CircuitState.PAUSED:
-            problems.append(f"paused: {provider.paused_reason or 'by an operator'}")
+            problems.append(f"paused: {provider.paused_reason or 'by an operator'}{_probe_note(provider)}")
         elif state is not CircuitState.CLOSED:
             problems.append(f"circuit {state.value} after {provider.consecutive_failures} failures")
         if lag > lag_limit(provider, settings):
@@ -75,6 +75,8 @@ def provider_stats(
                 "salvaged_last_hour": calls.noisy if calls else None,
                 "consecutive_failures": provider.consecutive_failures,
                 "circuit_open_until": iso(provider.circuit_open_until),
+                "key_probe_at": iso(provider.key_probe_at),
+                "key_probes_rejected": provider.key_probe_failures,
                 "balance": money(provider.balance),
                 "currency": provider.balance_currency,
                 "balance_checked_at": iso(provider.balance_checked_at),
@@ -90,6 +92,13 @@ def _warnings(calls: CallCounts | None) -> list[str]:
     answers = "answer" if calls.noisy == 1 else "answers"
     their = "its" if calls.noisy == 1 else "their"
     return [f"{calls.noisy} {answers} salvaged from PHP notices before {their} JSON in the last hour"]
+
+
+def _probe_note(provider: Provider) -> str:
+    """For a pause over a rejected key: when the key is probed next (it resumes by itself)."""
+    if provider.key_probe_at is None:
+        return ""
+    return f"; next key probe at {iso(provider.key_probe_at)} ({provider.key_probe_failures} rejected so far)"
 
 
 def _calls(metrics: CallMetrics | None, provider_id: int) -> CallCounts | None:

@@ -81,6 +81,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule["check-balances"] = every(
         "tracker.check_balances", min(CATALOG_CHECK_SECONDS, settings.balance_check_interval)
     )
+    # Cheap when nothing is due: it calls a provider only when its key probe is due.
+    schedule["probe-keys"] = every("tracker.probe_keys", tick_interval)
     if settings.webhook_url or settings.event_task:
         schedule["dispatch-outbox"] = every("tracker.dispatch_outbox", tick_interval)
     if settings.count_probe is not None:
@@ -90,6 +92,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 app = Celery("tracker")
 app.conf.update(build_config())
-app.conf.include = ["tracker.worker.tasks", "tracker.worker.refill_tasks", "tracker.worker.dispatch_tasks"]
+app.conf.include = [
+    "tracker.worker.tasks",
+    "tracker.worker.refill_tasks",
+    "tracker.worker.dispatch_tasks",
+    "tracker.worker.health_tasks",
+]
 
 import tracker.worker.signals  # noqa: F401 - registers the worker hooks

@@ -1,8 +1,8 @@
 """outbox: resent_at (a resent event's retries run from its resend) and an index for
 delivering one order's events in order
 
-Revision ID: 0006
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01 10:00:00.000000
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 import tracker.db.types
 
 
-revision: str = '0006'
-down_revision: str | None = '0003'
+revision: str = '0005'
+down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

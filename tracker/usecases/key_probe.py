@@ -1,0 +1,165 @@
+"""Probing the key of a provider paused because it rejected the API key.
+
+Some panels answer "Invalid API key" for a moment when their own database hiccups, so a
+rejected key pauses the provider (see ``tracker.usecases.provider_health``) but does not
+stop it for good: when ``providers.key_probe_at`` is due, one ``balance`` call tries the
+stored key. It works: the provider resumes. "Invalid API key" again: the next probe waits
+twice as long (``key_probe_delay``), so a really bad key costs one call per probe
+interval. Any other failure (timeout, 5xx, 429) says nothing about the key: the probe is
+repeated after the same delay.
+
+A probe is claimed before its call: ``key_probe_at`` moves forward in a committed
+compare-and-set, so two workers never probe one provider at once, and a worker that dies
+mid-call only delays the next probe. Its answer applies only while the provider is still
+paused for the key with the key the probe used; an operator's new key wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tracker.config import Settings
+from tracker.db.models import Provider
+from tracker.db.session import unit_of_work
+from tracker.domain.events import provider_alert
+from tracker.provider.errors import InvalidKey, ProviderError
+from tracker.provider.types import Balance
+from tracker.ratelimit import RateLimitBusy
+from tracker.usecases.catalog import store_balance
+from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.usecases.outbox import record_events
+from tracker.usecases.provider_health import next_probe_at
+
+log = logging.getLogger("tracker.health")
+
+
+class ProbeOutcome(StrEnum):
+    RESUMED = "resumed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    # The operator changed the key or resumed the provider while the probe was out.
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeClaim:
+    access: ProviderAccess
+    failures: int
+    # The stored (encrypted) key the probe tries: its answer is about this key only.
+    key_token: str
+
+
+def claim_due_probes(session: Session, settings: Settings, now: datetime) -> list[ProbeClaim]:
+    """Claim every provider whose key probe is due. The caller commits before calling."""
+    due = session.scalars(
+        select(Provider).where(
+            Provider.paused.is_(True),
+            Provider.key_probe_at.is_not(None),
+            Provider.key_probe_at <= now,
+        )
+    ).all()
+    claims = []
+    for provider in due:
+        # Compare-and-set on the due time: of two workers that read the same row, only one
+        # moves it. Until the probe's own delay has passed nobody else probes, even if
+        # this worker dies mid-call.
+        moved = session.connection().execute(
+            update(Provider)
+            .where(Provider.id == provider.id, Provider.key_probe_at == provider.key_probe_at)
+            .values(key_probe_at=next_probe_at(settings, provider.key_probe_failures, now))
+        )
+        if moved.rowcount == 1:
+            claims.append(
+                ProbeClaim(ProviderAccess.of(provider, settings), provider.key_probe_failures, provider.api_key_encrypted)
+            )
+    return claims
+
+
+def probe_due_keys(settings: Settings, gateway: Gateway, clock: Callable[[], datetime]) -> dict[str, int]:
+    """Probe every due provider once; returns how many probes ended how."""
+    with unit_of_work() as session:
+        claims = claim_due_probes(session, settings, clock())
+    outcomes: dict[str, int] = {}
+    for claim in claims:
+        outcome = probe_key(claim, settings, gateway, clock)
+        outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+    return outcomes
+
+
+def probe_key(claim: ProbeClaim, settings: Settings, gateway: Gateway, clock: Callable[[], datetime]) -> ProbeOutcome:
+    """One ``balance`` call with the stored key, and what it means for the pause."""
+    balance: Balance | None = None
+    error: ProviderError | RateLimitBusy | None = None
+    try:
+        balance = gateway.client(claim.access).balance()
+    except (ProviderError, RateLimitBusy) as failure:
+        error = failure
+    with unit_of_work() as session:
+        provider = session.get(Provider, claim.access.id, with_for_update=True)
+        if (
+            provider is None
+            or not provider.paused
+            or provider.key_probe_at is None
+            or provider.api_key_encrypted != claim.key_token
+        ):
+            return ProbeOutcome.STALE
+        now = clock()
+        if balance is not None:
+            _resume(session, settings, provider, balance, now)
+            return ProbeOutcome.RESUMED
+        if isinstance(error, InvalidKey):
+            provider.key_probe_failures = claim.failures + 1
+            provider.key_probe_at = next_probe_at(settings, provider.key_probe_failures, now)
+            provider.updated_at = now
+            log.warning(
+                "key probe: the provider still rejects the API key; next probe in %.0f s",
+                (provider.key_probe_at - now).total_seconds(),
+                extra={"provider": provider.name, "probes_rejected": provider.key_probe_failures},
+            )
+            return ProbeOutcome.REJECTED
+        # Not an answer about the key: try again after the same delay, without counting it.
+        provider.key_probe_at = next_probe_at(settings, claim.failures, now)
+        log.info(
+            "key probe failed (%s); next probe in %.0f s",
+            type(error).__name__,
+            (provider.key_probe_at - now).total_seconds(),
+            extra={"provider": provider.name},
+        )
+        return ProbeOutcome.FAILED
+
+
+def _resume(session: Session, settings: Settings, provider: Provider, balance: Balance, now: datetime) -> None:
+    probes = provider.key_probe_failures
+    provider.paused = False
+    provider.paused_reason = None
+    provider.key_probe_at = None
+    provider.key_probe_failures = 0
+    provider.consecutive_failures = 0
+    provider.circuit_open_until = None
+    provider.updated_at = now
+    # The probe's answer is a real balance reading: keep it.
+    store_balance(session, settings, provider, balance, now)
+    log.warning(
+        "provider resumed: the API key works again",
+        extra={"provider": provider.name, "probes_rejected": probes},
+    )
+    record_events(
+        session,
+        settings,
+        [
+            provider_alert(
+                provider_id=provider.id,
+                provider_name=provider.name,
+                kind="provider.resumed",
+                message="the provider accepts the API key again; tracking resumed",
+                at=now,
+            )
+        ],
+    )
