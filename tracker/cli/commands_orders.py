@@ -20,6 +20,7 @@ from tracker.clock import utcnow
 from tracker.db.models import Order
 from tracker.domain.ids import NotTextError, iter_id_tokens, parse_order_id
 from tracker.usecases.enqueue import TrackResult, provider_by_name, track_orders
+from tracker.usecases.reopen import reopen_by_status, reopen_orders
 from tracker.usecases.views import list_orders, order_detail
 
 # IDs per transaction when reading a file: memory stays flat for a million-line file.
@@ -54,6 +55,17 @@ def register(commands: Any) -> None:
     order.add_argument("order_id")
     order.add_argument("--json", action="store_true")
     order.set_defaults(handler=_order)
+
+    reopen = commands.add_parser(
+        "reopen",
+        help="put orders that ended Not found back into polling",
+        description="Reopen orders that ended Not found (say the provider lost them for a while): "
+        "give their IDs, or --status 'Not found' for every such order of the provider.",
+    )
+    reopen.add_argument("provider")
+    reopen.add_argument("ids", nargs="*", metavar="ID")
+    reopen.add_argument("--status", metavar="S", help="reopen every order of the provider with this status")
+    reopen.set_defaults(handler=_reopen)
 
 
 def _open_text(path: str) -> TextIO:
@@ -183,3 +195,22 @@ def _order(args: argparse.Namespace) -> int:
     for refill in view["refills"]:
         print(f"refill {refill['refill_id']}: {refill['status']} (requested {refill['requested_at']})")
     return 0
+
+
+def _reopen(args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.status):
+        raise CLIError("give the order IDs to reopen, or --status 'Not found', not both", 2)
+    with database() as session:
+        if args.status:
+            try:
+                count = reopen_by_status(session, args.provider, args.status, now=utcnow())
+            except ValueError as error:
+                raise CLIError(str(error), 2) from None
+            refused: list[tuple[str, str]] = []
+        else:
+            result = reopen_orders(session, args.provider, args.ids, now=utcnow())
+            count, refused = result.reopened, result.refused
+    for given, reason in refused[:SHOWN_REJECTIONS]:
+        print(f"not reopened: {given}: {reason}", file=sys.stderr)
+    print(f"reopened {count} order{'' if count == 1 else 's'}; they are polled again at once")
+    return 1 if refused else 0

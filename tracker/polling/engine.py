@@ -33,12 +33,14 @@ from sqlalchemy.orm import Session
 from tracker.clock import utcnow
 from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
+from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
 from tracker.domain.events import NewEvent
 from tracker.domain.scheduling import draw_jitter, poll_delay
 from tracker.provider.client import ProviderClient
-from tracker.provider.errors import ProviderError
+from tracker.provider.errors import ProviderError, ProviderForgot
+from tracker.provider.types import ItemError
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
 from tracker.usecases.outbox import record_events, sink_configured
@@ -61,6 +63,8 @@ class ClaimedRow:
     event_count: int
     # The claim's lease: a claimed row's next_poll_at is the lease's end.
     lease_until: datetime
+    # The provider has answered for this row before (it has a status).
+    seen_before: bool
 
 
 @dataclass(slots=True)
@@ -98,6 +102,8 @@ class PolledKind(Protocol[RowT]):
     ``tracker.polling.refills.REFILLS``."""
 
     name: str
+    # The API v2 action this kind polls with, for errors and logs.
+    action: str
     table: Table
     events: Table
     # A top-level refusal of this kind's call counts towards the circuit breaker: a status
@@ -157,10 +163,14 @@ def poll_batch(
     *,
     settings: Settings,
     gateway: Gateway,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
 ) -> PollSummary:
+    """``clock``: by default the database's (see ``tracker.db.clock``), so answers are
+    ordered the same way whichever worker's wall clock ran ahead."""
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
     with unit_of_work(read_only=True) as session:
+        if clock is None:
+            clock = database_clock(session, utcnow)
         provider = session.get(Provider, provider_id)
         if provider is None:
             log.warning("poll for an unknown provider id %s ignored", provider_id)
@@ -229,6 +239,10 @@ def _call_all(
             calls.unasked.extend(row.id for row in rows[offset:])
             break
         longest = max(longest, clock() - observed_at)
+        forgot = _forgotten(kind, group, fetched)
+        if forgot is not None:
+            # Logged with the provider's name when the failure is recorded.
+            fetched = Fetched(error=forgot)
         calls.provider_updates.update(fetched.provider_updates)
         facts.update(fetched.provider_updates)
         for row in group:
@@ -241,6 +255,27 @@ def _call_all(
             calls.unasked.extend(row.id for row in rows[offset + group_size :])
             break
     return calls
+
+
+# "Not found" for at least this share of at least this many rows the provider answered
+# for before is about the provider (maintenance, a restored database, another account's
+# key set by mistake), not about each row: taken as a failed call.
+FORGOTTEN_SHARE = 0.9
+FORGOTTEN_MIN_KNOWN = 5
+
+
+def _forgotten(kind: PolledKind[RowT], group: Sequence[RowT], fetched: Fetched) -> ProviderForgot | None:
+    known = [row for row in group if row.seen_before and row.external_id in fetched.answered]
+    if len(known) < FORGOTTEN_MIN_KNOWN:
+        return None
+    missing = sum(1 for row in known if _means_not_found(fetched.results.get(row.external_id)))
+    if missing < FORGOTTEN_SHARE * len(known):
+        return None
+    return ProviderForgot(kind.action, missing, len(known))
+
+
+def _means_not_found(result: object) -> bool:
+    return isinstance(result, ItemError) and result.means_not_found
 
 
 def _apply(

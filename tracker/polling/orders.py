@@ -43,6 +43,7 @@ _CLAIMED_COLUMNS = (
 
 class OrderKind:
     name = "orders"
+    action = "status"
     table = _orders
     events = cast(Table, OrderEvent.__table__)
     refusal_is_failure = True
@@ -62,6 +63,7 @@ class OrderKind:
                 external_id=row.external_id,
                 event_count=row.event_count,
                 lease_until=row.next_poll_at,
+                seen_before=row.status is not None,
                 completed_at=row.completed_at,
                 service_id=row.service_id,
                 quantity=row.quantity,

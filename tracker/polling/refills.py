@@ -60,6 +60,7 @@ def _demotes_multi(error: ProviderError, multi_proven: bool) -> bool:
 
 class RefillKind:
     name = "refills"
+    action = "refill_status"
     table = _refills
     events = cast(Table, RefillEvent.__table__)
     refusal_is_failure = False
@@ -85,6 +86,7 @@ class RefillKind:
                 external_id=row.external_id,
                 event_count=row.event_count,
                 lease_until=row.next_poll_at,
+                seen_before=row.status is not None,
                 order_id=row.order_id,
                 external_order_id=row.external_order_id,
                 state=RefillState(

@@ -84,6 +84,21 @@ class UnusableRefillId(UnexpectedShape):
     or characters no ``refills=`` list can carry). The refill probably exists."""
 
 
+class ProviderForgot(ProviderError):
+    """The provider answered "not found" for nearly every ID of a call that it answered
+    for before: a panel in maintenance, restored from a backup, or reached with another
+    account's key. A failure of the provider, not evidence about each ID."""
+
+    def __init__(self, action: str, missing: int, known: int) -> None:
+        super().__init__(
+            action,
+            f"{missing} of {known} IDs it answered for before are suddenly not found; "
+            "taken as a provider failure, not as news about each of them",
+        )
+        self.missing = missing
+        self.known = known
+
+
 class ProviderRejected(ProviderError):
     """A top-level ``{"error": "..."}`` answer."""
 

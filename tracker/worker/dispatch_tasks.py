@@ -13,8 +13,9 @@ import redis
 import redis.lock
 from celery import shared_task
 
-from tracker.clock import utcnow
 from tracker.config import get_settings
+from tracker.db.clock import database_now
+from tracker.db.session import unit_of_work
 from tracker.polling.dispatch import AttemptWork, PollWork, claim_rounds
 from tracker.polling.orders import ORDERS
 from tracker.worker.refill_tasks import poll_refill_batch, request_refill
@@ -41,7 +42,10 @@ def dispatch_polls() -> int:
         return 0
     enqueued = 0
     try:
-        for work in claim_rounds(settings, utcnow()):
+        # The database's clock, not this worker's: every worker then agrees on what is due.
+        with unit_of_work(read_only=True) as session:
+            now = database_now(session)
+        for work in claim_rounds(settings, now):
             # This round's claims are committed: only now may its tasks exist.
             for piece in work:
                 _enqueue(piece)
