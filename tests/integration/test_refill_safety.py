@@ -218,3 +218,32 @@ def test_a_refill_whose_answer_was_lost_is_never_sent_again(
     assert "answer unknown" in request["last_message"]
     with unit_of_work() as session:
         assert session.scalar(select(Provider.paused)) is False
+
+
+def test_every_call_kind_shares_one_budget_per_provider(
+    tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status polls, refills and refill-status polls of one provider together never go
+    over its rate, measured by the provider."""
+    rate = 4
+    with panel() as sim, running_tracker(tracker_env, tmp_path / "logs"):
+        ids, shop = start(sim, tracker_env, broker_url, monkeypatch, orders=12)
+        with unit_of_work() as session:
+            session.scalars(select(Provider)).one().rate_limit = rate
+        # 400 active orders want 4 status calls per 1 s poll interval: the whole budget.
+        busy = sim.seed_orders(count=400, service=REFILL, pending_s=10**6)
+        shop.send_task("tracker.track_orders", args=["panel", busy], kwargs={"service": REFILL})
+        sim.reset_stats()
+        for order_id in ids:
+            shop.send_task("tracker.report_drop", args=["panel", order_id])
+        wait_until(lambda: sim.stats()["refills"] >= len(ids), timeout=60, what="every refill sent")
+        time.sleep(5)
+        stats = sim.stats()
+    per_action = {action: counters["calls"] for action, counters in stats["actions"].items()}
+    most_in_1s = stats["all"]["max_calls_in_any_1s_window"]
+    assert per_action.get("status", 0) > 0 and per_action.get("refill", 0) == len(ids)
+    assert most_in_1s <= rate
+    print_figures(
+        f"one budget per provider {tracker_env['TRACKER_DATABASE_URL'].split(':')[0]}",
+        {"rate_limit": rate, "max_calls_in_any_1s_all_kinds": most_in_1s, **per_action},
+    )
