@@ -108,6 +108,9 @@ class Settings:
     calls_per_poll_task: int = 10
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
+    # One whole call, connect to the last byte, and the largest answer read.
+    http_deadline: float = 45.0
+    http_max_body_bytes: int = 8 * 1024 * 1024
     circuit_failure_threshold: int = 5
     # Refill requests: attempts before giving up, and the back-off between them
     # (exponential from base, full jitter, capped).
@@ -200,6 +203,8 @@ class Settings:
             worker_processes=_integer(env, "TRACKER_WORKER_PROCESSES", 1, minimum=1),
             http_connect_timeout=_number(env, "TRACKER_HTTP_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             http_read_timeout=_number(env, "TRACKER_HTTP_READ_TIMEOUT", 30.0, minimum=0.1),
+            http_deadline=_number(env, "TRACKER_HTTP_DEADLINE", 45.0, minimum=0.5),
+            http_max_body_bytes=_integer(env, "TRACKER_HTTP_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=65536),
             circuit_failure_threshold=_integer(
                 env, "TRACKER_CIRCUIT_FAILURES", 5, minimum=1
             ),

@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 
 from tracker.provider import parsing
 from tracker.provider.errors import (
+    AnswerTooLarge,
     NotSent,
     HTTPError,
     ProviderError,
@@ -41,6 +42,14 @@ from tracker.provider.types import (
 )
 
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 20.0)
+# The whole call, connect to the last byte of the body: a panel that trickles its answer
+# a byte at a time would otherwise hold a worker for as long as it likes (the read
+# timeout applies to each read, not to the answer).
+DEFAULT_DEADLINE = 45.0
+# A 100-ID status answer is about 15 KB and a large services catalog a few MB; anything
+# beyond this is not an API v2 answer, and reading it would only fill memory.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 MAX_IDS_PER_CALL = 100
 _POOL_SIZE = 16
 
@@ -97,7 +106,7 @@ def _user_agent() -> str:
 _CHARSET = re.compile(r"charset\s*=\s*\"?([\w.:-]+)", re.IGNORECASE)
 
 
-def _decode(response: requests.Response) -> str:
+def _decode(response: requests.Response, body: bytes) -> str:
     """Body text: the declared charset if valid, else UTF-8 (never requests' guessing)."""
     match = _CHARSET.search(response.headers.get("Content-Type", ""))
     encoding = "utf-8"
@@ -106,7 +115,7 @@ def _decode(response: requests.Response) -> str:
             encoding = codecs.lookup(match.group(1)).name
         except LookupError:
             pass
-    return response.content.decode(encoding, errors="replace")
+    return body.decode(encoding, errors="replace")
 
 
 def _reason(error: requests.ConnectionError) -> object:
@@ -185,6 +194,8 @@ class ProviderClient:
         max_ids_per_call: int = MAX_IDS_PER_CALL,
         retries: int = 2,
         retry_backoff: float = 0.5,
+        deadline: float = DEFAULT_DEADLINE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         before_call: Callable[[str], None] | None = None,
         after_call: Callable[[CallRecord], None] | None = None,
         session: requests.Session | None = None,
@@ -200,6 +211,10 @@ class ProviderClient:
             raise ValueError("retries and retry_backoff cannot be negative")
         if len(timeout) != 2 or min(timeout) <= 0:
             raise ValueError("timeout is (connect seconds, read seconds), both > 0")
+        if deadline <= 0 or max_body_bytes <= 0:
+            raise ValueError("deadline and max_body_bytes must be > 0")
+        self._deadline = float(deadline)
+        self._max_body = max_body_bytes
         self._url = url
         self._key = key
         userinfo, _, _ = parts.netloc.rpartition("@")
@@ -364,7 +379,9 @@ class ProviderClient:
             self._before_call(action)
         started = time.monotonic()
         try:
-            body = parsing.strip_php_notices(self._text(action, self._post(action, params)))
+            response = self._post(action, params)
+            raw = self._read_body(action, response, started + self._deadline)
+            body = parsing.strip_php_notices(self._text(action, response, raw))
             result = parse(body.text, secrets=self._secrets)
         except ProviderError as error:
             self._record(action, ids, started, type(error).__name__)
@@ -388,6 +405,7 @@ class ProviderClient:
                 self._url,
                 data=form,
                 headers=self._headers,
+                stream=True,
                 timeout=self._timeout,
                 verify=True,
                 allow_redirects=False,
@@ -412,9 +430,44 @@ class ProviderClient:
         text = f"{type(error).__name__}: {redact(str(error), self._secrets)}"
         return text if len(text) <= 300 else text[:299] + "…"
 
-    def _text(self, action: str, response: requests.Response) -> str:
+    def _read_body(self, action: str, response: requests.Response, deadline: float) -> bytes:
+        """The whole body, within the call's deadline and the size cap. ``read1`` returns
+        what has arrived (one read), so a trickle is checked against the deadline after
+        every read, not after the last byte."""
+        parts: list[bytes] = []
+        size = 0
+        failure: ProviderError | None = None
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    failure = ProviderTimeout(action, f"the answer took longer than the {self._deadline:g} s deadline")
+                    break
+                chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self._max_body:
+                    failure = AnswerTooLarge(
+                        action, f"the answer is larger than {self._max_body} bytes", excerpt(b"".join(parts)[:200].decode("utf-8", "replace"), self._secrets)
+                    )
+                    break
+                parts.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError as error:
+            failure = ProviderTimeout(action, self._describe(error))
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
+            # Cut short, reset, or a body that would not decode: the request did complete
+            # on our side, so the provider may have acted on it.
+            failure = TransportError(action, self._describe(error))
+        if failure is not None:
+            # The connection is in an unknown state: close it rather than reuse it.
+            response.close()
+            raise failure
+        response.raw.release_conn()
+        return b"".join(parts)
+
+    def _text(self, action: str, response: requests.Response, raw: bytes) -> str:
         code = response.status_code
-        text = _decode(response)
+        text = _decode(response, raw)
         if 200 <= code < 300:
             return text
         body = excerpt(text, self._secrets)

@@ -75,6 +75,10 @@ class NotJSON(InvalidResponse):
     """HTML, a Cloudflare page, truncated JSON, a PHP warning in front of the JSON."""
 
 
+class AnswerTooLarge(InvalidResponse):
+    """An answer over the size cap: not read to its end, and not an API v2 answer."""
+
+
 class UnexpectedShape(InvalidResponse):
     """Valid JSON, but not the structure this action answers with."""
 

@@ -22,6 +22,10 @@ drop_connection    the socket is closed without any answer; not processed
 act_then_drop      processed, then the socket is closed without any answer
 act_then_hang      processed, then the answer is held back ``seconds`` (default 60), past
                    a client's read timeout
+trickle            processed, then the answer is sent one byte every ``seconds`` (default
+                   0.2): each read is quick, the whole answer takes far too long
+endless            not processed; an answer that never ends, written as fast as the client
+                   reads it, for at most ``seconds`` (default 30)
 broken_json        processed, then the JSON answer is cut in half (HTTP 200)
 php_warning        processed, then a PHP warning is printed before the valid JSON
 php_deprecated     processed, then a PHP "Deprecated" (html_errors) before the valid JSON
@@ -75,6 +79,8 @@ class FaultKind(StrEnum):
     DROP_CONNECTION = "drop_connection"
     ACT_THEN_DROP = "act_then_drop"
     ACT_THEN_HANG = "act_then_hang"
+    TRICKLE = "trickle"
+    ENDLESS = "endless"
     HOLD = "hold"
 
 

@@ -94,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytes,
         content_type: str = JSON_TYPE,
         headers: Iterable[tuple[str, str]] = (),
+        *,
+        trickle_s: float | None = None,
     ) -> None:
         lines = [
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
@@ -105,9 +107,28 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            self.wfile.write(head + body)
+            if trickle_s is None:
+                self.wfile.write(head + body)
+                return
+            self.wfile.write(head)
+            for position in range(len(body)):
+                self.wfile.write(body[position : position + 1])
+                self.wfile.flush()
+                time.sleep(trickle_s)
         except OSError:  # the client went away (e.g. a worker killed mid-request)
             self.close_connection = True
+
+    def _send_endless(self, limit_s: float) -> None:
+        """An answer with no end: JSON-looking bytes until the client hangs up, or the limit."""
+        self.close_connection = True
+        chunk = b'{"1":{"status":"Pending"},' * 2048
+        deadline = time.monotonic() + limit_s
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            while time.monotonic() < deadline:
+                self.wfile.write(chunk)
+        except OSError:
+            pass
 
     def _send_json(
         self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()
@@ -151,6 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(latency_ms / 1000.0)
         rule = provider.faults.pick(action)
         if rule is not None:
+            if rule.kind is FaultKind.ENDLESS:
+                self._send_endless(rule.seconds if rule.seconds is not None else 30.0)
+                return
             if rule.kind is FaultKind.DROP_CONNECTION:
                 self.close_connection = True
                 return
@@ -169,6 +193,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if rule.kind is FaultKind.ACT_THEN_HANG:
                 time.sleep(rule.seconds if rule.seconds is not None else 60.0)
+            if rule.kind is FaultKind.TRICKLE:
+                self._send(200, body, trickle_s=rule.seconds if rule.seconds is not None else 0.2)
+                return
             body = damage_body(rule, body)
         self._send(200, body)
 

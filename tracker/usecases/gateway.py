@@ -93,6 +93,8 @@ class Gateway:
                 access.api_url,
                 access.api_key,
                 timeout=(self._settings.http_connect_timeout, self._settings.http_read_timeout),
+                deadline=max(self._settings.http_deadline, self._settings.http_connect_timeout),
+                max_body_bytes=self._settings.http_max_body_bytes,
                 max_ids_per_call=access.batch_size,
                 before_call=self._throttle(access),
                 after_call=self._count(access),
