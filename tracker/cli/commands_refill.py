@@ -57,6 +57,12 @@ def register(commands: Any) -> None:
         "--refill-days", metavar="DAYS", help="guarantee window in days, or 'inherit'"
     )
     policy.add_argument(
+        "--cooldown-hours",
+        metavar="HOURS",
+        help="hours after a refill was sent before another refill of the same order may go "
+        "out, or 'inherit'",
+    )
+    policy.add_argument(
         "--auto-refill-hours",
         metavar="HOURS",
         help="hours between refills, 0 or 'inherit'",
@@ -129,6 +135,7 @@ def _override(
 def _refill_policy(args: argparse.Namespace) -> int:
     days_given, days = _override(args.refill_days, "--refill-days", int)
     hours_given, hours = _override(args.auto_refill_hours, "--auto-refill-hours", float)
+    cooldown_given, cooldown = _override(args.cooldown_hours, "--cooldown-hours", float)
     with database() as session:
         provider = provider_by_name(session, args.provider)
         if args.service is None:
@@ -140,9 +147,12 @@ def _refill_policy(args: argparse.Namespace) -> int:
                 provider.refill_days = int(days)
             if hours_given:
                 provider.auto_refill_hours = hours
+            if cooldown_given:
+                provider.refill_cooldown_hours = cooldown
             print(
                 f"{provider.name}: guarantee window {provider.refill_days} days, auto-refill "
-                f"{_hours(provider.auto_refill_hours, 'TRACKER_AUTO_REFILL_HOURS')}"
+                f"{_hours(provider.auto_refill_hours, 'TRACKER_AUTO_REFILL_HOURS')}, refill cool-down "
+                f"{_cooldown(provider.refill_cooldown_hours, 'TRACKER_REFILL_COOLDOWN_HOURS')}"
             )
             return 0
         try:
@@ -162,6 +172,8 @@ def _refill_policy(args: argparse.Namespace) -> int:
             service.refill_days = None if days is None else int(days)
         if hours_given:
             service.auto_refill_hours = hours
+        if cooldown_given:
+            service.refill_cooldown_hours = cooldown
         window = (
             service.refill_days
             if service.refill_days is not None
@@ -169,9 +181,14 @@ def _refill_policy(args: argparse.Namespace) -> int:
         )
         print(
             f"{provider.name} service {service.service_id}: refill {'yes' if service.refill else 'no'}, "
-            f"guarantee window {window} days, auto-refill {_hours(service.auto_refill_hours, 'the provider')}"
+            f"guarantee window {window} days, auto-refill {_hours(service.auto_refill_hours, 'the provider')}, "
+            f"refill cool-down {_cooldown(service.refill_cooldown_hours, 'the provider')}"
         )
     return 0
+
+
+def _cooldown(hours: float | None, inherited_from: str) -> str:
+    return f"as {inherited_from}" if hours is None else f"{hours:g} hours"
 
 
 def _hours(hours: float | None, inherited_from: str) -> str:
