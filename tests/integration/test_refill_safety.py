@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.integration.helpers import add_provider, print_figures, running_tracker, shop_client
+from tests.support.cluster import Cluster
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
 from tracker.db.models import Order, Provider, RefillRequest, Service
@@ -247,3 +248,36 @@ def test_every_call_kind_shares_one_budget_per_provider(
         f"one budget per provider {tracker_env['TRACKER_DATABASE_URL'].split(':')[0]}",
         {"rate_limit": rate, "max_calls_in_any_1s_all_kinds": most_in_1s, **per_action},
     )
+
+
+def test_a_worker_killed_while_its_refill_calls_are_out_sends_none_of_them_again(
+    tracker_env: dict[str, str],
+    broker_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """kill -9 of a real worker between the calls and the writes of their answers."""
+    env = {**tracker_env, "TRACKER_LEASE_SECONDS": "5"}
+    monkeypatch.setenv("TRACKER_LEASE_SECONDS", "5")
+    with panel() as sim, Cluster(env, tmp_path / "logs") as cluster:
+        first = cluster.worker("worker-1")
+        cluster.beat()
+        ids, shop = start(sim, env, broker_url, monkeypatch, orders=3)
+        sim.inject_fault("hold", count=3, actions=["refill"])
+        for order_id in ids:
+            shop.send_task("tracker.report_drop", args=["panel", order_id])
+        wait_until(lambda: sim.stats()["held_now"] == 3, timeout=30, what="three refill calls held by the sim")
+        first.kill9()
+        # The provider acts now, and answers to sockets nobody reads any more.
+        assert sim.release_held() == 3
+        cluster.worker("worker-2")
+        wait_until(lambda: open_requests() == 0, timeout=60, what="every request ended after kill -9")
+        time.sleep(3)
+        per_order = refills_per_order(sim)
+        calls = refill_calls(sim)
+        views = [order_json(order_id, capsys) for order_id in ids]
+    assert per_order == Counter({order_id: 1 for order_id in ids}) and calls == 3
+    for view in views:
+        [request] = view["refill_requests"]
+        assert request["state"] == "gave_up" and request["answer"] == "unknown", request
