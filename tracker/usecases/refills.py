@@ -393,6 +393,11 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(settings.refill_max_attempts, settings.refill_retry_base, settings.refill_retry_cap)
 
 
+class NothingSent(RuntimeError):
+    """The database failed before the attempt was written: nothing went out, so the
+    task may simply run again."""
+
+
 class AnswerNotRecorded(RuntimeError):
     """The ``refill`` call went out, and its answer could not be written. Never retried:
     the attempt stays ``sent``, and the next run treats its answer as lost."""
@@ -415,7 +420,11 @@ def attempt_refill(
     """``checkpoint`` is called at each step with ``"before_call"``, ``"after_call"`` (before
     each try of the write) and ``"after_write"``: tests kill the process or fail the
     database there."""
-    taken = _take(request_id, claim_id, settings, clock())
+    try:
+        taken = _take(request_id, claim_id, settings, clock())
+    except DBAPIError as failure:
+        # Its transaction rolled back: no attempt was written and nothing went out.
+        raise NothingSent(f"refill request {request_id}: {type(failure).__name__} before the call") from failure
     if not isinstance(taken, _Taken):
         return taken
     checkpoint("before_call")

@@ -22,7 +22,7 @@ from tracker.usecases.catalog import sync_due_catalogs
 from tracker.usecases.count_probes import probe_counts as probe_counts_usecase
 from tracker.polling.engine import poll_batch
 from tracker.polling.refills import REFILLS
-from tracker.usecases.refills import attempt_refill
+from tracker.usecases.refills import NothingSent, attempt_refill
 from tracker.usecases.refills import report_drop as report_drop_usecase
 from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway
 
@@ -49,11 +49,18 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     }
 
 
-# No automatic retry on database errors: ``attempt_refill`` writes its intent before the
-# call and retries the write of a known answer itself, so a re-run could only find an
-# answer it must treat as lost. A failure before the call leaves the request claimed;
-# it is due again when the claim's lease ends.
-@shared_task(name="tracker.request_refill", bind=True, max_retries=100)
+# Retried automatically only when nothing went out (``NothingSent``). Any later failure
+# is not retried: ``attempt_refill`` writes its intent before the call and retries the
+# write of a known answer itself, so a re-run could only find an answer to treat as lost.
+@shared_task(
+    name="tracker.request_refill",
+    bind=True,
+    max_retries=100,
+    autoretry_for=(NothingSent,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+)
 def request_refill(self: Task[Any, Any], request_id: int, claim_id: int) -> str | None:
     result = attempt_refill(request_id, claim_id, settings=get_settings(), gateway=gateway())
     if result.retry_in is not None:
