@@ -21,6 +21,7 @@ from tracker.provider.errors import (
     ProviderRefused,
     ProviderRejected,
     UnexpectedShape,
+    UnusableRefillId,
 )
 from tracker.provider.types import (
     Balance,
@@ -261,6 +262,20 @@ def test_status_that_says_not_found_is_an_item_error() -> None:
 @pytest.mark.parametrize("body", ['{"refill": "1"}', '{"refill": 1}', '{"refill": " 1 "}'])
 def test_refill_id_as_string_or_number(body: str) -> None:
     assert parsing.parse_refill(body) == "1"
+
+
+@pytest.mark.parametrize(
+    "refill_id",
+    ["x" * 65, "12,13", "12 13", "refill\u00e9", "a/b", "<b>Notice</b>"],
+)
+def test_a_refill_id_that_cannot_be_stored_or_polled_is_unusable(refill_id: str) -> None:
+    with pytest.raises(UnusableRefillId) as caught:
+        parsing.parse_refill(json.dumps({"refill": refill_id}))
+    assert "unusable refill ID" in str(caught.value)
+
+
+def test_the_longest_usable_refill_id_is_kept() -> None:
+    assert parsing.parse_refill(json.dumps({"refill": "R-" + "9" * 62})) == "R-" + "9" * 62
 
 
 def test_refill_ids_in_batches_are_strings() -> None:
