@@ -25,6 +25,7 @@ from tracker.domain.provider_messages import RefillRefusal, classify_refill_refu
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import (
+    AnswerTooLarge,
     HTTPError,
     IncorrectRequest,
     InsufficientFunds,
@@ -541,6 +542,10 @@ FAULT_CASES: dict[str, FaultCase] = {
     "rate_limit": FaultCase(RateLimited, retried=False, executed=False, status_code=429, seconds=7),
     "invalid_key": FaultCase(InvalidKey, retried=False, executed=False),
     "drop_connection": FaultCase(TransportError, retried=True, executed=False),
+    "act_then_drop": FaultCase(TransportError, retried=True, executed=True),
+    "act_then_hang": FaultCase(ProviderTimeout, retried=True, executed=True, seconds=SLOW_S),
+    "trickle": FaultCase(ProviderTimeout, retried=True, executed=True, seconds=SLOW_S),
+    "endless": FaultCase(AnswerTooLarge, retried=False, executed=False, seconds=5),
     "hold": FaultCase(ProviderTimeout, retried=True, executed=True),
 }
 

@@ -49,7 +49,7 @@ def test_plain_beat_starts_in_an_empty_directory(
     try:
         beat.wait_for_output("beat: Starting", timeout=60)
         # Beat opens its schedule file after that line; sending ticks means it got past it.
-        beat.wait_for_output("Sending due task dispatch-order-polls", timeout=30)
+        beat.wait_for_output("Sending due task dispatch-polls", timeout=30)
         assert beat.alive(), beat.output()
         assert "Traceback" not in beat.output(), beat.output()
     finally:
