@@ -70,7 +70,7 @@ def seed(url: str, orders: int, active_share: float) -> float:
                                 consecutive_not_found, event_count)
             SELECT 1 + g %% 3, g, 1 + g %% 40, 1000, 'https://instagram.com/p/' || md5(g::text),
                    CASE WHEN g %% 10000 < %(active)s
-                        THEN (ARRAY['In progress', 'Pending', 'Processing'])[1 + g %% 3]
+                        THEN (ARRAY['In progress', 'Pending', 'Processing'])[1 + (g / 3) %% 3]
                         ELSE (ARRAY['Completed', 'Completed', 'Completed', 'Completed', 'Completed',
                                     'Completed', 'Completed', 'Partial', 'Canceled', 'Not found'])[1 + g %% 10]
                    END,
@@ -123,6 +123,38 @@ def explain(url: str) -> str:
     return "\n".join(f"    {row[0]}" for row in rows)
 
 
+def statement_times(url: str) -> list[tuple[float, str]]:
+    """Each SQL statement of one scrape, timed in this process (median of 5 runs)."""
+    from sqlalchemy import event
+
+    from tracker.clock import utcnow
+    from tracker.config import get_settings
+    from tracker.db.session import get_engine, unit_of_work
+    from tracker.ops.exporter import read_snapshot
+
+    runs: list[list[tuple[float, str]]] = []
+    current: list[tuple[float, str]] = []
+    started: list[float] = []
+
+    def before(*_args: object) -> None:
+        started.append(time.perf_counter())
+
+    def after(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        current.append((time.perf_counter() - started.pop(), " ".join(statement.split())[:90]))
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    for _ in range(5):
+        current = []
+        with unit_of_work(url, read_only=True) as session:
+            read_snapshot(session, get_settings(), utcnow())
+        runs.append(current)
+    return [
+        (statistics.median(run[index][0] for run in runs), runs[0][index][1]) for index in range(len(runs[0]))
+    ]
+
+
 def scrape(url: str) -> tuple[float, str]:
     started = time.perf_counter()
     response = requests.get(url, timeout=30)
@@ -136,6 +168,10 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--active-share", type=float, default=0.1, help="share of the orders not final (0..1)")
     parser.add_argument("--scrapes", type=int, default=20)
+    parser.add_argument(
+        "--without-index", action="store_true",
+        help="drop ix_orders_status_counts first: what the per-status count costs without it",
+    )
     args = parser.parse_args()
     if not redis_reachable(REDIS_BASE_URL):
         print(f"needs Redis at {REDIS_BASE_URL} (TRACKER_TEST_REDIS_URL)", file=sys.stderr)
@@ -155,8 +191,12 @@ def main() -> int:
         reset_settings()
         migrate.upgrade(database_url)
         seconds = seed(database_url, args.orders, args.active_share)
+        if args.without_index:
+            with psycopg.connect(database_url, autocommit=True) as connection:
+                connection.execute("DROP INDEX ix_orders_status_counts")
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-        print(f"seeded {args.orders:,} orders ({args.active_share:.0%} active) in {seconds:.1f} s")
+        print(f"seeded {args.orders:,} orders ({args.active_share:.0%} active) in {seconds:.1f} s"
+              + (", without ix_orders_status_counts" if args.without_index else ""))
         port = free_port()
         with tempfile.TemporaryFile() as log:
             exporter = subprocess.Popen(
@@ -183,6 +223,9 @@ def main() -> int:
             f"min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms"
         )
         print(f"{len(text.splitlines())} lines, {len(orders_lines)} tracker_orders series")
+        print("SQL statements of one scrape (in-process, median of 5):")
+        for seconds, statement in statement_times(database_url):
+            print(f"  {seconds * 1000:6.1f} ms  {statement}")
         print(f"plan of the per-status count:\n{explain(database_url)}")
     finally:
         if exporter is not None:

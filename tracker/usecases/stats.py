@@ -43,17 +43,16 @@ def provider_stats(
     ):
         counts[provider_id]["final" if final else "active"][status or NOT_POLLED_YET] = number
     # Claimed orders have next_poll_at in the future (their lease), so they are not "overdue".
-    oldest_due = dict(
-        session.execute(
-            select(Order.provider_id, func.min(Order.next_poll_at))
-            .where(Order.final == false(), Order.next_poll_at <= now)
-            .group_by(Order.provider_id)
-        ).all()
+    # One subquery per provider: each is the first entry of the due index (ix_orders_due),
+    # where a GROUP BY would walk every overdue order.
+    oldest_due = (
+        select(func.min(Order.next_poll_at))
+        .where(Order.provider_id == Provider.id, Order.final == false(), Order.next_poll_at <= now)
+        .scalar_subquery()
     )
     views = []
-    for provider in session.scalars(select(Provider).order_by(Provider.name)):
+    for provider, due_since in session.execute(select(Provider, oldest_due).order_by(Provider.name)).tuples():
         state = health_of(provider).state(now)
-        due_since = oldest_due.get(provider.id)
         lag = max(0.0, (now - due_since).total_seconds()) if due_since is not None else 0.0
         calls = _calls(metrics, provider.id)
         problems = []
