@@ -102,11 +102,13 @@ class CallMetrics:
             pipe.execute()
 
     def totals(self, provider_ids: list[int]) -> dict[int, CallTotals]:
-        """Running totals per provider, in one round trip."""
+        """Running totals per provider, in one round trip. Raises ``redis.RedisError`` when
+        Redis does not answer, even for no provider (the round trip starts with a PING)."""
         with self._redis.pipeline(transaction=False) as pipe:
+            pipe.ping()
             for provider_id in provider_ids:
                 pipe.hgetall(self._totals_key(provider_id))
-            hashes = pipe.execute()
+            _, *hashes = pipe.execute()
         return {provider_id: _parse_totals(fields) for provider_id, fields in zip(provider_ids, hashes)}
 
     def last_hour(self, provider_id: int) -> CallCounts:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import redis
@@ -49,6 +51,15 @@ def _exporter(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot listen on {args.address}:{args.port}: {error.strerror or error}") from None
     host = f"[{args.address}]" if ":" in args.address else args.address
     print(f"tracker exporter: metrics at http://{host}:{args.port}/metrics", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _stop)
     with server:
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except SystemExit as stop:
+            return int(stop.code or 0)
     return 0
+
+
+def _stop(_signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM (a platform, compose, honcho) stops it as cleanly as Ctrl-C.
+    raise SystemExit(0)
