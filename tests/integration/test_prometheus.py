@@ -5,6 +5,7 @@ them: .ci/run)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,5 +111,13 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_alert_rules(
 
                 wait_until(lambda: bool(paused_alert()), timeout=30, interval=1, what="the paused-provider alert")
                 assert [alert["labels"]["provider"] for alert in paused_alert()] == ["locked"]
+
+                # The Grafana dashboard's queries are valid PromQL, and the tracker's have data.
+                dashboard = json.loads((REPO / "deploy" / "grafana" / "tracker-dashboard.json").read_text())
+                for panel in dashboard["panels"]:
+                    for target in panel.get("targets", []):
+                        result = query(base, target["expr"].replace("$provider", ".*"))
+                        if "tracker_" in target["expr"] and "rate(" not in target["expr"]:
+                            assert result, (panel["title"], target["expr"])
             finally:
                 server.stop()
