@@ -117,7 +117,8 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_alert_rules(
                 for panel in dashboard["panels"]:
                     for target in panel.get("targets", []):
                         result = query(base, target["expr"].replace("$provider", ".*"))
-                        if "tracker_" in target["expr"] and "rate(" not in target["expr"]:
+                        # No balance or refills in this run: those panels may be empty.
+                        if any(name in target["expr"] for name in ("tracker_orders", "tracker_poll_lag", "circuit_state")):
                             assert result, (panel["title"], target["expr"])
             finally:
                 server.stop()
