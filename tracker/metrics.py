@@ -1,9 +1,15 @@
 """Per-provider call counters in Redis: calls, errors, IDs and answers salvaged from PHP
-notices (``CallRecord.noise``) per minute, kept two hours.
+notices (``CallRecord.noise``) per minute, kept two hours, and running totals per action
+and outcome, kept for good.
 
 Workers count every provider call (the client's ``after_call`` hook); ``tracker stats``
-sums the last 60 minutes. Redis, not the database: these counters change on every call,
-and one hot row per provider would serialise every poll task on PostgreSQL.
+sums the last 60 minutes, and ``tracker exporter`` serves the totals as Prometheus
+counters (a flushed broker resets them, which Prometheus' ``rate()`` handles). Redis, not
+the database: these counters change on every call, and one hot row per provider would
+serialise every poll task on PostgreSQL.
+
+Actions and outcomes are bounded sets (``ACTIONS``, ``OUTCOMES``): anything else is
+counted as ``other``, so the exporter's label values can never grow without bound.
 """
 
 from __future__ import annotations
@@ -13,9 +19,45 @@ from dataclasses import dataclass
 
 import redis
 
+from tracker.provider import errors
 from tracker.provider.client import CallRecord
 
 RETENTION_SECONDS = 2 * 3600
+
+# The API v2 actions the client makes.
+ACTIONS = frozenset({"services", "add", "status", "refill", "refill_status", "cancel", "balance"})
+OTHER = "other"
+OK = "ok"
+
+
+def _error_names(root: type[errors.ProviderError]) -> set[str]:
+    names = {root.__name__}
+    for subclass in root.__subclasses__():
+        names |= _error_names(subclass)
+    return names
+
+
+# A call's outcome: ``ok``, or the class name of the ``ProviderError`` it raised.
+OUTCOMES = frozenset({OK, OTHER} | _error_names(errors.ProviderError))
+
+
+def action_label(action: str) -> str:
+    return action if action in ACTIONS else OTHER
+
+
+def outcome_label(error: str | None) -> str:
+    if error is None:
+        return OK
+    return error if error in OUTCOMES else OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class CallTotals:
+    """Since the counters began: calls by (action, outcome), IDs by action, salvaged answers."""
+
+    calls: dict[tuple[str, str], int]
+    ids: dict[str, int]
+    salvaged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +81,9 @@ class CallMetrics:
     def _key(self, provider_id: int, minute: int) -> str:
         return f"{self._prefix}:calls:{provider_id}:{minute}"
 
+    def _totals_key(self, provider_id: int) -> str:
+        return f"{self._prefix}:call-totals:{provider_id}"
+
     def record(self, provider_id: int, call: CallRecord) -> None:
         key = self._key(provider_id, int(time.time() // 60))
         with self._redis.pipeline(transaction=False) as pipe:
@@ -49,7 +94,22 @@ class CallMetrics:
             if call.noise:
                 pipe.hincrby(key, "noisy", 1)
             pipe.expire(key, RETENTION_SECONDS)
+            totals, action = self._totals_key(provider_id), action_label(call.action)
+            pipe.hincrby(totals, f"calls|{action}|{outcome_label(call.error)}", 1)
+            pipe.hincrby(totals, f"ids|{action}", call.ids)
+            if call.noise:
+                pipe.hincrby(totals, "salvaged", 1)
             pipe.execute()
+
+    def totals(self, provider_ids: list[int]) -> dict[int, CallTotals]:
+        """Running totals per provider, in one round trip. Raises ``redis.RedisError`` when
+        Redis does not answer, even for no provider (the round trip starts with a PING)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            for provider_id in provider_ids:
+                pipe.hgetall(self._totals_key(provider_id))
+            _, *hashes = pipe.execute()
+        return {provider_id: _parse_totals(fields) for provider_id, fields in zip(provider_ids, hashes)}
 
     def last_hour(self, provider_id: int) -> CallCounts:
         now_minute = int(time.time() // 60)
@@ -64,3 +124,23 @@ class CallMetrics:
             ids += int(bucket.get(b"ids", 0))
             noisy += int(bucket.get(b"noisy", 0))
         return CallCounts(calls, errors, ids, noisy)
+
+
+def _parse_totals(fields: dict[bytes, bytes]) -> CallTotals:
+    calls: dict[tuple[str, str], int] = {}
+    ids: dict[str, int] = {}
+    salvaged = 0
+    for raw_name, raw_value in fields.items():
+        kind, *labels = raw_name.decode().split("|")
+        value = int(raw_value)
+        if kind == "calls" and len(labels) == 2:
+            # Re-checked on reading: the hash is only ever written by record(), but Redis
+            # is shared, and a label set must stay bounded whatever is in it.
+            key = (action_label(labels[0]), labels[1] if labels[1] in OUTCOMES else OTHER)
+            calls[key] = calls.get(key, 0) + value
+        elif kind == "ids" and len(labels) == 1:
+            action = action_label(labels[0])
+            ids[action] = ids.get(action, 0) + value
+        elif kind == "salvaged":
+            salvaged += value
+    return CallTotals(calls, ids, salvaged)

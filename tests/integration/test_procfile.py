@@ -1,6 +1,6 @@
 """The repository's Procfile, run as Heroku, Dokku or honcho run it: the `release` line on
-a fresh database, then `worker`, `beat` and `flower` under honcho, fed by a shop's plain
-Celery client, and stopped the way a platform stops them (SIGTERM)."""
+a fresh database, then `worker`, `beat`, `flower` and `exporter` under honcho, fed by a
+shop's plain Celery client, and stopped the way a platform stops them (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from tests.integration.helpers import add_provider, count_orders, shop_client
@@ -29,8 +30,10 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 AUTH = ("ops", "procfile-pass")
 # honcho gives each process type its own PORT: the base for the first named, +100 for
-# the next, so `start worker beat flower` puts Flower on PORT + 200.
+# the next, so `start worker beat flower exporter` puts Flower on PORT + 200 and the
+# exporter on PORT + 300.
 FLOWER_PORT_OFFSET = 200
+EXPORTER_PORT_OFFSET = 300
 ORDERS = 60
 
 
@@ -55,7 +58,7 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = procfile_lines()
-    assert set(lines) == {"release", "worker", "beat", "flower"}
+    assert set(lines) == {"release", "worker", "beat", "flower", "exporter"}
     # Beat makes its own state directory (test_plain_celery.py): no shell crutch here.
     assert lines["beat"].startswith("celery -A tracker beat"), lines["beat"]
     # A database nothing has migrated yet: the release line must create the schema.
@@ -88,7 +91,7 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
         add_provider("panel", sim.url, monkeypatch, "--rate-limit", "50")
         ids = sim.seed_orders(count=ORDERS, service=1, pending_s=2, progress_s=10)
         honcho = subprocess.Popen(
-            [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start", "worker", "beat", "flower"],
+            [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start", "worker", "beat", "flower", "exporter"],
             env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
@@ -107,6 +110,16 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
                 return any(name.startswith("worker@") for name in workers.json())
 
             wait_until(flower_sees_the_worker, timeout=30, interval=1, what="Flower listing the Procfile's worker")
+            # The exporter, on its own PORT, counts what the worker recorded.
+            exporter_url = f"http://127.0.0.1:{port - FLOWER_PORT_OFFSET + EXPORTER_PORT_OFFSET}/metrics"
+            wait_until(lambda: answers(exporter_url), timeout=30, what="the Procfile's exporter")
+            scraped = requests.get(exporter_url, timeout=30).text
+            orders = {
+                sample.labels["status"]: sample.value
+                for family in text_string_to_metric_families(scraped) if family.name == "tracker_orders"
+                for sample in family.samples if sample.labels["provider"] == "panel"
+            }
+            assert sum(orders.values()) == ORDERS, scraped
             assert honcho.poll() is None, "every process must still be running"
         finally:
             # What a platform does to stop a dyno: SIGTERM to the whole process group.
@@ -119,7 +132,7 @@ def test_the_procfile_releases_then_runs_worker_beat_and_flower(
                 raise
 
     output = log_path.read_text(errors="replace")
-    for name in ("worker.1", "beat.1", "flower.1"):
+    for name in ("worker.1", "beat.1", "flower.1", "exporter.1"):
         assert re.search(rf"{name}\s+\| ", output), output[-3000:]
         assert f"{name} stopped" in output, output[-3000:]
     assert "Warm shutdown" in output, "the worker must finish its tasks on SIGTERM"

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "flower"}
+SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "flower", "exporter"}
 LONG_RUNNING = SERVICES - {"migrate"}
-TRACKER_SERVICES = ("worker", "beat", "flower")
+TRACKER_SERVICES = ("worker", "beat", "flower", "exporter")
 SECRETS = ("POSTGRES_PASSWORD", "TRACKER_SECRET_KEY", "FLOWER_BASIC_AUTH")
 # ${NAME:?message}: compose refuses to start when NAME is unset or empty.
 REQUIRED = r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]*\}"
@@ -100,3 +100,14 @@ def test_migrations_run_once_and_first(services: dict[str, dict[str, Any]]) -> N
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_the_exporter_listens_for_prometheus_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    exporter = services["exporter"]
+    command = command_text(exporter["command"])
+    assert command.startswith("tracker exporter"), command
+    # Inside the container it must listen beyond loopback, or nothing could scrape it.
+    assert "--address 0.0.0.0" in command and "--port 9808" in command, command
+    assert exporter.get("ports") == ["127.0.0.1:9808:9808"]
+    # Its health check asks `/`, which runs no database query.
+    assert "127.0.0.1:9808/'" in command_text(exporter["healthcheck"]["test"])

@@ -11,6 +11,7 @@ from tracker import logs
 from tracker.cli import (
     commands_demo,
     commands_events,
+    commands_exporter,
     commands_orders,
     commands_provider,
     commands_refill,
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_orders.register(commands)
     commands_refill.register(commands)
     commands_stats.register(commands)
+    commands_exporter.register(commands)
     commands_events.register(commands)
     commands_demo.register(commands)
     return parser

@@ -141,6 +141,9 @@ class Order(Polled, Base):
         UniqueConstraint("provider_id", "external_id"),
         # The dispatcher's claim query walks this index only: due, active orders.
         due_index("ix_orders_due", "provider_id", "next_poll_at"),
+        # Orders by provider and status (`tracker stats`, the exporter's scrape) from the
+        # index alone: an index-only scan, not a scan of every order's row.
+        Index("ix_orders_status_counts", "provider_id", "final", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -327,6 +330,13 @@ class OutboxEvent(Base):
         due_index("ix_outbox_events_due", "next_attempt_at"),
         # An event waits for its order's earlier undelivered events: found through this.
         due_index("ix_outbox_events_order_pending", "order_id", "id"),
+        # Failed events (the exporter counts them at each scrape): few, so a partial index.
+        Index(
+            "ix_outbox_events_failed",
+            "failed_at",
+            postgresql_where=text("failed_at IS NOT NULL"),
+            sqlite_where=text("failed_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -16,12 +16,16 @@ from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
-from tracker.db.models import Order, Provider
+from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillRequest
 from tracker.domain.health import CircuitState
 from tracker.metrics import CallCounts, CallMetrics
 from tracker.polling.engine import base_interval
 from tracker.usecases.provider_health import health_of
 from tracker.usecases.views import iso, money
+
+
+# How an order (or refill) the provider has not answered for yet is counted.
+NOT_POLLED_YET = "not polled yet"
 
 
 def lag_limit(provider: Provider, settings: Settings) -> float:
@@ -37,19 +41,18 @@ def provider_stats(
             Order.provider_id, Order.final, Order.status
         )
     ):
-        counts[provider_id]["final" if final else "active"][status or "not polled yet"] = number
+        counts[provider_id]["final" if final else "active"][status or NOT_POLLED_YET] = number
     # Claimed orders have next_poll_at in the future (their lease), so they are not "overdue".
-    oldest_due = dict(
-        session.execute(
-            select(Order.provider_id, func.min(Order.next_poll_at))
-            .where(Order.final == false(), Order.next_poll_at <= now)
-            .group_by(Order.provider_id)
-        ).all()
+    # One subquery per provider: each is the first entry of the due index (ix_orders_due),
+    # where a GROUP BY would walk every overdue order.
+    oldest_due = (
+        select(func.min(Order.next_poll_at))
+        .where(Order.provider_id == Provider.id, Order.final == false(), Order.next_poll_at <= now)
+        .scalar_subquery()
     )
     views = []
-    for provider in session.scalars(select(Provider).order_by(Provider.name)):
+    for provider, due_since in session.execute(select(Provider, oldest_due).order_by(Provider.name)).tuples():
         state = health_of(provider).state(now)
-        due_since = oldest_due.get(provider.id)
         lag = max(0.0, (now - due_since).total_seconds()) if due_since is not None else 0.0
         calls = _calls(metrics, provider.id)
         problems = []
@@ -108,3 +111,39 @@ def _calls(metrics: CallMetrics | None, provider_id: int) -> CallCounts | None:
         return metrics.last_hour(provider_id)
     except Exception:  # noqa: BLE001 - the broker may be unreachable; stats still print
         return None
+
+
+def refill_counts(session: Session) -> dict[int, dict[str, int]]:
+    """Refills the providers accepted, per provider and status (``not polled yet`` before
+    their first answer)."""
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for provider_id, status, number in session.execute(
+        select(Refill.provider_id, Refill.status, func.count()).group_by(Refill.provider_id, Refill.status)
+    ):
+        counts[provider_id][status or NOT_POLLED_YET] = number
+    return counts
+
+
+def refill_request_counts(session: Session) -> dict[int, dict[str, int]]:
+    """Our refill requests per provider and state: ``pending`` (retrying), ``accepted``,
+    ``gave_up``."""
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for provider_id, state, number in session.execute(
+        select(RefillRequest.provider_id, RefillRequest.state, func.count()).group_by(
+            RefillRequest.provider_id, RefillRequest.state
+        )
+    ):
+        counts[provider_id][state] = number
+    return counts
+
+
+def outbox_counts(session: Session) -> dict[str, int]:
+    """The outbox's backlog (``pending``: neither delivered nor given up) and its failures
+    (``failed``: given up, kept until resent). Delivered events are not counted: a week
+    of them is kept, and counting those on every scrape would cost a table scan; both
+    counts here walk a partial index."""
+    pending = session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.final == false()))
+    failed = session.scalar(
+        select(func.count()).select_from(OutboxEvent).where(OutboxEvent.failed_at.is_not(None))
+    )
+    return {"pending": int(pending or 0), "failed": int(failed or 0)}
