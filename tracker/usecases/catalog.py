@@ -15,13 +15,12 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider, Service
 from tracker.db.session import unit_of_work
-from tracker.domain.events import provider_alert
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import Balance
 from tracker.provider.types import Service as CatalogEntry
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_events
+from tracker.usecases.outbox import record_provider_alert
 from tracker.usecases.provider_health import record_call
 
 log = logging.getLogger("tracker.catalog")
@@ -106,21 +105,16 @@ def store_balance(session: Session, settings: Settings, provider: Provider, bala
         extra={"provider": provider.name},
     )
     if previous is None or previous >= threshold:
-        record_events(
+        record_provider_alert(
             session,
             settings,
-            [
-                provider_alert(
-                    provider_id=provider.id,
-                    provider_name=provider.name,
-                    kind="provider.balance_low",
-                    message=f"balance {balance.amount} is below {threshold}",
-                    at=now,
-                    balance=balance.amount,
-                    threshold=threshold,
-                    currency=balance.currency,
-                )
-            ],
+            provider,
+            "provider.balance_low",
+            f"balance {balance.amount} is below {threshold}",
+            now,
+            balance=balance.amount,
+            threshold=threshold,
+            currency=balance.currency,
         )
 
 

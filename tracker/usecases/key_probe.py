@@ -28,13 +28,12 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.events import provider_alert
 from tracker.provider.errors import InvalidKey, ProviderError
 from tracker.provider.types import Balance
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.catalog import store_balance
 from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_events
+from tracker.usecases.outbox import record_provider_alert
 from tracker.usecases.provider_health import next_probe_at
 
 log = logging.getLogger("tracker.health")
@@ -150,16 +149,6 @@ def _resume(session: Session, settings: Settings, provider: Provider, balance: B
         "provider resumed: the API key works again",
         extra={"provider": provider.name, "probes_rejected": probes},
     )
-    record_events(
-        session,
-        settings,
-        [
-            provider_alert(
-                provider_id=provider.id,
-                provider_name=provider.name,
-                kind="provider.resumed",
-                message="the provider accepts the API key again; tracking resumed",
-                at=now,
-            )
-        ],
+    record_provider_alert(
+        session, settings, provider, "provider.resumed", "the provider accepts the API key again; tracking resumed", now
     )

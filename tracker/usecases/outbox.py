@@ -36,9 +36,9 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
-from tracker.db.models import OutboxEvent
+from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.events import NewEvent, next_delivery_attempt
+from tracker.domain.events import NewEvent, next_delivery_attempt, provider_alert
 from tracker.provider.redact import excerpt
 from tracker.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -54,6 +54,24 @@ ORDER_WAIT = timedelta(seconds=10)
 
 def sink_configured(settings: Settings) -> bool:
     return bool(settings.webhook_url or settings.event_task)
+
+
+def record_provider_alert(
+    session: Session,
+    settings: Settings,
+    provider: Provider,
+    kind: str,
+    message: str,
+    now: datetime,
+    **details: Any,
+) -> None:
+    """An alert about one provider for the shop (``provider.paused``, ``provider.resumed``,
+    ``provider.balance_low``), in the same transaction as the change it reports."""
+    record_events(
+        session,
+        settings,
+        [provider_alert(provider_id=provider.id, provider_name=provider.name, kind=kind, message=message, at=now, **details)],
+    )
 
 
 def record_events(session: Session, settings: Settings, events: Sequence[NewEvent]) -> None:

@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
-from tracker.domain.events import provider_alert
 from tracker.domain.health import (
     Health,
     after_failure,
@@ -26,7 +25,7 @@ from tracker.provider.errors import (
     RateLimited,
 )
 from tracker.ratelimit import RateLimitBusy, RateLimiter
-from tracker.usecases.outbox import record_events
+from tracker.usecases.outbox import record_provider_alert
 
 log = logging.getLogger("tracker.health")
 
@@ -119,19 +118,14 @@ def _pause_for_rejected_key(
         "`tracker provider add` with a new key resumes it at once",
         extra={"provider": provider.name, "action": error.action, "key_probe_at": provider.key_probe_at},
     )
-    record_events(
+    record_provider_alert(
         session,
         settings,
-        [
-            provider_alert(
-                provider_id=provider.id,
-                provider_name=provider.name,
-                kind="provider.paused",
-                message="the provider rejected the API key; tracking is paused until the key "
-                "works again (probed with back-off) or is replaced",
-                at=now,
-            )
-        ],
+        provider,
+        "provider.paused",
+        "the provider rejected the API key; tracking is paused until the key works again "
+        "(probed with back-off) or is replaced",
+        now,
     )
 
 
