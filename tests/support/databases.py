@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pymysql
+import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -91,16 +92,39 @@ def drop_mysql_database(url: str) -> None:
     name = make_url(url).database
     connection = _mysql_connect(autocommit=True)
     try:
+        # Connections a test left behind (a killed worker's) would hold metadata locks.
+        kill_other_mysql_connections(connection, name)
         with connection.cursor() as cursor:
-            # Connections a test left behind (a killed worker's) would hold metadata locks.
-            cursor.execute(
-                "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (name,)
-            )
-            for (thread_id,) in cursor.fetchall():
-                try:
-                    cursor.execute(f"KILL {int(thread_id)}")
-                except pymysql.err.MySQLError:
-                    pass  # already gone
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         connection.close()
+
+
+# For tests that run on the server databases only (not SQLite): ``database_url`` params.
+SERVER_DATABASES = [
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+
+
+def connect_mysql(url: str) -> pymysql.connections.Connection[Any]:
+    """A plain driver connection to the database of a tracker ``mysql+pymysql://`` URL."""
+    return _mysql_connect(database=make_url(url).database, autocommit=True)
+
+
+def kill_other_mysql_connections(connection: pymysql.connections.Connection[Any], name: str | None = None) -> int:
+    """Kills every other connection to database ``name`` (default: ``connection``'s own);
+    how many it killed."""
+    killed = 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM information_schema.processlist WHERE db = COALESCE(%s, DATABASE()) AND id <> CONNECTION_ID()",
+            (name,),
+        )
+        for (thread_id,) in cursor.fetchall():
+            try:
+                cursor.execute(f"KILL {int(thread_id)}")
+                killed += 1
+            except pymysql.err.MySQLError:
+                pass  # it ended in between
+    return killed
