@@ -1,10 +1,11 @@
 """Sweep benchmark: how fast the tracker polls and persists N active orders.
 
 It runs the real system on this machine: `tracker sim` as a subprocess, a real Celery
-worker and beat, Redis, and SQLite and/or PostgreSQL. It prints figures and asserts
+worker and beat, Redis, and SQLite, PostgreSQL and/or MariaDB. It prints figures and asserts
 nothing about time.
 
-    python benchmarks/sweep.py --processes 2 --threads 4   # 100,000 orders, both databases, latency 0 and 200 ms
+    python benchmarks/sweep.py --processes 2 --threads 4   # 100,000 orders, SQLite and PostgreSQL, latency 0 and 200 ms
+    python benchmarks/sweep.py --db mariadb --latency-ms 0 --processes 2 --threads 4  # MariaDB at 127.0.0.1:3306
     python benchmarks/sweep.py --orders 1000000 --db postgresql --latency-ms 0 --processes 2 --threads 4 --events 10000000
     python benchmarks/sweep.py --db postgresql --latency-ms 200 --rate-limit 20 --processes 2 --threads 4
     python benchmarks/sweep.py --orders 1000 --db sqlite --latency-ms 0 --threads 4  # CI's smoke run
@@ -49,7 +50,12 @@ from sqlalchemy import func, select, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.databases import create_postgres_database, drop_postgres_database  # noqa: E402
+from tests.support.databases import (  # noqa: E402
+    create_mysql_database,
+    create_postgres_database,
+    drop_mysql_database,
+    drop_postgres_database,
+)
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, redis_reachable, release_database  # noqa: E402
 from tracker.config import reset_settings  # noqa: E402
 from tracker.db import migrate  # noqa: E402
@@ -60,6 +66,8 @@ from tracker.sim.admin import SimAdmin  # noqa: E402
 
 API_KEY = "bench-key-not-secret"
 SAMPLE_FOR_NAIVE = 500
+# Process names of the database servers, for their CPU time.
+DATABASE_SERVERS = ("postgres", "mariadbd", "mysqld")
 
 
 @dataclass
@@ -102,12 +110,13 @@ def database(kind: str, work: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{work / 'bench.db'}"
         return
-    url = create_postgres_database()
+    create, drop = (create_mysql_database, drop_mysql_database) if kind == "mariadb" else (create_postgres_database, drop_postgres_database)
+    url = create()
     try:
         yield url
     finally:
         dispose_engines()
-        drop_postgres_database(url)
+        drop(url)
 
 
 @contextmanager
@@ -261,6 +270,8 @@ def claim_query_ms(database_url: str, extra_events: int) -> float:
             ), {"per_order": max(1, extra_events // max(1, _order_total(database_url)))})
         if engine.dialect.name == "postgresql":
             connection.execute(text("ANALYZE"))
+        elif engine.dialect.name == "mysql":
+            connection.execute(text("ANALYZE TABLE orders"))
     with unit_of_work(database_url) as session:
         provider_id = session.scalar(select(Provider.id))
     timings = []
@@ -284,7 +295,13 @@ def database_size_mb(database_url: str, work: Path) -> float:
     if database_url.startswith("sqlite"):
         return round(sum(path.stat().st_size for path in work.glob("bench.db*")) / 2**20, 1)
     with unit_of_work(database_url) as session:
-        return round(int(session.scalar(text("SELECT pg_database_size(current_database())")) or 0) / 2**20, 1)
+        if session.get_bind().dialect.name == "mysql":
+            size = session.scalar(text(
+                "SELECT SUM(data_length + index_length) FROM information_schema.tables WHERE table_schema = DATABASE()"
+            ))
+        else:
+            size = session.scalar(text("SELECT pg_database_size(current_database())"))
+        return round(int(size or 0) / 2**20, 1)
 
 
 def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
@@ -376,7 +393,9 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                 programs_after, sim_after, workers_after = cpu_at_end
                 used = {
                     "workers": sum(workers_after) - sum(workers_before),
-                    "database server": programs_after.get("postgres", 0.0) - programs_before.get("postgres", 0.0),
+                    "database server": sum(
+                        programs_after.get(name, 0.0) - programs_before.get(name, 0.0) for name in DATABASE_SERVERS
+                    ),
                     "sim": sim_after - sim_before,
                     "redis": programs_after.get("redis-server", 0.0) - programs_before.get("redis-server", 0.0),
                 }
@@ -395,7 +414,8 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=100_000)
-    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "mariadb", "both", "all"], default="both",
+                        help="both: SQLite and PostgreSQL; all: MariaDB too")
     parser.add_argument("--latency-ms", type=float, action="append", help="sim latency; repeat for several (default 0 and 200)")
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="provider rate limit, requests/s")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker process")
@@ -405,7 +425,7 @@ def main() -> int:
     parser.add_argument("--log-dir", help="keep the worker, beat and sim logs here (default: discarded)")
     args = parser.parse_args()
     latencies = args.latency_ms or [0.0, 200.0]
-    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    kinds = {"both": ["sqlite", "postgresql"], "all": ["sqlite", "postgresql", "mariadb"]}.get(args.db, [args.db])
     print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().machine}; python {sys.version.split()[0]}")
     for kind in kinds:
         for latency in latencies:

@@ -1,4 +1,4 @@
-"""Shared fixtures: real databases (SQLite and PostgreSQL), a real Redis database of the
+"""Shared fixtures: real databases (SQLite, PostgreSQL and MariaDB), a real Redis database of the
 test's own, the simulated provider over HTTP, and real Celery worker/beat processes."""
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.support.databases import (
+    create_mysql_database,
     create_postgres_database,
+    drop_mysql_database,
     drop_postgres_database,
+    mysql_required,
+    mysql_unavailable_reason,
     postgres_required,
     postgres_unavailable_reason,
 )
@@ -36,7 +40,23 @@ def postgres_available() -> bool:
     return False
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="session")
+def mysql_available() -> bool:
+    reason = mysql_unavailable_reason()
+    if reason is None:
+        return True
+    if mysql_required():
+        pytest.fail(f"{reason} (MariaDB tests are required in CI)")
+    return False
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mysql),
+    ]
+)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database, on each backend in turn."""
     if request.param == "sqlite":
@@ -45,15 +65,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         dispose_engines()
         return
-    if not request.getfixturevalue("postgres_available"):
-        pytest.skip(postgres_unavailable_reason() or "PostgreSQL unavailable")
-    url = create_postgres_database()
+    if request.param == "mariadb":
+        if not request.getfixturevalue("mysql_available"):
+            pytest.skip(mysql_unavailable_reason() or "MariaDB unavailable")
+        create, drop = create_mysql_database, drop_mysql_database
+    else:
+        if not request.getfixturevalue("postgres_available"):
+            pytest.skip(postgres_unavailable_reason() or "PostgreSQL unavailable")
+        create, drop = create_postgres_database, drop_postgres_database
+    url = create()
     try:
         migrate.upgrade(url)
         yield url
     finally:
         dispose_engines()
-        drop_postgres_database(url)
+        drop(url)
 
 
 @pytest.fixture(scope="session")

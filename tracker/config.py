@@ -32,12 +32,40 @@ def read_broker_url_file(state_dir: Path) -> str | None:
         return None
 
 
+# Plain URLs name the driver the project installs for their database, per the contract.
+# MariaDB goes through the MySQL dialect, which recognises the server by its version.
+_DRIVER_PREFIXES = {
+    "postgresql://": "postgresql+psycopg://",
+    "postgres://": "postgresql+psycopg://",
+    "mysql://": "mysql+pymysql://",
+    "mariadb://": "mysql+pymysql://",
+    "mariadb+pymysql://": "mysql+pymysql://",
+}
+# The MySQL/MariaDB drivers the project installs (pyproject's dependencies).
+MYSQL_DRIVERS = ("pymysql",)
+
+
 def normalize_database_url(url: str) -> str:
-    """A plain ``postgresql://`` (or ``postgres://``) URL means psycopg 3, per the contract."""
-    for prefix in ("postgresql://", "postgres://"):
+    """A plain ``postgresql://`` (or ``postgres://``) URL means psycopg 3, and a plain
+    ``mysql://`` or ``mariadb://`` URL means PyMySQL."""
+    for prefix, replacement in _DRIVER_PREFIXES.items():
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            return replacement + url[len(prefix) :]
     return url
+
+
+def is_mysql_url(url: str) -> bool:
+    return normalize_database_url(url).startswith(("mysql+", "mariadb+"))
+
+
+def _check_database_url(url: str) -> None:
+    scheme = url.split("://", 1)[0]
+    backend, _, driver = scheme.partition("+")
+    if backend in ("mysql", "mariadb") and driver not in MYSQL_DRIVERS:
+        raise ConfigError(
+            f"TRACKER_DATABASE_URL names the MySQL driver {driver!r}, which the tracker does not "
+            f"install; use mysql+pymysql://user:password@host:3306/database (or plain mysql://)"
+        )
 
 
 def _number(env: dict[str, str], name: str, default: float, *, minimum: float) -> float:
@@ -171,6 +199,7 @@ class Settings:
         database_url = normalize_database_url(
             env.get("TRACKER_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
         )
+        _check_database_url(database_url)
         mode = env.get("TRACKER_MODE", "").strip().lower()
         if not mode:
             # The embedded default (SQLite) is a local install; anything else is production.

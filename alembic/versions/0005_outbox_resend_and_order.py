@@ -30,6 +30,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # MySQL serves the order_id foreign key with this index (it dropped its own when this
+    # one came): the key goes while the index goes, and comes back with its own index.
+    on_mysql = op.get_bind().dialect.name in ('mysql', 'mariadb')
+    if on_mysql:
+        op.drop_constraint('fk_outbox_events_order_id_orders', 'outbox_events', type_='foreignkey')
     with op.batch_alter_table('outbox_events', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_events_order_pending', postgresql_where=sa.text('NOT final'), sqlite_where=sa.text('final = 0'))
         batch_op.drop_column('resent_at')
+    if on_mysql:
+        op.create_foreign_key(
+            'fk_outbox_events_order_id_orders', 'outbox_events', 'orders', ['order_id'], ['id'], ondelete='SET NULL'
+        )

@@ -6,7 +6,7 @@ that failed: a small partial index, so counting failures never scans the week of
 delivered events kept for inspection.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-10 10:00:00.000000
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 
 
 revision: str = '0007'
-down_revision: str | None = '0005'
+down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.helpers import add_provider, count_orders, print_figures, shop_client
+from tests.support.databases import SERVER_DATABASES
 from tests.support.cluster import Cluster
 from tests.support.integrity import first_problems, truth_problems
 from tests.support.observe import run_measuring_memory
@@ -38,9 +39,9 @@ def tracked_ids(provider: str) -> set[int]:
         )
 
 
-# PostgreSQL: where an ID that slipped through validation would overflow a BIGINT. (The
+# PostgreSQL and MariaDB: where an ID that slipped through validation would overflow a BIGINT. (The
 # CLI test below runs the same ID checks on both backends.)
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 def test_malformed_tasks_fail_clearly_and_the_worker_keeps_going(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,5 @@
 """Process and infrastructure faults, with real parts only: Celery worker and beat
-processes, Redis, SQLite or PostgreSQL, and the simulated provider over HTTP.
+processes, Redis, SQLite, PostgreSQL or MariaDB, and the simulated provider over HTTP.
 
 In each case every order must end at its true final status (compared with the sim's
 truth, history included), and the stored history must hold no transition twice: per
@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import func, select
 
 from tests.integration.helpers import add_provider, count_orders, print_figures, shop_client
+from tests.support.databases import SERVER_DATABASES
 from tests.support.cluster import Cluster
 from tests.support.integrity import event_problems, first_problems, truth_problems
 from tests.support.observe import BackendKiller, SimCallLog, gaps
@@ -35,9 +36,7 @@ pytestmark = pytest.mark.integration
 # The shortest lease the settings accept (tracker_env's is 10 s).
 SHORT_LEASE = 5.0
 
-postgres_only = pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+server_databases = pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 
 
 def assert_nothing_lost_or_doubled(provider: str, sim: SimServer, ids: list[int]) -> None:
@@ -189,8 +188,8 @@ def test_redis_restarted_then_flushed_mid_run_loses_nothing(
     )
 
 
-@postgres_only
-def test_postgres_connections_killed_mid_transaction_half_write_nothing(
+@server_databases
+def test_database_connections_killed_mid_transaction_half_write_nothing(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with SimServer(dialect="standard", speed=1.0, seed=24) as sim, Cluster(tracker_env, tmp_path / "logs") as cluster:
@@ -212,6 +211,6 @@ def test_postgres_connections_killed_mid_transaction_half_write_nothing(
         retries = worker.output().count("Retry in")
         assert_nothing_lost_or_doubled("panel", sim, ids)
     print_figures(
-        "postgres backends killed",
+        f"database connections killed {db_kind(tracker_env)}",
         {"orders": 300, "connections_terminated": killer.terminated, "task_retries": retries},
     )

@@ -32,6 +32,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.helpers import add_provider, count_orders, print_figures, shop_client
+from tests.support.databases import SERVER_DATABASES
 from tests.support.cluster import Cluster
 from tests.support.integrity import event_problems, first_problems, truth_problems
 from tests.support.observe import SimCallLog, gaps
@@ -114,9 +115,9 @@ def fault_env(tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> d
     return {**tracker_env, **extra}
 
 
-# One backend keeps the runtime modest (the circuit stays open 30 s): PostgreSQL, where
-# workers update provider health under row locks. Every other fault file runs SQLite too.
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+# The server databases only keep the runtime modest (the circuit stays open 30 s):
+# PostgreSQL and MariaDB, where workers update provider health under row locks. Every other fault file runs SQLite too.
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 def test_provider_faults_back_off_open_the_circuit_and_recover(
     fault_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,6 +36,7 @@ import requests
 from sqlalchemy import select, text
 
 from tests.integration.helpers import count_orders, print_figures, shop_client
+from tests.support.databases import SERVER_DATABASES, connect_mysql
 from tests.support.cluster import Cluster
 from tests.support.echo_provider import EchoProvider
 from tests.support.observe import listening_addresses, wait_for_listening
@@ -167,7 +168,7 @@ class CLI:
         return self._keep(arguments, Ran(code, out.getvalue(), err.getvalue()), expect)
 
 
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 def test_no_key_leaks_anywhere_in_a_full_scenario(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,6 +296,14 @@ def test_keys_at_rest_are_encrypted(tracker_env: dict[str, str], tmp_path: Path)
             rows = connection.execute("SELECT * FROM providers").fetchall()
         raw_files = b"".join(Path(name).read_bytes() for name in (path, path + "-wal") if os.path.exists(name))
         assert not any(needle.encode() in raw_files for needle in leak_needles(LEAK_KEY))
+    elif url.startswith("mysql"):
+        connection = connect_mysql(url)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT * FROM providers")
+                rows = list(cursor.fetchall())
+        finally:
+            connection.close()
     else:
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as connection:
             rows = connection.execute("SELECT * FROM providers").fetchall()
@@ -310,7 +319,7 @@ def test_keys_at_rest_are_encrypted(tracker_env: dict[str, str], tmp_path: Path)
     assert decrypt_api_key(get_settings(), stored) == LEAK_KEY
 
 
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 def test_production_refuses_to_store_a_key_without_an_encryption_key(
     tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import add_provider, count_orders, running_tracker, shop_client
+from tests.support.databases import SERVER_DATABASES
 from tests.support.processes import wait_until
 from tracker.clock import utcnow
 from tracker.config import get_settings
@@ -66,9 +67,9 @@ def is_paused(provider: str) -> bool:
         return bool(session.scalar(select(Provider.paused).where(Provider.name == provider)))
 
 
-# Monitoring matters most in production: PostgreSQL (the queries are plain SQL, and the
+# Monitoring matters most in production: PostgreSQL and MariaDB (the queries are plain SQL, and the
 # SQLite runs of the other integration tests cover that backend).
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
 def test_stats_counts_calls_health_and_exit_code(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,12 +1,16 @@
-"""Throw-away databases for tests: a SQLite file, or a PostgreSQL database of its own."""
+"""Throw-away databases for tests: a SQLite file, or a PostgreSQL or MariaDB database of its own."""
 
 from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 import psycopg
+import pymysql
+import pytest
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TRACKER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -42,3 +46,85 @@ def drop_postgres_database(url: str) -> None:
     name = url.rpartition("/")[2]
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# MariaDB (or MySQL 8): a database of its own per test on the server at this URL.
+MYSQL_ADMIN_URL = os.environ.get("TRACKER_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+
+
+def mysql_required() -> bool:
+    """In CI the MariaDB tests must run: a missing server is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("TRACKER_REQUIRE_MYSQL") == "1"
+
+
+def _mysql_connect(**options: object) -> pymysql.connections.Connection[Any]:
+    url = make_url(MYSQL_ADMIN_URL)
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def mysql_unavailable_reason() -> str | None:
+    try:
+        _mysql_connect(connect_timeout=3).close()
+        return None
+    except pymysql.err.MySQLError as exc:
+        return f"MariaDB/MySQL not reachable at {MYSQL_ADMIN_URL}: {str(exc).strip()[:200]}"
+
+
+def create_mysql_database() -> str:
+    name = f"tracker_test_{os.getpid()}_{secrets.token_hex(4)}"
+    connection = _mysql_connect(autocommit=True)
+    try:
+        with connection.cursor() as cursor:
+            # The server's default collation, as a shop's database has: the migrations set their own.
+            cursor.execute(f"CREATE DATABASE `{name}`")
+    finally:
+        connection.close()
+    return make_url(MYSQL_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_mysql_database(url: str) -> None:
+    name = make_url(url).database
+    connection = _mysql_connect(autocommit=True)
+    try:
+        # Connections a test left behind (a killed worker's) would hold metadata locks.
+        kill_other_mysql_connections(connection, name)
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        connection.close()
+
+
+# For tests that run on the server databases only (not SQLite): ``database_url`` params.
+SERVER_DATABASES = [
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+
+
+def connect_mysql(url: str) -> pymysql.connections.Connection[Any]:
+    """A plain driver connection to the database of a tracker ``mysql+pymysql://`` URL."""
+    return _mysql_connect(database=make_url(url).database, autocommit=True)
+
+
+def kill_other_mysql_connections(connection: pymysql.connections.Connection[Any], name: str | None = None) -> int:
+    """Kills every other connection to database ``name`` (default: ``connection``'s own);
+    how many it killed."""
+    killed = 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM information_schema.processlist WHERE db = COALESCE(%s, DATABASE()) AND id <> CONNECTION_ID()",
+            (name,),
+        )
+        for (thread_id,) in cursor.fetchall():
+            try:
+                cursor.execute(f"KILL {int(thread_id)}")
+                killed += 1
+            except pymysql.err.MySQLError:
+                pass  # it ended in between
+    return killed

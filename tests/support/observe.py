@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests.support.databases import connect_mysql, kill_other_mysql_connections
 from tracker.config import normalize_database_url
 from tracker.sim.server import SimServer
 
@@ -159,7 +160,7 @@ def run_measuring_memory(
     )
 
 
-# --- PostgreSQL ------------------------------------------------------------------------------
+# --- PostgreSQL and MariaDB ------------------------------------------------------------------
 
 TERMINATE_OTHERS = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -180,7 +181,17 @@ class BackendKiller:
     _thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        url = normalize_database_url(self.database_url).replace("postgresql+psycopg://", "postgresql://", 1)
+        url = normalize_database_url(self.database_url)
+        if url.startswith("mysql"):
+            connection = connect_mysql(url)
+            try:
+                while not self._stop.wait(self.period):
+                    self.terminated += kill_other_mysql_connections(connection)
+                    self.rounds += 1
+            finally:
+                connection.close()
+            return
+        url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         with psycopg.connect(url, autocommit=True) as connection:
             while not self._stop.wait(self.period):
                 killed = connection.execute(TERMINATE_OTHERS).fetchall()

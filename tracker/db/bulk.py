@@ -32,13 +32,12 @@ def update_rows(
         return set(written.scalars())
     row_ids = [row["row_id"] for row in rows]
     if claim_id is not None:
-        # SQLite: this transaction holds the database lock, so the claim cannot move
-        # between this check and the executemany.
-        held = set(
-            session.execute(
-                select(table.c.id).where(table.c.id.in_(row_ids), table.c.claim_id == claim_id)
-            ).scalars()
-        )
+        # The claim cannot move between this check and the executemany: SQLite's
+        # transaction holds the database lock; on MySQL/MariaDB the check locks the rows.
+        held_query = select(table.c.id).where(table.c.id.in_(row_ids), table.c.claim_id == claim_id)
+        if dialect.name != "sqlite":
+            held_query = held_query.with_for_update()
+        held = set(session.execute(held_query).scalars())
         rows = [row for row in rows if row["row_id"] in held]
         if not rows:
             return set()
@@ -96,13 +95,14 @@ def lock_claimed_rows(
     columns: Sequence[str],
 ) -> Sequence[Row[Any]]:
     """``columns`` of the rows still held by ``claim_id``, by id, locked for this
-    transaction on PostgreSQL (SQLite's write transaction already holds the database)."""
+    transaction on PostgreSQL and MySQL (SQLite's write transaction already holds the
+    database)."""
     query = (
         select(*(table.c[name] for name in columns))
         .where(table.c.id.in_(row_ids), table.c.claim_id == claim_id)
         .order_by(table.c.id)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update()
     return session.execute(query).all()
 

@@ -5,8 +5,9 @@ random ``claim_id``. The poll task carries ``(claim_id, row ids)``; when it runs
 touches rows still stamped with its claim. So:
 
 - two dispatchers (two beats, or two ticks) never hand out the same row twice: on
-  PostgreSQL the claim selects ``FOR UPDATE SKIP LOCKED``; on SQLite every write
-  transaction holds the database lock (``BEGIN IMMEDIATE``), which serialises claims;
+  PostgreSQL and MySQL/MariaDB the claim selects ``FOR UPDATE SKIP LOCKED``; on SQLite
+  every write transaction holds the database lock (``BEGIN IMMEDIATE``), which
+  serialises claims;
 - if the broker loses the task (Redis restarted or flushed, worker killed), the lease
   runs out, the rows are due again, and the next tick claims them afresh;
 - a task delivered late, after its rows were re-claimed, finds nothing to do.
@@ -62,7 +63,7 @@ def claim_due(
     table = cast(Table, model.__table__)
     id_col: Column[int] = table.c.id
     due: Column[datetime] = table.c[due_column]
-    on_postgres = session.get_bind().dialect.name == "postgresql"
+    dialect = session.get_bind().dialect.name
     claims: list[Claim] = []
     conditions = [
         table.c.final == false(),
@@ -77,9 +78,12 @@ def claim_due(
         candidates = select(id_col, due).where(*conditions).order_by(due).limit(batch_size)
         claim_id = new_claim_id()
         values = {due_column: lease_until, "claim_id": claim_id}
-        if on_postgres:
+        if dialect == "postgresql":
             row_ids = _claim_in_one_statement(session, table, candidates, due_column, values, now=now)
         else:
+            if dialect != "sqlite":
+                # MySQL/MariaDB: no UPDATE ... RETURNING, so lock, then stamp what was locked.
+                candidates = candidates.with_for_update(skip_locked=True)
             row_ids = _claim_in_two_statements(session, table, candidates, values, now=now)
         if not row_ids:
             break
@@ -111,7 +115,9 @@ def _claim_in_one_statement(
 def _claim_in_two_statements(
     session: Session, table: Table, candidates: Select[int, datetime], values: dict[str, object], *, now: datetime
 ) -> list[int]:
-    """SQLite: this write transaction holds the database, so nothing moves in between."""
+    """SQLite: this write transaction holds the database, so nothing moves in between.
+    MySQL/MariaDB: the candidates come locked (``FOR UPDATE SKIP LOCKED``) until commit.
+    Rows locked but not due yet stay unstamped; the lock ends with the transaction."""
     rows = session.execute(candidates).all()
     if not rows or rows[0][1] > now:
         return []

@@ -13,9 +13,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Boolean,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,12 +23,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from tracker.db.types import BigIntPK, Money, UTCDateTime
+from tracker.db.types import BigIntPK, Money, Real, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,8 +78,8 @@ class Provider(Base):
     api_key_encrypted: Mapped[str] = mapped_column(Text)
     key_hint: Mapped[str] = mapped_column(String(16))
     batch_size: Mapped[int] = mapped_column(Integer, default=100)
-    rate_limit: Mapped[float] = mapped_column(Float, default=5.0)
-    poll_interval: Mapped[float | None] = mapped_column(Float)
+    rate_limit: Mapped[float] = mapped_column(Real, default=5.0)
+    poll_interval: Mapped[float | None] = mapped_column(Real)
     refill_days: Mapped[int] = mapped_column(Integer, default=30)
     paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     paused_reason: Mapped[str | None] = mapped_column(String(255))
@@ -93,12 +94,12 @@ class Provider(Base):
     catalog_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Scheduled refill policy: request a refill every N hours inside the guarantee window.
     # None: TRACKER_AUTO_REFILL_HOURS decides; 0: off for this provider.
-    auto_refill_hours: Mapped[float | None] = mapped_column(Float)
+    auto_refill_hours: Mapped[float | None] = mapped_column(Real)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Hours after a refill was sent before another refill of the same order may go out.
     # None: TRACKER_REFILL_COOLDOWN_HOURS decides.
-    refill_cooldown_hours: Mapped[float | None] = mapped_column(Float)
+    refill_cooldown_hours: Mapped[float | None] = mapped_column(Real)
     # Set only while the provider is paused because it rejected the API key: when its key
     # is next probed (see tracker.usecases.key_probe). NULL for any other pause, which
     # therefore never ends by itself.
@@ -128,9 +129,9 @@ class Service(Base):
     cancel: Mapped[bool | None] = mapped_column(Boolean)
     # Overrides of the provider's defaults, set by the operator, kept across catalog syncs.
     refill_days: Mapped[int | None] = mapped_column(Integer)
-    auto_refill_hours: Mapped[float | None] = mapped_column(Float)
+    auto_refill_hours: Mapped[float | None] = mapped_column(Real)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    refill_cooldown_hours: Mapped[float | None] = mapped_column(Float)
+    refill_cooldown_hours: Mapped[float | None] = mapped_column(Real)
 
     provider: Mapped[Provider] = relationship(back_populates="services")
 
@@ -225,13 +226,14 @@ class RefillRequest(Base):
     __table_args__ = (
         due_index("ix_refill_requests_due", "provider_id", "next_attempt_at"),
         # At most one refill request in flight per order, whatever races the workers run.
+        # MySQL has no partial index: there it is the generated column below.
         Index(
             "uq_refill_requests_one_pending",
             "order_id",
             unique=True,
             postgresql_where=text("NOT final"),
             sqlite_where=text("final = 0"),
-        ),
+        ).ddl_if(dialect=("postgresql", "sqlite")),  # type: ignore[arg-type]  # a tuple works, the stubs say str
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -248,6 +250,20 @@ class RefillRequest(Base):
     refill_id: Mapped[int | None] = mapped_column(ForeignKey("refills.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# MySQL / MariaDB (migration 0006): the one-open-request rule as a UNIQUE index on a
+# column that is order_id while the request is open and NULL once final. Not mapped: the
+# ORM never reads or writes it, and PostgreSQL and SQLite do not have it.
+event.listen(
+    RefillRequest.__table__,
+    "after_create",
+    DDL(  # type: ignore[no-untyped-call]
+        "ALTER TABLE refill_requests "
+        "ADD COLUMN pending_order_id BIGINT AS (IF(final, NULL, order_id)) VIRTUAL, "
+        "ADD UNIQUE INDEX uq_refill_requests_one_pending (pending_order_id)"
+    ).execute_if(dialect=("mysql", "mariadb")),  # type: ignore[arg-type]
+)
 
 
 class RefillAttempt(Base):

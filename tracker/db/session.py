@@ -6,8 +6,8 @@ rolls back on any exception). Messages to the broker are sent only after that co
 
 Work that only reads opens ``unit_of_work(read_only=True)``: on SQLite a deferred
 transaction (plain ``BEGIN``), so it never queues for the write lock behind a worker's
-batch, with ``PRAGMA query_only`` on; on PostgreSQL a ``READ ONLY`` transaction. A write
-in one fails at once instead of quietly taking the write path.
+batch, with ``PRAGMA query_only`` on; on PostgreSQL and MySQL a ``READ ONLY``
+transaction. A write in one fails at once instead of quietly taking the write path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from tracker.config import get_settings, normalize_database_url
+from tracker.config import get_settings, is_mysql_url, normalize_database_url
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -63,11 +63,43 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# MySQL closes connections idle for wait_timeout (8 hours by default, often minutes on
+# shared hosting); pool_pre_ping catches those, recycling keeps them from piling up.
+MYSQL_POOL_RECYCLE_SECONDS = 1800
+# Strict: a value that does not fit is an error, as on PostgreSQL, never silently cut.
+# NO_BACKSLASH_ESCAPES stays as the server has it; the driver quotes for either.
+_MYSQL_INIT = "SET SESSION sql_mode = TRIM(BOTH ',' FROM CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES'))"
+
+
+def _configure_mysql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY, False):
+            # The driver began nothing yet (MySQL starts transactions implicitly): start
+            # this one read-only, so a write in it fails at once.
+            connection.exec_driver_sql("START TRANSACTION READ ONLY")
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
+        return engine
+    if is_mysql_url(url):
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            pool_recycle=MYSQL_POOL_RECYCLE_SECONDS,
+            # As on PostgreSQL: each statement sees what is committed when it starts, and
+            # a claim's FOR UPDATE SKIP LOCKED locks only the rows it takes (REPEATABLE
+            # READ, MySQL's default, would also lock the gaps between them).
+            isolation_level="READ COMMITTED",
+            connect_args={"charset": "utf8mb4", "init_command": _MYSQL_INIT},
+        )
+        _configure_mysql(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

@@ -1,4 +1,4 @@
-"""Column types that behave the same on SQLite and PostgreSQL."""
+"""Column types that behave the same on SQLite, PostgreSQL and MySQL/MariaDB."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Integer, Numeric, String
+from sqlalchemy import BigInteger, DateTime, Dialect, Float, Integer, Numeric, String
+from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from tracker.domain.money import MONEY_PRECISION, MONEY_SCALE
@@ -14,16 +15,25 @@ from tracker.domain.money import MONEY_PRECISION, MONEY_SCALE
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
+# MySQL's plain FLOAT is single precision: 0.1 would read back as 0.100000001.
+Real = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in Python, naive UTC in the database.
 
     SQLite has no time zones and compares datetimes as text, so every stored value must be
-    UTC in one format; this type guarantees it on both databases.
+    UTC in one format; this type guarantees it on every database. MySQL's DATETIME drops
+    the microseconds unless told to keep them (fsp 6), and answer times are compared to them.
     """
 
     impl = DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -122,7 +122,8 @@ def _plan(now: datetime) -> list[_Planned]:
                 completed_orders(
                     provider.id, list(services), now - timedelta(days=longest)
                 )
-                .order_by(Order.count_probed_at.asc().nulls_first(), Order.id)
+                # Never-probed orders first; MySQL has no NULLS FIRST.
+                .order_by(Order.count_probed_at.is_not(None), Order.count_probed_at, Order.id)
                 .limit(room)
             ).all()
             row_ids = [order.id for order in orders]

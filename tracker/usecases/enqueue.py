@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -116,9 +116,16 @@ def _insert_new(
         for external_id in external_ids
     ]
     conflict_columns = ["provider_id", "external_id"]
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        # MySQL has neither ON CONFLICT nor INSERT ... RETURNING. IGNORE skips the orders
+        # already tracked (the unique provider_id, external_id); the driver batches the
+        # rows into multi-row INSERTs and adds up the rows each one inserted.
+        result = session.connection().execute(insert(Order).prefix_with("IGNORE"), rows)
+        return int(result.rowcount)
     statement = (
         pg_insert(Order).on_conflict_do_nothing(index_elements=conflict_columns)
-        if session.get_bind().dialect.name == "postgresql"
+        if dialect == "postgresql"
         else sqlite_insert(Order).on_conflict_do_nothing(index_elements=conflict_columns)
     )
     # executemany: SQLAlchemy batches the rows into multi-row INSERTs itself

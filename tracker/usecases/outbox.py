@@ -131,10 +131,14 @@ def claim_due_events(settings: Settings, now: datetime, max_batches: int = 4) ->
             due_column="next_attempt_at",
         )
         # Delivered events are kept a week for inspection, then purged a little per tick.
-        old = select(OutboxEvent.id).where(
-            OutboxEvent.delivered_at.is_not(None), OutboxEvent.delivered_at < now - KEEP_DELIVERED
-        ).limit(1000)
-        session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(old.scalar_subquery())))
+        # Two statements: MySQL takes no LIMIT in an IN subquery.
+        old = session.scalars(
+            select(OutboxEvent.id)
+            .where(OutboxEvent.delivered_at.is_not(None), OutboxEvent.delivered_at < now - KEEP_DELIVERED)
+            .limit(1000)
+        ).all()
+        if old:
+            session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(old)))
     return claims
 
 
