@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from tracker.provider import errors
-from tracker.provider.client import CallRecord
+
+if TYPE_CHECKING:
+    from tracker.provider.client import CallRecord
 
 RETENTION_SECONDS = 2 * 3600
 

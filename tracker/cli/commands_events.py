@@ -11,7 +11,6 @@ from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.clock import utcnow
 from tracker.config import get_settings
-from tracker.usecases.outbox import resend_events, sink_configured
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,6 +48,8 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def _resend(args: argparse.Namespace) -> int:
+    from tracker.usecases.outbox import resend_events, sink_configured
+
     now = utcnow()
     since: datetime | None = None
     if args.since is not None:

@@ -8,16 +8,15 @@ import sys
 from types import FrameType
 from typing import Any
 
-import redis
-
 from tracker.cli.commands_stats import BROKER_TIMEOUT_SECONDS
 from tracker.cli.errors import CLIError
 from tracker.config import get_settings
 
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 9808
+
 
 def register(commands: Any) -> None:
-    from tracker.ops.exporter import DEFAULT_ADDRESS, DEFAULT_PORT
-
     exporter = commands.add_parser(
         "exporter",
         help="serve Prometheus metrics at /metrics (orders, poll lag, calls, circuit, refills, outbox, balance)",
@@ -33,6 +32,8 @@ def register(commands: Any) -> None:
 
 
 def _exporter(args: argparse.Namespace) -> int:
+    import redis
+
     from tracker.metrics import CallMetrics
     from tracker.ops.exporter import TrackerCollector, make_exporter_server
 

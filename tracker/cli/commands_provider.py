@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from decimal import Decimal, InvalidOperation
-from typing import Any
-
-from sqlalchemy import func, select
+from typing import TYPE_CHECKING, Any
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
@@ -15,13 +13,9 @@ from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar
 from tracker.clock import utcnow
 from tracker.config import get_settings
-from tracker.db.models import Provider, Service
-from tracker.usecases.catalog import distinct_services, store_balance, store_catalog
-from tracker.usecases.enqueue import provider_by_name
-from tracker.usecases.gateway import ProviderAccess, refuse_plain_http
-from tracker.usecases.providers import ProviderSpec, upsert_provider
-from tracker.usecases.views import iso, money
 
+if TYPE_CHECKING:
+    from tracker.db.models import Provider
 
 SYNC_STEPS = 3
 
@@ -74,6 +68,11 @@ def _read_key(args: argparse.Namespace, exists: bool) -> str | None:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from tracker.db.models import Provider
+    from tracker.usecases.providers import ProviderSpec, upsert_provider
+
     with database() as session:
         exists = session.scalar(select(Provider.id).where(Provider.name == args.name)) is not None
         spec = ProviderSpec(
@@ -92,6 +91,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def provider_view(provider: Provider, services: int) -> dict[str, Any]:
+    from tracker.usecases.views import iso, money
+
     return {
         "name": provider.name,
         "url": provider.api_url,
@@ -115,6 +116,10 @@ def provider_view(provider: Provider, services: int) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
+    from tracker.db.models import Provider, Service
+
     with database() as session:
         counts = dict(
             session.execute(select(Service.provider_id, func.count()).group_by(Service.provider_id)).all()
@@ -157,6 +162,9 @@ def _state(view: dict[str, Any]) -> str:
 
 def _sync(args: argparse.Namespace) -> int:
     from tracker.provider.client import ProviderClient
+    from tracker.usecases.catalog import distinct_services, store_balance, store_catalog
+    from tracker.usecases.enqueue import provider_by_name
+    from tracker.usecases.gateway import ProviderAccess, refuse_plain_http
 
     settings = get_settings()
     with database() as session:

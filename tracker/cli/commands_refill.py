@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sqlalchemy import select
-
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.clock import utcnow
 from tracker.config import get_settings
-from tracker.db.models import Service
-from tracker.usecases.cancel import ACCEPTED, cancel_orders
-from tracker.usecases.enqueue import parse_positive, provider_by_name
-from tracker.ratelimit import RateLimiter
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.refills import UnknownOrder, report_drop
 
 
 def register(commands: Any) -> None:
@@ -71,6 +63,8 @@ def register(commands: Any) -> None:
 
 
 def _report_drop(args: argparse.Namespace) -> int:
+    from tracker.usecases.refills import UnknownOrder, report_drop
+
     try:
         with database() as session:
             report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=utcnow())
@@ -85,6 +79,10 @@ def _report_drop(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from tracker.ratelimit import RateLimiter
+    from tracker.usecases.cancel import ACCEPTED, cancel_orders
+    from tracker.usecases.gateway import Gateway
+
     settings = get_settings()
     # The workers' shared rate limit applies to the operator's calls too.
     gateway = Gateway(settings, RateLimiter.from_url(settings.broker_url))
@@ -133,6 +131,11 @@ def _override(
 
 
 def _refill_policy(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from tracker.db.models import Service
+    from tracker.usecases.enqueue import parse_positive, provider_by_name
+
     days_given, days = _override(args.refill_days, "--refill-days", int)
     hours_given, hours = _override(args.auto_refill_hours, "--auto-refill-hours", float)
     cooldown_given, cooldown = _override(args.cooldown_hours, "--cooldown-hours", float)

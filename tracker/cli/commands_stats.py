@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from tracker.cli.db import database
 from tracker.cli.output import print_json, print_table
 from tracker.clock import utcnow
 from tracker.config import Settings, get_settings
-from tracker.metrics import CallMetrics
-from tracker.usecases.stats import provider_stats
+
+if TYPE_CHECKING:
+    from tracker.metrics import CallMetrics
 
 # Monitoring runs this often; a broker that does not answer quickly counts as unreachable.
 BROKER_TIMEOUT_SECONDS = 2.0
@@ -34,6 +33,10 @@ def register(commands: Any) -> None:
 
 def call_metrics(settings: Settings) -> CallMetrics | None:
     """The call counters, or None when the broker cannot be reached (stats print anyway)."""
+    import redis
+
+    from tracker.metrics import CallMetrics
+
     try:
         client = redis.Redis.from_url(
             settings.broker_url,
@@ -47,6 +50,8 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from tracker.usecases.stats import provider_stats
+
     settings = get_settings()
     metrics = call_metrics(settings)
     with database(read_only=True) as session:

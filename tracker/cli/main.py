@@ -1,4 +1,23 @@
-"""The ``tracker`` command. Each subcommand lives in its own module; this one wires them."""
+"""The ``tracker`` command. Each subcommand lives in its own module; this one wires them.
+
+Start-up: a command imports only what it uses. `tracker --help` (and every
+`tracker COMMAND --help`) needs no library beyond the standard one, `tracker orders`
+needs SQLAlchemy and the models but not Alembic, Celery, Redis, requests or rich. One
+rule keeps it so, in every ``commands_*`` module:
+
+- at the top of the module, only what ``register()`` needs: the standard library and
+  the light tracker modules (``tracker.cli.errors``/``output``/``db``/``progress``,
+  ``tracker.config``, ``tracker.clock``, ``tracker.domain.*``);
+- every handler (and helper) imports its heavy dependencies (SQLAlchemy, the models,
+  ``tracker.usecases.*``, Redis, the provider client, ``tracker.ops.*``) in its first
+  lines; names needed only in annotations come under ``if TYPE_CHECKING:``.
+
+``tracker.cli.db`` and ``tracker.cli.progress`` are light to import for the same reason:
+they load SQLAlchemy (Alembic only when the schema needs a look) and rich when used.
+``tracker/__init__.py`` gives Celery its app lazily, so ``import tracker`` costs nothing.
+tests/integration/test_cli_startup.py checks what each command loads;
+benchmarks/cli_startup.py measures the time.
+"""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def stderr_is_terminal() -> bool:
@@ -48,6 +49,10 @@ def progress_bar(description: str, total: float | None, *, enabled: bool | None 
     if not (stderr_is_terminal() if enabled is None else enabled):
         yield ProgressBar()
         return
+    # Imported only when a bar is shown: rich costs a tenth of a second at start-up.
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-
 from tracker.db.session import get_engine
 
 
@@ -21,6 +18,10 @@ def script_location() -> str:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
+    # Imported here: the CLI finds script_location() without paying for Alembic.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", script_location())
     engine = get_engine(url)

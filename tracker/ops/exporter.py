@@ -47,9 +47,6 @@ from tracker.usecases.stats import (
 
 log = logging.getLogger("tracker.exporter")
 
-DEFAULT_ADDRESS = "127.0.0.1"
-DEFAULT_PORT = 9808
-
 CIRCUIT_STATE_VALUES = {
     CircuitState.CLOSED.value: 0,
     CircuitState.HALF_OPEN.value: 1,

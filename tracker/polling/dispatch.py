@@ -31,7 +31,7 @@ from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
 from tracker.domain.health import CircuitState, batches_per_tick
-from tracker.polling.engine import base_interval
+from tracker.usecases.provider_health import base_interval
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.ratelimit import ARRIVAL_MARGIN

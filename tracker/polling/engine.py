@@ -44,14 +44,9 @@ from tracker.provider.types import ItemError
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
 from tracker.usecases.outbox import record_events, sink_configured
-from tracker.usecases.provider_health import record_success, retry_delay_after
+from tracker.usecases.provider_health import base_interval, record_success, retry_delay_after
 
 log = logging.getLogger("tracker.poll")
-
-
-def base_interval(provider: Provider, settings: Settings) -> float:
-    """Seconds between polls of one active row of this provider, before adaptive back-off."""
-    return provider.poll_interval or settings.poll_interval
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import requests
 from sqlalchemy import ColumnElement, Table, delete, select, update
 from sqlalchemy.orm import Session
 
@@ -153,6 +152,10 @@ class Sinks:
     """Where events go. Built once per worker process: one HTTP connection pool."""
 
     def __init__(self, settings: Settings, send_task: Callable[[str, list[Any], str], None] | None) -> None:
+        # Imported here, where events are delivered: the CLI records and lists events
+        # through this module and needs no HTTP client for that.
+        import requests
+
         self.settings = settings
         self.http = requests.Session()
         self.send_task = send_task
@@ -253,6 +256,8 @@ def deliver_claimed(claim_id: int, event_row_ids: Sequence[int], sinks: Sinks, n
 
 def _deliver(sinks: Sinks, row: _Held) -> str | None:
     """The delivery's error, or None when every sink took the event."""
+    import requests
+
     try:
         sinks.deliver(row.event_id, row.payload.encode())
     except (requests.RequestException, DeliveryFailed, OSError) as exc:

@@ -32,6 +32,11 @@ log = logging.getLogger("tracker.health")
 KEY_PAUSE_REASON = "the provider rejected the API key"
 
 
+def base_interval(provider: Provider, settings: Settings) -> float:
+    """Seconds between polls of one active row of this provider, before adaptive back-off."""
+    return provider.poll_interval or settings.poll_interval
+
+
 def health_of(provider: Provider) -> Health:
     return Health(
         paused=provider.paused,

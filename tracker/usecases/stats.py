@@ -19,8 +19,7 @@ from tracker.config import Settings
 from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillRequest
 from tracker.domain.health import CircuitState
 from tracker.metrics import CallCounts, CallMetrics
-from tracker.polling.engine import base_interval
-from tracker.usecases.provider_health import health_of
+from tracker.usecases.provider_health import base_interval, health_of
 from tracker.usecases.views import iso, money
 
 
