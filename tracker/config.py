@@ -1,6 +1,6 @@
 """Settings, read from the environment once per process.
 
-Every variable is documented in the README's Configuration table; keep the two in step.
+Every variable is documented in docs/configuration.md; keep the two in step.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class Settings:
     lease_seconds: float = 180.0
     worker_concurrency: int = 8
     # Worker processes `tracker run` starts. One process runs Python on one core at a
-    # time; a second one uses a second core (see the README's Performance section).
+    # time; a second one uses a second core (see docs/performance.md).
     worker_processes: int = 1
     # Status calls one poll task makes, in turn, on rows it reads and writes together:
     # one task, one read and one write per up to this many 100-ID calls.

@@ -8,7 +8,7 @@ Each delivery is a POST of one JSON event with these headers:
   with the shared secret ``TRACKER_WEBHOOK_SECRET``.
 
 Signing the timestamp with the body lets a receiver refuse replays of old deliveries.
-A shop written in Python can import ``verify_signature``; the README shows the same in a
+A shop written in Python can import ``verify_signature``; docs/notifying.md shows the same in a
 few lines for any language.
 """
 

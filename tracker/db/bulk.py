@@ -121,7 +121,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
 # PostgreSQL: the whole batch travels as one JSON parameter, unpacked by
 # json_to_recordset. Building one JSON document is C code (the json module); binding
 # thousands of separate parameters, or arrays of them, costs Python time per value, which
-# is where a batch's time went (see the README's Performance section).
+# is where a batch's time went (see docs/performance.md).
 
 
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str:

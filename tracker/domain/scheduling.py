@@ -1,6 +1,6 @@
 """When to poll next: adaptive intervals and back-off. Pure arithmetic.
 
-Adaptive polling (documented in the README): an order whose last answer changed something
+Adaptive polling (documented in docs/architecture.md): an order whose last answer changed something
 is polled again after one base interval. Each run of three unchanged answers doubles the
 interval, up to ``max_factor`` base intervals, so a stale In-progress order costs a
 fraction of the calls of a moving one. Final orders are never polled. Delays get +/-10%
