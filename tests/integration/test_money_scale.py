@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.status import OrderStatus
 from tracker.domain.tracking import OrderState, apply_observation
+from tracker.polling.orders import state_of
 from tracker.provider import parsing
 from tracker.provider.types import OrderReport
 
@@ -54,17 +54,7 @@ def _stored_state(url: str, order_id: int) -> OrderState:
     with unit_of_work(url) as session:
         row = session.get(Order, order_id)
         assert row is not None
-        return OrderState(
-            status=OrderStatus(row.status) if row.status is not None else None,
-            raw_status=row.raw_status,
-            remains=row.remains,
-            charge=row.charge,
-            start_count=row.start_count,
-            currency=row.currency,
-            last_observed_at=row.last_observed_at,
-            consecutive_not_found=row.consecutive_not_found,
-            unchanged_polls=row.unchanged_polls,
-        )
+        return state_of(row)
 
 
 def _write(url: str, order_id: int, state: OrderState) -> None:

@@ -41,6 +41,21 @@ _CLAIMED_COLUMNS = (
 )
 
 
+def state_of(row: Any) -> OrderState:
+    """The state machine's view of an order row (a Core row or an ``Order``)."""
+    return OrderState(
+        status=OrderStatus(row.status) if row.status is not None else None,
+        raw_status=row.raw_status,
+        remains=row.remains,
+        charge=row.charge,
+        start_count=row.start_count,
+        currency=row.currency,
+        last_observed_at=row.last_observed_at,
+        consecutive_not_found=row.consecutive_not_found,
+        unchanged_polls=row.unchanged_polls,
+    )
+
+
 class OrderKind:
     name = "orders"
     action = "status"
@@ -67,17 +82,7 @@ class OrderKind:
                 completed_at=row.completed_at,
                 service_id=row.service_id,
                 quantity=row.quantity,
-                state=OrderState(
-                    status=OrderStatus(row.status) if row.status is not None else None,
-                    raw_status=row.raw_status,
-                    remains=row.remains,
-                    charge=row.charge,
-                    start_count=row.start_count,
-                    currency=row.currency,
-                    last_observed_at=row.last_observed_at,
-                    consecutive_not_found=row.consecutive_not_found,
-                    unchanged_polls=row.unchanged_polls,
-                ),
+                state=state_of(row),
             )
             for row in rows
         ]
