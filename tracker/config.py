@@ -141,7 +141,7 @@ class Settings:
     http_max_body_bytes: int = 8 * 1024 * 1024
     circuit_failure_threshold: int = 5
     # Refill requests: attempts before giving up, and the back-off between them
-    # (exponential from base, full jitter, capped).
+    # (exponential from base, jittered, capped).
     refill_max_attempts: int = 12
     refill_retry_base: float = 300.0
     refill_retry_cap: float = 21600.0

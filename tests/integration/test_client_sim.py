@@ -36,7 +36,6 @@ from tracker.provider.errors import (
     ProviderTimeout,
     RateLimited,
     TransportError,
-    UnexpectedShape,
 )
 from tracker.provider.types import (
     CancelAccepted,

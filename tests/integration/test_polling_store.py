@@ -263,3 +263,16 @@ def test_orders_reported_missing_end_not_found_after_k_answers(sim: SimServer, g
             ghost = session.scalars(select(Order).where(Order.external_id == 999_999)).one()
         assert ghost.final is (attempt == k)
     assert ghost.status == "Not found"
+
+
+def test_a_task_that_starts_after_its_lease_ran_out_calls_nothing(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 100)
+    [work] = order_polls(get_settings(), utcnow())
+    with unit_of_work() as session:
+        # The task waited in the queue past its lease; nobody has claimed the rows again yet.
+        session.execute(Order.__table__.update().values(next_poll_at=utcnow() - timedelta(seconds=1)))
+    summary = poll_orders(work.provider_id, work.claim.claim_id, work.claim.row_ids, settings=get_settings(), gateway=gateway)
+    assert summary.applied == 0
+    assert "status" not in sim.stats()["actions"]
+    with unit_of_work() as session:
+        assert all(order.claim_id is None for order in session.scalars(select(Order)))

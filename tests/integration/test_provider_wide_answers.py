@@ -70,6 +70,11 @@ def make_all_due() -> None:
         session.execute(update(Order).values(next_poll_at=utcnow() - timedelta(seconds=1)))
 
 
+def _event_count() -> int:
+    with unit_of_work() as session:
+        return len(session.scalars(select(OrderEvent.id)).all())
+
+
 def statuses() -> list[str | None]:
     with unit_of_work() as session:
         return list(session.scalars(select(Order.status).order_by(Order.id)))
@@ -108,19 +113,26 @@ def test_reopen_puts_not_found_orders_back_into_polling(
     ids = register(sim, 5, pending_s=10**6)
     poll_all_due(gateway)
     with unit_of_work() as session:
-        # As the old tracker left them after a provider-wide "Incorrect order ID".
-        session.execute(update(Order).values(status="Not found", final=True, consecutive_not_found=5))
+        # As the old tracker left them after a provider-wide "Incorrect order ID": ended
+        # Not found, with that transition recorded.
+        for order in session.scalars(select(Order)):
+            order.event_count += 1
+            session.add(OrderEvent(order_id=order.id, seq=order.event_count, at=utcnow(), from_status=order.status,
+                                   to_status="Not found", raw_status=order.raw_status))
+            order.status, order.final, order.consecutive_not_found = "Not found", True, 5
     assert tracker_cli(["reopen", "panel", str(ids[0])]) == 0
     assert "1 order" in capsys.readouterr().out
     assert tracker_cli(["reopen", "panel", "--status", "Not found"]) == 0
     assert "4 orders" in capsys.readouterr().out
     assert tracker_cli(["reopen", "panel", "--status", "Completed"]) == 2
     assert "Not found" in capsys.readouterr().err
-    poll_all_due(gateway)
+    # Back to the status each had before it ended Not found; the same answer again adds nothing.
     assert statuses() == ["Pending"] * 5
+    events_before = _event_count()
+    poll_all_due(gateway)
+    assert statuses() == ["Pending"] * 5 and _event_count() == events_before
     with unit_of_work() as session:
-        last = session.scalars(select(OrderEvent).order_by(OrderEvent.id.desc())).first()
-        assert last is not None and (last.from_status, last.to_status) == ("Not found", "Pending")
+        assert all(not order.final for order in session.scalars(select(Order)))
 
 
 class _HourAhead(datetime):
@@ -146,3 +158,22 @@ def test_a_worker_whose_clock_runs_ahead_freezes_nothing(
     expected = [truth[order_id]["status"] for order_id in sorted(ids)]  # type: ignore[index]
     assert "In progress" in expected
     assert statuses() == expected
+
+
+def test_a_reopened_order_is_not_ended_again_by_one_not_found_answer(sim: SimServer, gateway: Gateway) -> None:
+    ids = register(sim, 3, pending_s=10**6)
+    poll_all_due(gateway)
+    for _ in range(get_settings().not_found_after):
+        # Too few orders for a provider-wide verdict: each answer counts for its order.
+        sim.reset()
+        make_all_due()
+        poll_all_due(gateway)
+    assert statuses() == ["Not found"] * 3
+    assert tracker_cli(["reopen", "panel", *map(str, ids)]) == 0
+    with unit_of_work() as session:
+        assert [order.status for order in session.scalars(select(Order))] == ["Pending"] * 3
+    # One more "Incorrect order ID" is one miss, not the end of the order.
+    poll_all_due(gateway)
+    with unit_of_work() as session:
+        orders = session.scalars(select(Order)).all()
+        assert all(not order.final and order.consecutive_not_found == 1 for order in orders)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+import redis
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import TEST_API_KEY
@@ -37,6 +38,7 @@ from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL as REFILL
 from tracker.sim.server import SimServer
 from tracker.usecases.catalog import sync_due_catalogs
 from tracker.usecases.enqueue import track_orders
+from tracker.ratelimit import RateLimiter
 from tracker.usecases.gateway import Gateway
 from tracker.usecases.providers import ProviderSpec, upsert_provider
 from tracker.usecases.refills import AnswerNotRecorded, attempt_refill, report_drop
@@ -167,3 +169,47 @@ def test_a_single_failed_write_of_an_answer_is_retried_and_the_answer_kept(
     report = attempt_refill(request_id, claim_id, settings=settings, gateway=gateway, checkpoint=once)
     assert (report.outcome, report.state) == ("accepted", "accepted")
     assert sim.stats()["refills"] == 1
+
+
+class _CoolDownFails(RateLimiter):
+    """A limiter whose Redis goes away just as a 429's cool-down is stored."""
+
+    def cool_down(self, provider_id: int, seconds: float) -> None:
+        raise redis.ConnectionError("injected: Redis went away")
+
+
+def test_redis_down_under_the_rate_limit_sends_nothing_and_burns_nothing(
+    panel: tuple[SimServer, Gateway, list[int]],
+) -> None:
+    sim, _, ids = panel
+    settings = get_settings()
+    order_id = ids[-1]
+    sim.drop(order_id, 5)
+    request_id, claim_id = claim_request(order_id, settings)
+    dead_redis = Gateway(settings, RateLimiter.from_url("redis://127.0.0.1:9/0"))
+    try:
+        report = attempt_refill(request_id, claim_id, settings=settings, gateway=dead_redis)
+    finally:
+        dead_redis.close()
+    assert (report.outcome, report.state) == ("not_sent", "pending")
+    assert "refill" not in sim.stats()["actions"]
+    with unit_of_work() as session:
+        request = session.get_one(RefillRequest, request_id)
+        assert not request.final
+
+
+def test_a_429_is_kept_when_its_cool_down_cannot_be_stored(panel: tuple[SimServer, Gateway, list[int]]) -> None:
+    sim, _, ids = panel
+    settings = get_settings()
+    order_id = ids[-1]
+    sim.drop(order_id, 5)
+    request_id, claim_id = claim_request(order_id, settings)
+    sim.inject_fault("rate_limit", count=1, actions=["refill"], seconds=2)
+    gateway = Gateway(settings, _CoolDownFails.from_url(get_settings().broker_url))
+    try:
+        report = attempt_refill(request_id, claim_id, settings=settings, gateway=gateway)
+    finally:
+        gateway.close()
+    assert (report.outcome, report.state) == ("rate_limited", "pending")
+    with unit_of_work() as session:
+        assert not session.get_one(RefillRequest, request_id).final

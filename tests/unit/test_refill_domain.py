@@ -40,6 +40,7 @@ from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider.errors import (
     HTTPError,
     IncorrectRequest,
+    InsecureProviderURL,
     InsufficientFunds,
     InvalidKey,
     NotJSON,
@@ -315,6 +316,7 @@ def test_replaying_any_answers_records_a_consistent_chain(
         (TransportError("refill", "connection reset"), AttemptOutcome.NO_ANSWER),
         (NotJSON("refill", "truncated", '{"refi'), AttemptOutcome.NO_ANSWER),
         (NotSent("refill", "connection refused"), AttemptOutcome.NOT_SENT),
+        (InsecureProviderURL("refill", "plain http"), AttemptOutcome.NOT_SENT),
         (UnusableRefillId("refill", "unusable refill ID", "x" * 80), AttemptOutcome.BAD_REFILL_ID),
     ],
 )

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, Table, TextClause, bindparam, false, insert, select, text, update
+from sqlalchemy import Table, TextClause, bindparam, insert, select, text, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
@@ -71,40 +71,6 @@ def release_claimed(
         .values({due_column: due_at, "claim_id": None})
     )
     return int(result.rowcount)
-
-
-def claimed_external_ids(
-    session: Session, table: Table, claim_id: int, row_ids: Sequence[int]
-) -> dict[int, Any]:
-    """Row id -> provider ID, for rows still held by ``claim_id`` and not final."""
-    rows = session.execute(
-        select(table.c.id, table.c.external_id).where(
-            table.c.id.in_(row_ids),
-            table.c.claim_id == claim_id,
-            table.c.final == false(),
-        )
-    ).all()
-    return {row.id: row.external_id for row in rows}
-
-
-def lock_claimed_rows(
-    session: Session,
-    table: Table,
-    claim_id: int,
-    row_ids: Sequence[int],
-    columns: Sequence[str],
-) -> Sequence[Row[Any]]:
-    """``columns`` of the rows still held by ``claim_id``, by id, locked for this
-    transaction on PostgreSQL and MySQL (SQLite's write transaction already holds the
-    database)."""
-    query = (
-        select(*(table.c[name] for name in columns))
-        .where(table.c.id.in_(row_ids), table.c.claim_id == claim_id)
-        .order_by(table.c.id)
-    )
-    if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update()
-    return session.execute(query).all()
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -13,14 +13,18 @@ transaction. A write in one fails at once instead of quietly taking the write pa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tracker.config import get_settings, is_mysql_url, normalize_database_url
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -156,3 +160,17 @@ def dispose_engines(*, close: bool = True) -> None:
         _engines.clear()
         _factories.clear()
         _read_only_factories.clear()
+
+
+def write_with_retries(write: Callable[[], T], *, tries: int = 3, pause: float = 0.5) -> T:
+    """Run ``write`` (which opens its own unit of work) again after a database error, a
+    few times: for writes of answers that cannot be asked for again (a refill's or a
+    cancel's), where the alternative is losing them. The last error is raised."""
+    for attempt in range(tries):
+        try:
+            return write()
+        except DBAPIError:
+            if attempt + 1 == tries:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable: the last try returns or raises")

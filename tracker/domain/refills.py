@@ -19,7 +19,7 @@ Attempts. ``refill`` is not idempotent, and the shop's standing with its provide
 spent by each one that goes out. An attempt is recorded as ``sent`` before the call; its
 answer decides one of ``Accepted``, ``RetryAt(t)`` or ``GiveUp(reason)``. Only answers
 that prove the provider did not act (a refusal, 429, no connection) are retried, with
-exponential back-off and full jitter until the attempt cap or the end of the window. An
+exponential back-off and jitter until the attempt cap or the end of the window. An
 attempt whose answer was lost (timeout, connection cut, 5xx, garbled body, or a worker
 gone between the call and the write) may have created a refill whose ID we will never
 learn (API v2 cannot list refills by order): it counts as a refill sent at that moment
@@ -39,6 +39,7 @@ from tracker.domain.scheduling import failure_backoff
 from tracker.domain.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
 from tracker.provider.errors import (
     IncorrectRequest,
+    InsecureProviderURL,
     InvalidKey,
     NotSent,
     ProviderError,
@@ -258,7 +259,7 @@ def outcome_of_error(error: ProviderError) -> AttemptOutcome:
     ``classify_refill_refusal``, nowhere else."""
     if isinstance(error, RateLimited):
         return AttemptOutcome.RATE_LIMITED
-    if isinstance(error, NotSent):
+    if isinstance(error, NotSent | InsecureProviderURL):
         return AttemptOutcome.NOT_SENT
     if isinstance(error, UnusableRefillId):
         return AttemptOutcome.BAD_REFILL_ID
@@ -297,7 +298,7 @@ ANSWER_UNKNOWN = (
     "learn, so the call is not repeated"
 )
 
-_GIVE_UP_REASONS = {
+GIVE_UP_REASONS = {
     AttemptOutcome.DISABLED: "the provider said refill is disabled for this order",
     AttemptOutcome.WINDOW_EXPIRED: "the provider said the refill period has expired",
     AttemptOutcome.NOT_FOUND: "the provider does not know the order",
@@ -329,7 +330,7 @@ def decide_after_attempt(
         return Accepted()
     if outcome in AMBIGUOUS_OUTCOMES:
         return GiveUp(ANSWER_UNKNOWN, answer_unknown=True)
-    reason = _GIVE_UP_REASONS.get(outcome)
+    reason = GIVE_UP_REASONS.get(outcome)
     if reason is not None:
         return GiveUp(reason, not_refillable=outcome is AttemptOutcome.DISABLED)
     if attempts_made >= policy.max_attempts:

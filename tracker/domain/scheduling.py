@@ -49,9 +49,9 @@ def failure_backoff(
     cap: float,
     rng: random.Random | None = None,
 ) -> float:
-    """Seconds to wait after the n-th consecutive failure: exponential, full jitter, capped.
+    """Seconds to wait after the n-th consecutive failure: exponential, "equal" jitter, capped.
 
-    Full jitter (uniform between half and all of the exponential step) keeps many workers
+    Equal jitter (uniform between half and all of the exponential step) keeps many workers
     that failed together from retrying together.
     """
     step = min(cap, base * doubling(consecutive_failures - 1))

@@ -31,11 +31,10 @@ from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
 from tracker.domain.health import CircuitState, batches_per_tick
-from tracker.usecases.provider_health import base_interval
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.ratelimit import ARRIVAL_MARGIN
-from tracker.usecases.provider_health import health_of
+from tracker.usecases.provider_health import base_interval, health_of
 
 # Share of the poll interval by which a batch may poll rows early to fill itself up.
 FILL_HORIZON_SHARE = 0.2
@@ -79,10 +78,9 @@ def claim_rounds(settings: Settings, now: datetime) -> Iterator[list[Work]]:
                 claimed = _claim_for_provider(session, provider, budget, settings, now)
                 calls_left[provider.id] = budget.left_for_tick()
                 if claimed and health_of(provider).state(now) is CircuitState.HALF_OPEN:
-                    # The probe is out: hold the circuit until its result is recorded.
-                    provider.circuit_open_until = now + timedelta(
-                        seconds=settings.http_read_timeout + settings.tick_interval
-                    )
+                    # The probe is out: hold the circuit until its result is recorded, or
+                    # until its claim's lease ends (the probe was lost).
+                    provider.circuit_open_until = now + timedelta(seconds=settings.lease_seconds)
                 work.extend(claimed)
         if not work:
             return
@@ -112,7 +110,8 @@ class _Budget:
     round_left: int
 
     @property
-    def now(self) -> int:
+    def available(self) -> int:
+        """Calls this provider may still be handed in this round."""
         return min(self.tick_left, self.round_left)
 
     def spend(self, calls: int) -> None:
@@ -131,12 +130,12 @@ def _claim_for_provider(
     lease_until = now + timedelta(seconds=settings.lease_seconds)
     fill_horizon = timedelta(seconds=base_interval(provider, settings) * FILL_HORIZON_SHARE)
     work: list[Work] = []
-    if budget.now <= 0:
+    if budget.available <= 0:
         return work
     # 1. Refill attempts: one call each.
     attempts = claim_due(
         session, RefillRequest, provider_id=provider.id, now=now, lease_until=lease_until,
-        batch_size=budget.now, max_batches=1, due_column="next_attempt_at",
+        batch_size=budget.available, max_batches=1, due_column="next_attempt_at",
     )
     for claim in attempts:
         work.extend(AttemptWork(provider.id, request_id, claim.claim_id) for request_id in claim.row_ids)
@@ -146,8 +145,8 @@ def _claim_for_provider(
         ("refills", Refill, REFILLS.rows_per_call(provider)),
         ("orders", Order, ORDERS.rows_per_call(provider)),
     ):
-        while budget.now > 0:
-            calls = min(settings.calls_per_poll_task, budget.now)
+        while budget.available > 0:
+            calls = min(settings.calls_per_poll_task, budget.available)
             rows_wanted = rows_per_call * calls
             claims = claim_due(
                 session, model, provider_id=provider.id, now=now, lease_until=lease_until,

@@ -74,6 +74,8 @@ class Fetched:
     error: ProviderError | RateLimitBusy | None = None
     # Facts about the provider learned by these calls, written with the answers.
     provider_updates: dict[str, Any] = field(default_factory=dict)
+    # The rest of the task's rows wait for the next tick (the calls they need changed).
+    stop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +224,9 @@ def _call_all(
     for offset in range(0, len(rows), group_size):
         group = rows[offset : offset + group_size]
         observed_at = clock()
-        if offset and observed_at + 2 * longest + LEASE_SAFETY > lease_until:
+        # Also before the first call: a task that waited in the queue past its lease must
+        # not ask about rows the next tick may be claiming again.
+        if observed_at + 2 * longest + LEASE_SAFETY > lease_until:
             calls.unasked.extend(row.id for row in rows[offset:])
             break
         try:
@@ -245,7 +249,7 @@ def _call_all(
                 calls.answered.append((row, fetched.results.get(row.external_id), observed_at))
             else:
                 calls.unasked.append(row.id)
-        if fetched.error is not None:
+        if fetched.error is not None or fetched.stop:
             calls.error = fetched.error
             calls.unasked.extend(row.id for row in rows[offset + group_size :])
             break

@@ -110,8 +110,10 @@ class RefillKind:
             except ProviderError as error:
                 if not _demotes_multi(error, multi_proven=multi is True):
                     raise
-                log.info("provider refused the multi refill_status form; using single calls")
-                fetched.provider_updates[MULTI_FACT] = False
+                log.info("provider refused the multi refill_status form; single calls from the next tick")
+                # The dispatcher budgeted this group as one call: the single calls it now
+                # needs wait for the next tick, which counts one call per refill.
+                return Fetched(provider_updates={MULTI_FACT: False}, stop=True)
             else:
                 fetched.answered = set(ids)
                 if multi is None:

@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis
 from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
 from tracker.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Order, Service
-from tracker.db.session import unit_of_work
+from tracker.db.session import unit_of_work, write_with_retries
 from tracker.domain.ids import parse_order_ids
 from tracker.provider.client import MAX_IDS_PER_CALL
-from tracker.provider.errors import ProviderError, ProviderRejected
+from tracker.provider.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
 from tracker.provider.types import CancelAccepted, CancelResult
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.enqueue import provider_by_name
@@ -156,6 +157,16 @@ def _send(
     # killed, the database failing after the call), the orders show a cancel sent with
     # its answer unknown, and it is never sent again.
     with unit_of_work() as session:
+        # Locked and checked again: another `tracker cancel` of the same orders may have
+        # sent its own since this one looked.
+        session.execute(select(Order.id).where(Order.id.in_(row_ids[e] for e in chunk)).with_for_update())
+        sent_meanwhile = _cancels_sent(session, [row_ids[external_id] for external_id in chunk])
+        refused = [
+            CancelLine(str(external_id), REFUSED, _sent_before(sent_meanwhile[row_ids[external_id]]))
+            for external_id in chunk
+            if row_ids[external_id] in sent_meanwhile
+        ]
+        chunk = [external_id for external_id in chunk if row_ids[external_id] not in sent_meanwhile]
         intents = {
             external_id: CancelRequest(
                 order_id=row_ids[external_id],
@@ -168,33 +179,43 @@ def _send(
         session.add_all(intents.values())
         session.flush()
         intent_ids = {external_id: intent.id for external_id, intent in intents.items()}
+    if not chunk:
+        return refused
     error: ProviderError | None = None
     answers: dict[int, CancelResult] = {}
     lines: list[CancelLine] = []
     try:
         answers = gateway.client(access).cancel(chunk)
-    except RateLimitBusy:
+    except (RateLimitBusy, redis.RedisError):
         lines = [
-            CancelLine(str(external_id), NOT_SENT, "the provider's rate limit is busy; try again")
+            CancelLine(str(external_id), NOT_SENT, "the rate limit kept it back (busy, or Redis unreachable); try again")
             for external_id in chunk
         ]
+    except (NotSent, InsecureProviderURL) as failure:
+        lines = [CancelLine(str(external_id), NOT_SENT, f"not sent: {failure}") for external_id in chunk]
+        error = failure
     except ProviderError as failure:
         error = failure
     if not lines:
         lines = [_line(external_id, answers.get(external_id), error) for external_id in chunk]
-    with unit_of_work() as session:
-        if error is not None or answers:
-            record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
-        for line in lines:
-            intent = session.get_one(CancelRequest, intent_ids[int(line.order_id)])
-            intent.outcome = line.outcome
-            intent.message = line.reason
-        _poll_soon(
-            session,
-            [row_ids[int(line.order_id)] for line in lines if line.outcome == ACCEPTED],
-            clock(),
-        )
-    return lines
+
+    def record() -> None:
+        with unit_of_work() as session:
+            if error is not None or answers:
+                record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
+            for line in lines:
+                intent = session.get_one(CancelRequest, intent_ids[int(line.order_id)])
+                intent.outcome = line.outcome
+                intent.message = line.reason
+            _poll_soon(
+                session,
+                [row_ids[int(line.order_id)] for line in lines if line.outcome == ACCEPTED],
+                clock(),
+            )
+
+    # The answers are known: worth a few tries, or they stay "unknown" for good.
+    write_with_retries(record)
+    return refused + lines
 
 
 def _line(

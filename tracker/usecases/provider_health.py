@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
@@ -81,7 +82,12 @@ def record_failure(
     elif isinstance(error, RateLimited):
         health = after_rate_limited(health, now, error.retry_after)
         if rate_limiter is not None:
-            rate_limiter.cool_down(provider_id, rate_limit_wait(error.retry_after))
+            try:
+                rate_limiter.cool_down(provider_id, rate_limit_wait(error.retry_after))
+            except redis.RedisError as failure:
+                # The database keeps the 429 (circuit_open_until); losing the answer over a
+                # shared cool-down that could not be stored would be worse.
+                log.warning("429 cool-down not stored in Redis: %s", type(failure).__name__)
         log.warning(
             "provider rate-limited us (HTTP 429); cooling down",
             extra={"provider": provider.name, "retry_after": error.retry_after},
@@ -164,7 +170,7 @@ def retry_delay_after(
 ) -> float:
     """Record how a poll's call went and return the seconds until the rows it could not
     update are due again: the rate limiter's wait, one interval after a refusal, or an
-    exponential back-off (full jitter) after a failure.
+    exponential back-off (equal jitter) after a failure.
 
     ``refusal_is_failure``: a status call has no legitimate refusal (not-found answers
     come per ID), so a top-level ``{"error": ...}`` there counts towards the circuit

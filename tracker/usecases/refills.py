@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import cast
 
+import redis
 from sqlalchemy import Select, Table, false, func, or_, select, union
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tracker.clock import utcnow
 from tracker.config import Settings
+from tracker.db.clock import database_clock
 from tracker.db.models import (
     Drop,
     Order,
@@ -50,12 +51,13 @@ from tracker.db.models import (
     RefillRequest,
     Service,
 )
-from tracker.db.session import unit_of_work
+from tracker.db.session import unit_of_work, write_with_retries
 from tracker.domain.ids import parse_order_id
 from tracker.domain.refills import (
     ANSWER_UNKNOWN,
     SENT_OUTCOMES,
     Accepted,
+    GIVE_UP_REASONS,
     AttemptOutcome,
     Decision,
     Eligibility,
@@ -413,13 +415,17 @@ def attempt_refill(
     *,
     settings: Settings,
     gateway: Gateway,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
     rng: random.Random | None = None,
     checkpoint: Callable[[str], None] = lambda step: None,
 ) -> AttemptReport:
-    """``checkpoint`` is called at each step with ``"before_call"``, ``"after_call"`` (before
-    each try of the write) and ``"after_write"``: tests kill the process or fail the
-    database there."""
+    """``clock``: by default the database's, which the dispatcher's leases and every
+    worker's cool-downs are measured by. ``checkpoint`` is called at each step with
+    ``"before_call"``, ``"after_call"`` (before each try of the write) and
+    ``"after_write"``: tests kill the process or fail the database there."""
+    if clock is None:
+        with unit_of_work(read_only=True) as session:
+            clock = database_clock(session, utcnow)
     try:
         taken = _take(request_id, claim_id, settings, clock())
     except DBAPIError as failure:
@@ -430,57 +436,55 @@ def attempt_refill(
     checkpoint("before_call")
     refill_id: str | None = None
     error: ProviderError | None = None
+    retry_after: float | None = None
+    # Kept back by our own rate limit (busy, or its Redis unreachable): nothing went out,
+    # and it says nothing about the provider.
+    kept_back = False
     try:
         refill_id = gateway.client(taken.access).refill(taken.external_order_id)
         outcome = AttemptOutcome.ACCEPTED
     except RateLimitBusy as busy:
-        # Kept back before sending: nothing went out.
-        error = None
-        outcome = AttemptOutcome.NOT_SENT
-        retry_after: float | None = busy.wait_seconds
+        kept_back, outcome, retry_after = True, AttemptOutcome.NOT_SENT, busy.wait_seconds
+    except redis.RedisError:
+        # Only the limiter, before the call, talks to Redis and lets its errors through.
+        kept_back, outcome = True, AttemptOutcome.NOT_SENT
     except ProviderError as failure:
         error = failure
         outcome = outcome_of_error(failure)
-    else:
-        retry_after = None
-    if error is not None:
-        retry_after = error.retry_after if isinstance(error, RateLimited) else None
-    for tries_left in range(ANSWER_WRITE_TRIES - 1, -1, -1):
+        retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
+    message = f"refill {refill_id}" if refill_id is not None else str(error) if error else "kept back by the rate limit"
+
+    def record_answer() -> AttemptReport:
+        checkpoint("after_call")
         now = clock()
         decision = decide_after_attempt(
             outcome,
-            attempts_made=taken.attempts_made + (0 if outcome is AttemptOutcome.NOT_SENT else 1),
+            attempts_made=taken.attempts_made + (0 if kept_back else 1),
             window_ends_at=taken.window_ends_at,
             now=now,
             policy=retry_policy(settings),
             retry_after=retry_after,
             rng=rng,
         )
-        answered = _Answered(
-            outcome=outcome,
-            decision=decision,
-            refill_id=refill_id,
-            message=f"refill {refill_id}" if refill_id is not None else (str(error) if error else "not sent")[:MESSAGE_LIMIT],
-            sent_at=taken.sent_at,
+        answered = _Answered(outcome, decision, refill_id, message[:MESSAGE_LIMIT], taken.sent_at)
+        with unit_of_work() as session:
+            if not kept_back:
+                record_call(session, taken.access.id, error, now, settings, gateway.rate_limiter)
+            return _record_answer(
+                session, request_id, claim_id, taken.attempt_id, answered, now, settings, counted=not kept_back
+            )
+
+    try:
+        # The answer is known: worth a few tries, or it is lost for good.
+        report = write_with_retries(record_answer, tries=ANSWER_WRITE_TRIES)
+    except DBAPIError as failure:
+        log.error(
+            "refill request %s: the answer (%s) could not be recorded: %s; it counts as lost",
+            request_id, outcome.value, type(failure).__name__,
         )
-        try:
-            checkpoint("after_call")
-            with unit_of_work() as session:
-                if outcome is not AttemptOutcome.NOT_SENT:
-                    record_call(session, taken.access.id, error, now, settings, gateway.rate_limiter)
-                report = _record_answer(session, request_id, claim_id, taken.attempt_id, answered, now, settings)
-        except DBAPIError as failure:
-            if not tries_left:
-                log.error(
-                    "refill request %s: the answer (%s) could not be recorded: %s; it counts as lost",
-                    request_id, outcome.value, type(failure).__name__,
-                )
-                raise AnswerNotRecorded(f"refill request {request_id}: answer not recorded") from None
-            time.sleep(0.5)
-        else:
-            checkpoint("after_write")
-            return report
-    raise AssertionError("unreachable: the last try returns or raises")
+        raise AnswerNotRecorded(f"refill request {request_id}: answer not recorded") from None
+    checkpoint("after_write")
+    return report
 
 
 def _take(request_id: int, claim_id: int, settings: Settings, now: datetime) -> _Taken | AttemptReport:
@@ -562,17 +566,29 @@ def _record_answer(
     answered: _Answered,
     now: datetime,
     settings: Settings,
+    *,
+    counted: bool,
 ) -> AttemptReport:
+    """``counted``: the attempt reached (or may have reached) the provider, so it counts
+    towards the attempt cap."""
     request = session.get_one(RefillRequest, request_id, with_for_update=True)
+    refill = None
+    if answered.refill_id is not None:
+        refill = _store_refill(session, request, answered.refill_id, answered.sent_at, now)
+        if refill is None:
+            # The ID is already another order's refill: this one cannot be followed.
+            answered = replace(
+                answered,
+                outcome=AttemptOutcome.BAD_REFILL_ID,
+                decision=GiveUp(GIVE_UP_REASONS[AttemptOutcome.BAD_REFILL_ID]),
+                message=f"refill {answered.refill_id}, an ID another order's refill already has",
+            )
     attempt = session.get_one(RefillAttempt, attempt_id)
     attempt.outcome = answered.outcome.value
     attempt.message = answered.message
     request.updated_at = now
-    refill = None
-    if answered.refill_id is not None:
-        refill = _store_refill(session, request, answered.refill_id, answered.sent_at, now)
     outcome = answered.outcome.value
-    if answered.outcome is not AttemptOutcome.NOT_SENT:
+    if counted:
         request.attempts += 1
     if request.final or request.claim_id != claim_id:
         # The lease ran out during the call (it should not: it outlasts any call). The
@@ -601,11 +617,20 @@ def _record_answer(
     return AttemptReport(request_id, outcome, PENDING)
 
 
-def _store_refill(session: Session, request: RefillRequest, refill_id: str, sent_at: datetime, now: datetime) -> Refill:
+def _store_refill(
+    session: Session, request: RefillRequest, refill_id: str, sent_at: datetime, now: datetime
+) -> Refill | None:
+    """The refill row for this answer; None when the ID is already another order's."""
     existing = session.scalar(
         select(Refill).where(Refill.provider_id == request.provider_id, Refill.external_id == refill_id)
     )
     if existing is not None:
+        if existing.order_id != request.order_id:
+            log.error(
+                "refill request %s: the provider answered refill ID %s, which order row %s already has",
+                request.id, refill_id, existing.order_id,
+            )
+            return None
         return existing
     refill = Refill(
         provider_id=request.provider_id,

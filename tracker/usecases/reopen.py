@@ -3,7 +3,8 @@
 ``Not found`` is final: the provider answered "Incorrect order ID" K times in a row. When
 that was the provider's fault after all (an outage the tracker could not tell apart, an
 API key of another account set by mistake), the operator reopens them. A reopened order
-is due at once; its next answer is recorded as a transition from ``Not found``.
+is due at once, with the status it had before (its next answer is compared with that,
+and recorded as a transition when it differs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from tracker.db.models import Order
+from tracker.db.models import Order, OrderEvent
 from tracker.domain.ids import parse_order_ids
 from tracker.domain.status import OrderStatus
 from tracker.usecases.enqueue import provider_by_name
@@ -62,9 +63,21 @@ def reopen_by_status(session: Session, provider_name: object, status: str, *, no
 
 
 def _reopen(session: Session, provider_id: int, which: ColumnElement[bool], now: datetime) -> int:
+    # Back to the status it had before it ended Not found (NULL if it was never answered):
+    # left at Not found, a single further miss would end it again.
+    before = (
+        select(OrderEvent.from_status)
+        .where(OrderEvent.order_id == Order.id, OrderEvent.to_status == REOPENABLE.value)
+        .order_by(OrderEvent.seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     result = session.connection().execute(
         update(Order)
         .where(Order.provider_id == provider_id, Order.final.is_(True), which)
-        .values(final=False, consecutive_not_found=0, unchanged_polls=0, next_poll_at=now, claim_id=None, updated_at=now)
+        .values(
+            status=before, final=False, consecutive_not_found=0, unchanged_polls=0,
+            next_poll_at=now, claim_id=None, updated_at=now,
+        )
     )
     return int(result.rowcount)

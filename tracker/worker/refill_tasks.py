@@ -7,13 +7,13 @@ Task arguments are IDs only; never payloads or keys.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 from celery import Task, shared_task
 
 from tracker.clock import utcnow
 from tracker.config import get_settings
+from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
 from tracker.usecases.auto_refill import (
     schedule_auto_refills as schedule_auto_refills_usecase,
@@ -33,7 +33,8 @@ log = logging.getLogger("tracker.tasks")
 def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     try:
         with unit_of_work() as session:
-            report = report_drop_usecase(session, provider, order_id, settings=get_settings(), now=utcnow())
+            # The database's clock: cool-downs are compared with times other workers wrote.
+            report = report_drop_usecase(session, provider, order_id, settings=get_settings(), now=database_now(session))
     except LookupError as exc:
         raise InvalidTaskInput(str(exc)) from None
     except ValueError as exc:
