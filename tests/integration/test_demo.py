@@ -123,7 +123,9 @@ def test_the_demo_summary_matches_the_database_and_the_workers_counters(
 
     per_call, ids, status_calls = fields["ids"].groups()
     assert int(status_calls) == actions["status"]
-    assert float(per_call) == pytest.approx(int(ids) / int(status_calls), abs=0.05)
+    # The figure is printed to one decimal: 539/20 = 26.95 prints as 26.9, which an
+    # absolute tolerance of 0.05 rejected once in CI. Compare with the rounded ratio.
+    assert per_call == f"{int(ids) / int(status_calls):.1f}"
     # Each order was polled at least once, and at most 100 IDs went in one call.
     assert int(ids) >= orders
     assert int(status_calls) * 100 >= int(ids)
