@@ -199,7 +199,7 @@ def test_database_connections_killed_mid_transaction_half_write_nothing(
         cluster.beat()
         shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids])
         wait_until(lambda: count_orders("panel") == 300, timeout=30, what="orders registered")
-        with BackendKiller(tracker_env["TRACKER_DATABASE_URL"], period=0.25) as killer:
+        with BackendKiller(tracker_env["TRACKER_DATABASE_URL"], period=0.05) as killer:
             # Kill until a kill has hit a transaction (a task retried), for 5 s at least.
             time.sleep(5)
             wait_until(
