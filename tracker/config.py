@@ -116,6 +116,16 @@ def _flag(env: dict[str, str], name: str) -> bool:
 MAX_CALLS_PER_POLL_TASK = 50
 
 
+def default_worker_concurrency() -> int:
+    """Prefork children: one per core this process may run on (a container's CPU set,
+    not the host's), plus one kept free for control tasks."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -127,7 +137,9 @@ class Settings:
     max_poll_backoff_factor: float = 8.0
     not_found_after: int = 5
     lease_seconds: float = 180.0
-    worker_concurrency: int = 8
+    # Pool children per worker: one per core for provider calls, plus one kept free for
+    # control tasks (see tracker.worker.queues).
+    worker_concurrency: int = field(default_factory=lambda: default_worker_concurrency())
     # Worker processes `tracker run` starts. One process runs Python on one core at a
     # time; a second one uses a second core (see docs/performance.md).
     worker_processes: int = 1
@@ -138,6 +150,11 @@ class Settings:
     http_read_timeout: float = 30.0
     # One whole call, connect to the last byte, and the largest answer read.
     http_deadline: float = 45.0
+    # Celery's time limits for every task: at the soft one the task stops and writes what
+    # it has; at the hard one the pool child is killed and replaced. A poll task starts
+    # no call that might outlast the soft limit (tracker.polling.engine).
+    task_soft_time_limit: float = 100.0
+    task_time_limit: float = 120.0
     http_max_body_bytes: int = 8 * 1024 * 1024
     circuit_failure_threshold: int = 5
     # Refill requests: attempts before giving up, and the back-off between them
@@ -212,6 +229,13 @@ class Settings:
             raise ConfigError("TRACKER_WEBHOOK_URL is set without TRACKER_WEBHOOK_SECRET: refusing to send unsigned webhooks")
         state_dir = Path(env.get("TRACKER_STATE_DIR", "").strip() or ".tracker")
         calls_per_poll_task = _integer(env, "TRACKER_CALLS_PER_TASK", 10, minimum=1)
+        soft_time_limit = _number(env, "TRACKER_TASK_SOFT_TIME_LIMIT", 100.0, minimum=1.0)
+        time_limit = _number(env, "TRACKER_TASK_TIME_LIMIT", 120.0, minimum=2.0)
+        if time_limit <= soft_time_limit:
+            raise ConfigError(
+                f"TRACKER_TASK_TIME_LIMIT ({time_limit:g}) must be greater than "
+                f"TRACKER_TASK_SOFT_TIME_LIMIT ({soft_time_limit:g})"
+            )
         if calls_per_poll_task > MAX_CALLS_PER_POLL_TASK:
             raise ConfigError(
                 f"TRACKER_CALLS_PER_TASK must be at most {MAX_CALLS_PER_POLL_TASK}, got {calls_per_poll_task}"
@@ -227,13 +251,17 @@ class Settings:
             lease_seconds=_number(
                 env, "TRACKER_LEASE_SECONDS", max(180.0, 3 * tick_interval), minimum=5.0
             ),
-            worker_concurrency=_integer(env, "TRACKER_WORKER_CONCURRENCY", 8, minimum=1),
+            worker_concurrency=_integer(
+                env, "TRACKER_WORKER_CONCURRENCY", default_worker_concurrency(), minimum=1
+            ),
             calls_per_poll_task=calls_per_poll_task,
             worker_processes=_integer(env, "TRACKER_WORKER_PROCESSES", 1, minimum=1),
             http_connect_timeout=_number(env, "TRACKER_HTTP_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             http_read_timeout=_number(env, "TRACKER_HTTP_READ_TIMEOUT", 30.0, minimum=0.1),
             http_deadline=_number(env, "TRACKER_HTTP_DEADLINE", 45.0, minimum=0.5),
             http_max_body_bytes=_integer(env, "TRACKER_HTTP_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=65536),
+            task_soft_time_limit=soft_time_limit,
+            task_time_limit=time_limit,
             circuit_failure_threshold=_integer(
                 env, "TRACKER_CIRCUIT_FAILURES", 5, minimum=1
             ),

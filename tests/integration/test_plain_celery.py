@@ -5,6 +5,7 @@ directory nothing has prepared."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,10 @@ def test_plain_worker_starts_in_an_empty_directory(
     )
     try:
         worker.wait_for_output(" ready.", timeout=60)
+        # Every core by default: one prefork child per core, and one for control tasks.
+        assert f"concurrency: {len(os.sched_getaffinity(0)) + 1} (prefork)" in worker.output()
+        # Both queues, control first.
+        assert re.search(r"\.> celery .*\n.*\.> tracker\.polls ", worker.output()), worker.output()
         # One dispatcher tick, as beat would send it: the worker reaches the database too.
         shop_client(broker_url).send_task("tracker.dispatch_polls")
         worker.wait_for_output("succeeded", timeout=30)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -146,8 +147,25 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
 
     ``read_only``: for work that writes nothing (views, stats, reading claimed rows).
     """
-    with session_factory(url, read_only=read_only)() as session, session.begin():
-        yield session
+    with session_factory(url, read_only=read_only)() as session:
+        transaction = session.begin()
+        try:
+            yield session
+        except INTERRUPTIONS:
+            # Raised by a signal handler (a task's soft time limit), maybe in the middle of
+            # a statement: the connection may still be busy with it, so it is neither
+            # rolled back (which would fail on it) nor returned to the pool, where the next
+            # unit of work would find it broken. The server ends the transaction.
+            session.invalidate()
+            raise
+        except BaseException:
+            transaction.rollback()
+            raise
+        transaction.commit()
+
+
+# Exceptions raised asynchronously, wherever the interpreter happens to be.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, KeyboardInterrupt, SystemExit)
 
 
 def dispose_engines(*, close: bool = True) -> None:

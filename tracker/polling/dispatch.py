@@ -13,6 +13,13 @@ call for the whole tick, whatever its kind: the probe. The circuit is then held 
 until the probe's result is recorded (or the hold runs out, if the probe is lost), so a
 second probe never goes out beside it.
 
+Besides the rate budget, each provider may hold only its share of the workers' poll slots
+with tasks queued or running (``SlotShare``, counted in ``tracker.polling.capacity``): the
+slots are split evenly between the providers that still want some this tick, and a
+provider that wants less leaves the rest to the others. A slow panel thus holds at most
+its share of the pool, and a provider with a million due orders cannot take the slots of
+one with a hundred: the one with fewer tasks in flight is served first.
+
 Each round is one transaction, committed before it is yielded: the caller enqueues one
 task per piece of work only then, so a task never exists for an uncommitted claim.
 """
@@ -20,17 +27,18 @@ task per piece of work only then, so a task never exists for an uncommitted clai
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import false, literal, select
 from sqlalchemy.orm import Session
 
-from tracker.config import Settings
+from tracker.config import MAX_CALLS_PER_POLL_TASK, Settings
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
 from tracker.domain.health import CircuitState, batches_per_tick
+from tracker.polling.capacity import CallBudgets, FreshBudgets
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.ratelimit import ARRIVAL_MARGIN
@@ -65,26 +73,111 @@ class AttemptWork:
 Work = PollWork | AttemptWork
 
 
-def claim_rounds(settings: Settings, now: datetime) -> Iterator[list[Work]]:
+@dataclass(slots=True)
+class SlotShare:
+    """How many more tasks each provider may have queued or running.
+
+    ``slots`` None: no worker announced its capacity (a one-off run), so only the rate
+    budget applies. Otherwise a provider may take (a) no more than an even split of the
+    slots between the providers still wanting tasks this tick, and (b) only slots not
+    kept free for the other providers with unfinished work and nothing in flight, so a
+    provider whose rows come due later still finds a slot at once, however slow the
+    panel that holds the rest.
+    """
+
+    slots: int | None
+    in_flight: dict[int, int]
+    # Providers with unfinished rows of any kind.
+    active: set[int] = field(default_factory=set)
+    # Providers still wanting tasks this tick; one that took less than it was allowed
+    # leaves its share to the others in the next round.
+    wanting: set[int] = field(default_factory=set)
+
+    def allowed(self, provider_id: int) -> int:
+        if self.slots is None:
+            return UNLIMITED
+        share = -(-self.slots // max(1, len(self.wanting)))
+        free = self.slots - sum(self.in_flight.values())
+        kept_for_others = sum(
+            1 for other in self.active if other != provider_id and self.in_flight.get(other, 0) == 0
+        )
+        # A provider with nothing in flight is never kept out by slots kept for others.
+        usable = max(free - kept_for_others, 1 if self.in_flight.get(provider_id, 0) == 0 and free > 0 else 0)
+        return max(0, min(share - self.in_flight.get(provider_id, 0), usable))
+
+    def took(self, provider_id: int, tasks: int, allowed: int) -> None:
+        self.in_flight[provider_id] = self.in_flight.get(provider_id, 0) + tasks
+        if tasks < allowed:
+            self.wanting.discard(provider_id)
+
+
+UNLIMITED = 1 << 30
+
+
+def claim_rounds(
+    settings: Settings,
+    now: datetime,
+    share: SlotShare | None = None,
+    budgets: CallBudgets | None = None,
+) -> Iterator[list[Work]]:
     """Claim due work of every provider, a round at a time (see the module docstring)."""
     calls_left: dict[int, int] = {}
+    share = share if share is not None else SlotShare(None, {})
+    budgets = budgets if budgets is not None else FreshBudgets()
+    first_round = True
     while True:
         work: list[Work] = []
+        spent: dict[int, int] = {}
         with unit_of_work() as session:
-            for provider in session.scalars(select(Provider).where(Provider.paused.is_(False))).all():
+            providers = session.scalars(select(Provider).where(Provider.paused.is_(False))).all()
+            if first_round:
+                share.wanting = {provider.id for provider in providers}
+                if share.slots is not None:
+                    share.active = {provider.id for provider in providers if _has_unfinished_rows(session, provider.id)}
+                first_round = False
+            # The provider with the fewest tasks in flight is served first.
+            providers = sorted(providers, key=lambda provider: (share.in_flight.get(provider.id, 0), provider.id))
+            for provider in providers:
+                if provider.id not in share.wanting:
+                    continue
                 if provider.id not in calls_left:
-                    calls_left[provider.id] = tick_budget(provider, settings, now)
-                budget = _Budget(calls_left[provider.id], settings.calls_per_poll_task * TASKS_PER_ROUND)
+                    calls_left[provider.id] = budgets.available(
+                        provider.id, tick_budget(provider, settings, now), now
+                    )
+                tasks_allowed = min(TASKS_PER_ROUND, share.allowed(provider.id))
+                calls_per_task = _calls_per_task(calls_left[provider.id], tasks_allowed, settings)
+                budget = _Budget(
+                    calls_left[provider.id], calls_per_task * TASKS_PER_ROUND, tasks_allowed, calls_per_task
+                )
                 claimed = _claim_for_provider(session, provider, budget, settings, now)
+                if budget.tick_left < calls_left[provider.id]:
+                    spent[provider.id] = spent.get(provider.id, 0) + calls_left[provider.id] - budget.tick_left
                 calls_left[provider.id] = budget.left_for_tick()
+                share.took(provider.id, len(claimed), tasks_allowed)
                 if claimed and health_of(provider).state(now) is CircuitState.HALF_OPEN:
                     # The probe is out: hold the circuit until its result is recorded, or
                     # until its claim's lease ends (the probe was lost).
                     provider.circuit_open_until = now + timedelta(seconds=settings.lease_seconds)
                 work.extend(claimed)
+        # Committed: what was claimed is spent.
+        for provider_id, calls in spent.items():
+            budgets.spend(provider_id, calls)
         if not work:
             return
         yield work
+
+
+def _has_unfinished_rows(session: Session, provider_id: int) -> bool:
+    for model in (Order, Refill, RefillRequest):
+        table = model.__table__
+        # One index probe each: the partial due indexes (NOT final) lead with provider_id;
+        # on MySQL/MariaDB, ix_orders_status_counts (refills are few).
+        found = session.execute(
+            select(literal(1)).where(table.c.provider_id == provider_id, table.c.final == false()).limit(1)
+        ).first()
+        if found is not None:
+            return True
+    return False
 
 
 def claim_all(settings: Settings, now: datetime) -> list[Work]:
@@ -104,24 +197,38 @@ def tick_budget(provider: Provider, settings: Settings, now: datetime) -> int:
     )
 
 
+def _calls_per_task(calls_left: int, tasks_allowed: int, settings: Settings) -> int:
+    """The usual task size; larger when the provider may have fewer tasks than its tick's
+    budget fills, so a provider held to one or two slots still gets its calls (a task's
+    calls run concurrently, so a larger task takes little longer on a slow panel)."""
+    if tasks_allowed <= 0 or tasks_allowed >= TASKS_PER_ROUND:
+        return settings.calls_per_poll_task
+    wanted = -(-calls_left // tasks_allowed)
+    return max(settings.calls_per_poll_task, min(wanted, MAX_CALLS_PER_POLL_TASK))
+
+
 @dataclass(slots=True)
 class _Budget:
     tick_left: int
     round_left: int
+    tasks_left: int
+    calls_per_task: int
 
     @property
     def available(self) -> int:
         """Calls this provider may still be handed in this round."""
-        return min(self.tick_left, self.round_left)
+        return min(self.tick_left, self.round_left) if self.tasks_left > 0 else 0
 
-    def spend(self, calls: int) -> None:
+    def spend(self, calls: int, tasks: int) -> None:
         self.tick_left -= calls
         self.round_left -= calls
+        self.tasks_left -= tasks
 
     def left_for_tick(self) -> int:
         # A round that claimed less than it could emptied every kind's due rows: the next
-        # round would find nothing more for this provider this tick.
-        return 0 if self.round_left > 0 else self.tick_left
+        # round would find nothing more for this provider this tick. One stopped by its
+        # share of the slots may get more once other providers are served.
+        return 0 if self.round_left > 0 and self.tasks_left > 0 else self.tick_left
 
 
 def _claim_for_provider(
@@ -135,18 +242,18 @@ def _claim_for_provider(
     # 1. Refill attempts: one call each.
     attempts = claim_due(
         session, RefillRequest, provider_id=provider.id, now=now, lease_until=lease_until,
-        batch_size=budget.available, max_batches=1, due_column="next_attempt_at",
+        batch_size=min(budget.available, budget.tasks_left), max_batches=1, due_column="next_attempt_at",
     )
     for claim in attempts:
         work.extend(AttemptWork(provider.id, request_id, claim.claim_id) for request_id in claim.row_ids)
-    budget.spend(len(work))
+    budget.spend(len(work), len(work))
     # 2. and 3. Refill polls, then order polls: batches of up to calls_per_poll_task calls.
     for kind_name, model, rows_per_call in (
         ("refills", Refill, REFILLS.rows_per_call(provider)),
         ("orders", Order, ORDERS.rows_per_call(provider)),
     ):
         while budget.available > 0:
-            calls = min(settings.calls_per_poll_task, budget.available)
+            calls = min(budget.calls_per_task, budget.available)
             rows_wanted = rows_per_call * calls
             claims = claim_due(
                 session, model, provider_id=provider.id, now=now, lease_until=lease_until,
@@ -154,7 +261,7 @@ def _claim_for_provider(
             )
             claimed_rows = sum(len(claim.row_ids) for claim in claims)
             work.extend(PollWork(kind_name, provider.id, claim) for claim in claims)
-            budget.spend(-(-claimed_rows // rows_per_call))
+            budget.spend(-(-claimed_rows // rows_per_call), len(claims))
             if claimed_rows < rows_wanted:
                 break
     return work

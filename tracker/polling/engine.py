@@ -4,11 +4,13 @@ A poll task holds a claim (``tracker.db.claims``) on up to ``calls_per_poll_task
 worth of rows of one provider. The engine:
 
 1. reads the claimed rows and their state, in a short read-only transaction;
-2. makes the kind's calls, one group of rows at a time, outside any transaction (a
-   transaction held across a 30-second read would hold row locks, and on SQLite the
-   whole database, that long). Calls stop at the first failure (a failing provider is
-   not asked again until its back-off has passed) and when the next call might outlast
-   the lease;
+2. makes the kind's calls outside any transaction (a transaction held across a
+   30-second read would hold row locks, and on SQLite the whole database, that long).
+   A status poll's calls run at the same time, each on a thread of the task, within
+   the provider's shared rate limit: waiting on a panel costs a thread, not a pool
+   child. No new call starts after the first failure (a failing provider is not asked
+   again until its back-off has passed), nor when it might outlast the lease or the
+   task's time limit;
 3. applies every answer received in one transaction: a claim-checked bulk write of the
    new state (a row re-claimed meanwhile is not written and gets no event), the new
    history rows, the shop's events, and the provider's health;
@@ -22,6 +24,8 @@ What differs between kinds (which call, how to read and judge an answer) sits be
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -106,6 +110,9 @@ class PolledKind(Protocol[RowT]):
     # A top-level refusal of this kind's call counts towards the circuit breaker: a status
     # call has no legitimate refusal (not-found answers come per ID).
     refusal_is_failure: bool
+    # The task's calls may run at the same time. False where one call's answer changes
+    # how the next is made (refill polls learn the provider's refill_status form).
+    concurrent_calls: bool
 
     def rows_per_call(self, provider: Provider) -> int: ...
 
@@ -134,6 +141,10 @@ class PollSummary:
     transitions: int = 0
     error: str | None = None
 
+
+# Threads one task's calls run on. Past this, more calls at once only wait on the
+# provider's rate limit (or, at latency 0, on the GIL).
+MAX_CALL_THREADS = 16
 
 # A new call starts only if twice the longest call so far, plus this, still fits in the
 # lease: the answers must be written while the task still holds the rows.
@@ -165,6 +176,7 @@ def poll_batch(
     """``clock``: by default the database's (see ``tracker.db.clock``), so answers are
     ordered the same way whichever worker's wall clock ran ahead."""
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
+    started = time.monotonic()
     with unit_of_work(read_only=True) as session:
         if clock is None:
             clock = database_clock(session, utcnow)
@@ -189,8 +201,10 @@ def poll_batch(
             )
         return PollSummary(kind.name, provider_id, error="provider paused")
 
-    lease_until = min(row.lease_until for row in rows)
-    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, lease_until, clock)
+    # Answers must be written before the task's soft time limit, as before the lease.
+    time_left = settings.task_soft_time_limit - (time.monotonic() - started)
+    cutoff = min(min(row.lease_until for row in rows), clock() + timedelta(seconds=time_left))
+    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, cutoff, clock)
     try:
         summary = _apply(kind, access, claim_id, calls, interval, settings, clock())
     finally:
@@ -216,44 +230,120 @@ def _call_all(
     rows: list[RowT],
     group_size: int,
     facts: dict[str, Any],
-    lease_until: datetime,
+    cutoff: datetime,
     clock: Callable[[], datetime],
 ) -> _Calls[RowT]:
-    calls: _Calls[RowT] = _Calls()
-    longest = timedelta(0)
-    for offset in range(0, len(rows), group_size):
-        group = rows[offset : offset + group_size]
-        observed_at = clock()
-        # Also before the first call: a task that waited in the queue past its lease must
-        # not ask about rows the next tick may be claiming again.
-        if observed_at + 2 * longest + LEASE_SAFETY > lease_until:
-            calls.unasked.extend(row.id for row in rows[offset:])
-            break
-        try:
-            fetched = kind.fetch(client, group, facts)
-        except (ProviderError, RateLimitBusy) as error:
-            fetched = Fetched(error=error)
-        except Exception as error:  # re-raised by poll_batch after applying the rest
-            calls.unexpected = error
-            calls.unasked.extend(row.id for row in rows[offset:])
-            break
-        longest = max(longest, clock() - observed_at)
-        forgot = _forgotten(kind, group, fetched)
-        if forgot is not None:
-            # Logged with the provider's name when the failure is recorded.
-            fetched = Fetched(error=forgot)
-        calls.provider_updates.update(fetched.provider_updates)
-        facts.update(fetched.provider_updates)
-        for row in group:
-            if row.external_id in fetched.answered:
-                calls.answered.append((row, fetched.results.get(row.external_id), observed_at))
-            else:
-                calls.unasked.append(row.id)
-        if fetched.error is not None or fetched.stop:
-            calls.error = fetched.error
-            calls.unasked.extend(row.id for row in rows[offset + group_size :])
-            break
-    return calls
+    """Make the task's calls, concurrently when the kind allows it, and gather what came
+    back in the rows' order. The calls run on threads of their own while this thread
+    waits, so a soft time limit raised here (a signal, delivered to the main thread) stops
+    the task at once: calls not yet answered count as unasked."""
+    groups = [rows[offset : offset + group_size] for offset in range(0, len(rows), group_size)]
+    run = _CallRun(kind, client, groups, facts, cutoff, clock)
+    parallel = min(len(groups), MAX_CALL_THREADS) if kind.concurrent_calls else 1
+    threads = [
+        threading.Thread(target=run.work, name=f"{kind.name}-call-{index}", daemon=True)
+        for index in range(min(parallel, len(groups)))
+    ]
+    for thread in threads:
+        thread.start()
+    interrupted: Exception | None = None
+    try:
+        for thread in threads:
+            # Joined in short waits, so a signal's exception is raised here promptly.
+            while thread.is_alive():
+                thread.join(0.25)
+    except Exception as error:  # a soft time limit; re-raised by poll_batch after applying
+        interrupted = error
+    return run.gather(interrupted)
+
+
+@dataclass(slots=True)
+class _CallRun(Generic[RowT]):
+    """One task's calls, shared by its call threads: which group is next, whether to stop,
+    and what each group's call brought back."""
+
+    kind: PolledKind[RowT]
+    client: ProviderClient
+    groups: list[list[RowT]]
+    facts: dict[str, Any]
+    cutoff: datetime
+    clock: Callable[[], datetime]
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    next_group: int = 0
+    stopped: bool = False
+    longest: timedelta = timedelta(0)
+    outcomes: dict[int, tuple[datetime, Fetched | Exception]] = field(default_factory=dict)
+
+    def _take(self) -> tuple[int, datetime] | None:
+        with self.lock:
+            # Slow start: the first call goes alone, so a provider that fails (or a
+            # half-open one's probe) is asked once, not once per thread.
+            while self.next_group == 1 and not self.outcomes and not self.stopped:
+                self.lock.wait()
+            if self.stopped or self.next_group >= len(self.groups):
+                return None
+            observed_at = self.clock()
+            # Also before the first call: a task that waited in the queue past its lease
+            # must not ask about rows the next tick may be claiming again.
+            if observed_at + 2 * self.longest + LEASE_SAFETY > self.cutoff:
+                self.stopped = True
+                return None
+            index = self.next_group
+            self.next_group += 1
+            return index, observed_at
+
+    def work(self) -> None:
+        while (taken := self._take()) is not None:
+            index, observed_at = taken
+            outcome: Fetched | Exception
+            try:
+                outcome = self.kind.fetch(self.client, self.groups[index], self.facts)
+            except (ProviderError, RateLimitBusy) as error:
+                outcome = Fetched(error=error)
+            except Exception as error:  # re-raised by poll_batch after applying the rest
+                outcome = error
+            with self.lock:
+                self.longest = max(self.longest, self.clock() - observed_at)
+                if self.stopped and self.next_group == -1:
+                    return  # gathered already: the task went on without this answer
+                self.outcomes[index] = (observed_at, outcome)
+                if isinstance(outcome, Exception) or outcome.error is not None or outcome.stop:
+                    # A failing provider is not asked again until its back-off has passed.
+                    self.stopped = True
+                else:
+                    self.facts.update(outcome.provider_updates)
+                self.lock.notify_all()
+
+    def gather(self, interrupted: Exception | None) -> _Calls[RowT]:
+        with self.lock:
+            # Calls still out are abandoned: their answers, if any, are not used.
+            self.stopped = True
+            self.next_group = -1
+            outcomes = dict(self.outcomes)
+            self.lock.notify_all()
+        calls: _Calls[RowT] = _Calls(unexpected=interrupted)
+        for index, group in enumerate(self.groups):
+            if index not in outcomes:
+                calls.unasked.extend(row.id for row in group)
+                continue
+            observed_at, outcome = outcomes[index]
+            if isinstance(outcome, Exception):
+                calls.unexpected = calls.unexpected or outcome
+                calls.unasked.extend(row.id for row in group)
+                continue
+            forgot = _forgotten(self.kind, group, outcome)
+            if forgot is not None:
+                # Logged with the provider's name when the failure is recorded.
+                outcome = Fetched(error=forgot)
+            calls.provider_updates.update(outcome.provider_updates)
+            for row in group:
+                if row.external_id in outcome.answered:
+                    calls.answered.append((row, outcome.results.get(row.external_id), observed_at))
+                else:
+                    calls.unasked.append(row.id)
+            if outcome.error is not None and calls.error is None:
+                calls.error = outcome.error
+        return calls
 
 
 # "Not found" for at least this share of at least this many rows the provider answered

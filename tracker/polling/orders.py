@@ -62,6 +62,7 @@ class OrderKind:
     table = _orders
     events = cast(Table, OrderEvent.__table__)
     refusal_is_failure = True
+    concurrent_calls = True
 
     def rows_per_call(self, provider: Provider) -> int:
         return provider.batch_size

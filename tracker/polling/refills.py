@@ -64,6 +64,7 @@ class RefillKind:
     table = _refills
     events = cast(Table, RefillEvent.__table__)
     refusal_is_failure = False
+    concurrent_calls = False
 
     def rows_per_call(self, provider: Provider) -> int:
         return 1 if provider.supports_multi_refill_status is False else provider.batch_size

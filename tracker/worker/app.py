@@ -17,10 +17,9 @@ from typing import Any
 from celery import Celery
 
 from tracker.config import Settings, get_settings
+from tracker.worker.queues import queue_config
 
 VISIBILITY_TIMEOUT = 900
-TASK_SOFT_TIME_LIMIT = 100
-TASK_TIME_LIMIT = 120
 CATALOG_CHECK_SECONDS = 3600.0
 
 
@@ -29,8 +28,9 @@ def build_config() -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
-        "task_default_queue": "celery",
+        # "priority": a worker always takes from its first queue (control) when it can.
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"},
+        **queue_config(),
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -39,12 +39,15 @@ def build_config() -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
-        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        # Polls wait on HTTP, not on the CPU: threads give concurrency at little memory.
-        "worker_pool": "threads",
+        # Prefork: one child per core runs Python in parallel, and the time limits above
+        # fire (the threads pool ignores them). A poll task makes its calls concurrently
+        # on threads of its own (tracker.polling.engine), so waiting on a panel costs a
+        # thread, not a child. Measured in docs/performance.md.
+        "worker_pool": "prefork",
         "worker_concurrency": settings.worker_concurrency,
         "worker_hijack_root_logger": False,
         # On a lost broker connection, cancel running tasks so their redelivered

@@ -8,18 +8,29 @@ after each committed round.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import redis
 import redis.lock
 from celery import shared_task
+from sqlalchemy import select
 
-from tracker.config import get_settings
+from tracker.config import Settings, get_settings
 from tracker.db.clock import database_now
+from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.polling.dispatch import AttemptWork, PollWork, claim_rounds
+from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
+from tracker.polling.capacity import Capacity, TokenBudgets, attempt_token, poll_token
 from tracker.polling.orders import ORDERS
 from tracker.worker.refill_tasks import poll_refill_batch, request_refill
-from tracker.worker.tasks import DB_RETRY, coordination, poll_status_batch
+from tracker.worker.tasks import (
+    AGAIN_KEY,
+    DB_RETRY,
+    QUEUED_KEY,
+    coordination,
+    in_flight,
+    poll_status_batch,
+)
 
 log = logging.getLogger("tracker.tasks")
 
@@ -37,29 +48,62 @@ def dispatch_polls() -> int:
     lock = coordination().lock(
         "tracker:lock:dispatch-polls", timeout=max(DISPATCH_LOCK_TICKS * settings.tick_interval, 10.0)
     )
+    redis_client = coordination()
     if not lock.acquire(blocking=False):
+        # The running one looks at this flag when it is done, and goes round once more.
+        redis_client.set(AGAIN_KEY, 1, ex=60)
         log.debug("dispatch_polls: the previous tick is still claiming")
         return 0
     enqueued = 0
     try:
-        # The database's clock, not this worker's: every worker then agrees on what is due.
-        with unit_of_work(read_only=True) as session:
-            now = database_now(session)
-        for work in claim_rounds(settings, now):
-            # This round's claims are committed: only now may its tasks exist.
-            for piece in work:
-                _enqueue(piece)
-            enqueued += len(work)
-            if not _renew(lock):
+        for _ in range(MAX_PASSES):
+            redis_client.delete(QUEUED_KEY)
+            passed = _dispatch_pass(settings, lock)
+            if passed is None:
+                break
+            enqueued += passed
+            if not redis_client.getdel(AGAIN_KEY):
                 break
     finally:
         _release(lock)
     return enqueued
 
 
+def _dispatch_pass(settings: Settings, lock: redis.lock.Lock) -> int | None:
+    """One pass over every provider; None when the lock was lost."""
+    # The database's clock, not this worker's: every worker then agrees on what is due.
+    with unit_of_work(read_only=True) as session:
+        now = database_now(session)
+        provider_ids = list(session.scalars(select(Provider.id)))
+    tracked = in_flight()
+    share = SlotShare(Capacity(coordination()).poll_slots(), tracked.counts(provider_ids, now))
+    budgets = TokenBudgets(coordination(), settings.tick_interval)
+    lease_until = now + timedelta(seconds=settings.lease_seconds)
+    enqueued = 0
+    for work in claim_rounds(settings, now, share, budgets):
+        # This round's claims are committed: only now may its tasks exist.
+        for piece in work:
+            tracked.started(piece.provider_id, _token(piece), lease_until)
+            _enqueue(piece)
+        enqueued += len(work)
+        if not _renew(lock):
+            return None
+    return enqueued
+
+
+# Passes one dispatcher run may make when provider tasks end while it runs.
+MAX_PASSES = 5
+
+
+def _token(piece: AttemptWork | PollWork) -> str:
+    if isinstance(piece, AttemptWork):
+        return attempt_token(piece.request_id, piece.claim_id)
+    return poll_token(piece.kind, piece.claim.claim_id)
+
+
 def _enqueue(piece: AttemptWork | PollWork) -> None:
     if isinstance(piece, AttemptWork):
-        request_refill.delay(piece.request_id, piece.claim_id)
+        request_refill.delay(piece.request_id, piece.claim_id, piece.provider_id)
     elif piece.kind == ORDERS.name:
         poll_status_batch.delay(piece.provider_id, piece.claim.claim_id, piece.claim.row_ids)
     else:

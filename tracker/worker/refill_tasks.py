@@ -21,10 +21,11 @@ from tracker.usecases.auto_refill import (
 from tracker.usecases.catalog import sync_due_catalogs
 from tracker.usecases.count_probes import probe_counts as probe_counts_usecase
 from tracker.polling.engine import poll_batch
+from tracker.polling.capacity import attempt_token, poll_token
 from tracker.polling.refills import REFILLS
 from tracker.usecases.refills import NothingSent, attempt_refill
 from tracker.usecases.refills import report_drop as report_drop_usecase
-from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway
+from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway, holding_slot
 
 log = logging.getLogger("tracker.tasks")
 
@@ -62,8 +63,13 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     retry_backoff_max=30,
     retry_jitter=True,
 )
-def request_refill(self: Task[Any, Any], request_id: int, claim_id: int) -> str | None:
-    result = attempt_refill(request_id, claim_id, settings=get_settings(), gateway=gateway())
+def request_refill(
+    self: Task[Any, Any], request_id: int, claim_id: int, provider_id: int | None = None
+) -> str | None:
+    # provider_id: the dispatcher's, for its in-flight count (messages queued before it
+    # was added lack it; their entries lapse with the lease).
+    with holding_slot(provider_id, attempt_token(request_id, claim_id)):
+        result = attempt_refill(request_id, claim_id, settings=get_settings(), gateway=gateway())
     if result.retry_in is not None:
         # The answer is recorded and the claim kept: retry this same task shortly.
         raise self.retry(countdown=result.retry_in)
@@ -72,7 +78,8 @@ def request_refill(self: Task[Any, Any], request_id: int, claim_id: int) -> str 
 
 @shared_task(name="tracker.poll_refill_batch", **DB_RETRY)
 def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) -> None:
-    poll_batch(REFILLS, provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway())
+    with holding_slot(provider_id, poll_token(REFILLS.name, claim_id)):
+        poll_batch(REFILLS, provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway())
 
 
 @shared_task(name="tracker.schedule_auto_refills", **DB_RETRY)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import (
     after_setup_logger,
@@ -25,6 +27,8 @@ from celery.signals import (
 
 from tracker import logs
 from tracker.db.session import dispose_engines
+from tracker.polling.capacity import Capacity, poll_slots_of
+from tracker.worker.queues import POLLS_QUEUE
 
 log = logging.getLogger("tracker.worker")
 
@@ -39,12 +43,33 @@ def redeclare_queues(app: Celery) -> None:
             queue.bind(channel).declare()
 
 
-def _keep_queues_declared(app: Celery) -> None:
-    while not _stop.wait(REDECLARE_EVERY_SECONDS):
+@dataclass(frozen=True, slots=True)
+class _Announcement:
+    worker: str
+    poll_slots: int
+
+
+def _announcement(consumer: Any) -> _Announcement | None:
+    consumed = consumer.app.amqp.queues.consume_from
+    if POLLS_QUEUE not in consumed:
+        return None
+    return _Announcement(consumer.hostname, poll_slots_of(int(consumer.pool.num_processes)))
+
+
+def _keep_queues_declared(app: Celery, announcement: _Announcement | None) -> None:
+    capacity = Capacity(redis.Redis.from_url(app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5))
+    while True:
         try:
+            if announcement is not None:
+                capacity.announce(announcement.worker, announcement.poll_slots)
             redeclare_queues(app)
         except Exception as error:  # noqa: BLE001 - the broker may be down; try again later
             log.debug("could not re-declare queues: %s", error)
+        if _stop.wait(REDECLARE_EVERY_SECONDS):
+            break
+
+
+_announced: list[tuple[Celery, _Announcement]] = []
 
 
 @worker_ready.connect
@@ -52,12 +77,26 @@ def start_queue_keeper(sender: Any = None, **_kwargs: Any) -> None:
     app = sender.app if sender is not None else None
     if app is None:
         return
-    threading.Thread(target=_keep_queues_declared, args=(app,), name="queue-keeper", daemon=True).start()
+    announcement = _announcement(sender)
+    if announcement is not None:
+        _announced.append((app, announcement))
+    threading.Thread(
+        target=_keep_queues_declared, args=(app, announcement), name="queue-keeper", daemon=True
+    ).start()
 
 
 @worker_shutdown.connect
 def stop_queue_keeper(**_kwargs: Any) -> None:
     _stop.set()
+    # Withdrawn at once, so the dispatcher stops lending this worker's slots now rather
+    # than when the announcement lapses.
+    for app, announcement in _announced:
+        try:
+            Capacity(redis.Redis.from_url(app.conf.broker_url, socket_timeout=2, socket_connect_timeout=2)).withdraw(
+                announcement.worker
+            )
+        except redis.RedisError as error:
+            log.debug("capacity not withdrawn (it lapses): %s", error)
 
 
 @worker_process_init.connect

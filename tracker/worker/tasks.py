@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
-from celery import shared_task
+from celery import current_app, shared_task
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from tracker.clock import utcnow
@@ -20,6 +22,7 @@ from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
 from tracker.usecases.catalog import check_balances as check_balances_usecase
 from tracker.polling.engine import poll_batch
+from tracker.polling.capacity import InFlight, poll_token
 from tracker.polling.orders import ORDERS
 from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed
 from tracker.usecases.enqueue import track_orders as track_orders_usecase
@@ -57,6 +60,39 @@ def coordination() -> redis.Redis:
                 get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5
             )
         return _coordination
+
+
+def in_flight() -> InFlight:
+    return InFlight(coordination())
+
+
+@contextmanager
+def holding_slot(provider_id: int | None, token: str) -> Iterator[None]:
+    """Ends a provider task's in-flight entry (see ``tracker.polling.capacity``) however
+    the task ends, and has the dispatcher lend the freed slot at once; a killed task's
+    entry lapses with its lease instead."""
+    try:
+        yield
+    finally:
+        if provider_id is not None:
+            try:
+                in_flight().finished(provider_id, token)
+                dispatch_soon()
+            except redis.RedisError as error:
+                # The entry lapses with the lease: the slot is only lent out later.
+                log.warning("in-flight entry not ended: %s", type(error).__name__)
+
+
+# Set while a dispatcher run is queued; and by a run that found another one running, so
+# that one goes round once more.
+QUEUED_KEY = "tracker:dispatch:queued"
+AGAIN_KEY = "tracker:dispatch:again"
+
+
+def dispatch_soon() -> None:
+    """Run the dispatcher now rather than at the next tick. At most one such run is queued."""
+    if coordination().set(QUEUED_KEY, 1, nx=True, ex=30):
+        current_app.send_task("tracker.dispatch_polls", expires=max(1.0, get_settings().tick_interval))
 
 
 # Database hiccups (a killed connection, a failover) are retried: every task is one
@@ -102,7 +138,8 @@ def track_orders(
 
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
 def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
-    poll_batch(ORDERS, provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
+    with holding_slot(provider_id, poll_token(ORDERS.name, claim_id)):
+        poll_batch(ORDERS, provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
 
 
 _sinks: Sinks | None = None

@@ -1,0 +1,181 @@
+"""What the dispatcher may hand out, kept in Redis: each provider's call budget, its work
+in flight, and the worker capacity that work is shared out of.
+
+Budgets: the dispatcher runs on beat's tick and also as soon as a poll task ends (so a
+freed slot does not idle until the next tick). Each run may hand a provider only the calls
+its rate has earned since the last run, up to one tick's worth: a token bucket per
+provider (``CallBudgets``), refilled at the provider's rate. Only the dispatcher, under
+its lock, reads and writes it.
+
+Why: a tick's rate budget says how many calls a provider may *receive*, not how many of
+the worker's pool children its tasks may *hold*. A panel that answers in 25 s (inside the
+read timeout, so its circuit never opens) would otherwise collect a tick's worth of tasks
+every tick until it held every child, and every other provider, the dispatcher and the
+shop's ``track_orders`` would wait behind it.
+
+So the dispatcher counts each provider's tasks that are queued or running (``InFlight``)
+and hands out no more than its share of the poll slots the workers announce
+(``Capacity``). Both are self-healing: a task ends its entry when it finishes, and an entry
+a killed task left behind ends with its claim's lease (its score), which is also when the
+rows become due again. A worker announces itself every few seconds with a short expiry,
+so a worker that died stops counting within a minute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Protocol
+
+import redis
+
+# Children each worker keeps free of polls: the dispatcher, the shop's tasks and the
+# outbox never wait behind a poll for more than the shortest running one.
+CONTROL_SLOTS = 1
+# How long a worker's announcement counts without being renewed.
+ANNOUNCEMENT_TTL_SECONDS = 30.0
+
+
+class CallBudgets(Protocol):
+    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
+        """Calls this provider may be handed now; ``per_tick``: what one tick allows
+        (its rate times the tick, or less while its circuit is not closed)."""
+        ...
+
+    def spend(self, provider_id: int, calls: int) -> None: ...
+
+
+class FreshBudgets:
+    """A whole tick's budget at every run: for one-off runs and tests that claim once."""
+
+    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
+        return per_tick
+
+    def spend(self, provider_id: int, calls: int) -> None:
+        return None
+
+
+class TokenBudgets:
+    """Token buckets in Redis: ``per_tick`` tokens at most, refilled over one tick."""
+
+    def __init__(self, client: redis.Redis, tick_interval: float, *, prefix: str = "tracker") -> None:
+        self._redis = client
+        self._tick_interval = tick_interval
+        self._prefix = prefix
+        self._seen: dict[int, tuple[float, float, int]] = {}
+
+    def _key(self, provider_id: int) -> str:
+        return f"{self._prefix}:budget:{provider_id}"
+
+    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
+        at = epoch(now)
+        stored_tokens, stored_at, stored_per_tick = self._redis.hmget(
+            self._key(provider_id), ["tokens", "at", "per_tick"]
+        )
+        if stored_tokens is None or stored_at is None or stored_per_tick is None or int(stored_per_tick) != per_tick:
+            # New, or the provider's allowance changed (rate edited, circuit moved): a
+            # fresh tick's worth, as the dispatcher gave before it kept budgets.
+            tokens = float(per_tick)
+        else:
+            earned = max(0.0, at - float(stored_at)) * per_tick / self._tick_interval
+            tokens = min(float(per_tick), float(stored_tokens) + earned)
+        self._seen[provider_id] = (tokens, at, per_tick)
+        return int(tokens)
+
+    def spend(self, provider_id: int, calls: int) -> None:
+        tokens, at, per_tick = self._seen[provider_id]
+        tokens -= calls
+        self._seen[provider_id] = (tokens, at, per_tick)
+        key = self._key(provider_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"tokens": repr(tokens), "at": repr(at), "per_tick": per_tick})
+        pipe.expire(key, 86400)
+        pipe.execute()
+
+
+def poll_slots_of(concurrency: int) -> int:
+    """Pool children a worker of this concurrency lends to provider calls."""
+    return max(1, concurrency - CONTROL_SLOTS)
+
+
+def epoch(moment: datetime) -> float:
+    """Seconds since the epoch; naive datetimes are UTC (the database clock's)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+class InFlight:
+    """Each provider's tasks handed out and not yet finished, as a sorted set of task
+    tokens scored by the end of their claim's lease."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "tracker") -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    def _key(self, provider_id: int) -> str:
+        return f"{self._prefix}:inflight:{provider_id}"
+
+    def counts(self, provider_ids: Iterable[int], now: datetime) -> dict[int, int]:
+        ids = list(provider_ids)
+        pipe = self._redis.pipeline(transaction=False)
+        for provider_id in ids:
+            # Entries of tasks killed before they could end their entry lapse with the lease.
+            pipe.zremrangebyscore(self._key(provider_id), "-inf", epoch(now))
+            pipe.zcard(self._key(provider_id))
+        replies = pipe.execute()
+        return {provider_id: int(replies[2 * index + 1]) for index, provider_id in enumerate(ids)}
+
+    def started(self, provider_id: int, token: str, lease_until: datetime) -> None:
+        key = self._key(provider_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {token: epoch(lease_until)})
+        # The whole set lapses if nothing is handed out for a while (a removed provider).
+        pipe.expire(key, max(60, math.ceil(epoch(lease_until) - time.time()) + 60))
+        pipe.execute()
+
+    def finished(self, provider_id: int, token: str) -> None:
+        self._redis.zrem(self._key(provider_id), token)
+
+
+class Capacity:
+    """Poll slots announced by the live workers."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "tracker") -> None:
+        self._redis = client
+        self._key = f"{prefix}:capacity"
+
+    def announce(self, worker: str, poll_slots: int) -> None:
+        # One hash field per worker, "slots expiry": no key scan needed to sum them.
+        self._redis.hset(self._key, worker, f"{poll_slots} {time.time() + ANNOUNCEMENT_TTL_SECONDS}")
+
+    def withdraw(self, worker: str) -> None:
+        self._redis.hdel(self._key, worker)
+
+    def poll_slots(self) -> int | None:
+        """Slots of the workers that announced themselves lately; None when none did (a
+        one-off run outside a worker), which means no cap."""
+        entries: Mapping[bytes | str, bytes | str] = self._redis.hgetall(self._key)
+        now = time.time()
+        total = 0
+        stale = []
+        for worker, value in entries.items():
+            text = value.decode() if isinstance(value, bytes) else value
+            slots, _, expires = text.partition(" ")
+            if float(expires) < now:
+                stale.append(worker)
+            else:
+                total += int(slots)
+        if stale:
+            self._redis.hdel(self._key, *stale)
+        return total or None
+
+
+def poll_token(kind: str, claim_id: int) -> str:
+    return f"{kind}:{claim_id}"
+
+
+def attempt_token(request_id: int, claim_id: int) -> str:
+    return f"refill-attempt:{request_id}:{claim_id}"
