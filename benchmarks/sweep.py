@@ -373,21 +373,19 @@ def database_floor_seconds(kind: str, work: Path, sim_url: str, orders: int, con
         observed = utcnow()
         later = observed + timedelta(seconds=86400)
         charge = Decimal("1.2345")
-        batches = []
-        for offset in range(0, len(row_ids), 100):
-            chunk = row_ids[offset : offset + 100]
-            state = [{"status": "Pending", "raw_status": "Pending", "remains": 1000, "charge": charge,
-                      "start_count": 0, "currency": "USD", "final": False, "last_observed_at": observed,
-                      "consecutive_not_found": 0, "completed_at": None, "row_id": row_id, "event_count": 1,
-                      "unchanged_polls": 0, "next_poll_at": later, "claim_id": None, "updated_at": observed}
-                     for row_id in chunk]
-            events = [{"order_id": row_id, "from_status": None, "to_status": "Pending", "raw_status": "Pending",
-                       "remains": 1000, "charge": charge, "start_count": 0, "seq": 1, "at": observed}
-                      for row_id in chunk]
-            batches.append((state, events))
+        state_template = {"status": "Pending", "raw_status": "Pending", "remains": 1000, "charge": charge,
+                          "start_count": 0, "currency": "USD", "final": False, "last_observed_at": observed,
+                          "consecutive_not_found": 0, "completed_at": None, "event_count": 1,
+                          "unchanged_polls": 0, "next_poll_at": later, "claim_id": None, "updated_at": observed}
+        event_template = {"from_status": None, "to_status": "Pending", "raw_status": "Pending", "remains": 1000,
+                          "charge": charge, "start_count": 0, "seq": 1, "at": observed}
+        # Rows are built per batch (a copy of a template, cheap) rather than all at once:
+        # at a million orders they would hold a gigabyte or more.
+        batches = [row_ids[offset : offset + 100] for offset in range(0, len(row_ids), 100)]
 
-        def write(batch: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> int:
-            state, events = batch
+        def write(chunk: list[int]) -> int:
+            state = [{"row_id": row_id, **state_template} for row_id in chunk]
+            events = [{"order_id": row_id, **event_template} for row_id in chunk]
             with unit_of_work(url) as session:
                 written = update_rows(session, ORDERS_TABLE, state, claim_id=FLOOR_CLAIM_ID)
                 insert_rows(session, EVENTS_TABLE, events)
