@@ -336,10 +336,10 @@ def worker_env(base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def database_floor_seconds(kind: str, work: Path, sim_url: str, orders: int, concurrency: int) -> float:
+def database_floor_seconds(kind: str, work: Path, sim_url: str, orders: int, concurrency: int, batch: int = 100) -> float:
     """The database's own floor for the sweep's writes: each order's new state (claim-
     checked) and its first history event, as tracker.polling.engine writes them, through
-    the same bulk statements, 100 rows per batch and one transaction per batch, at the
+    the same bulk statements, ``batch`` rows per statement and one transaction per batch, at the
     given concurrency; no HTTP, no Celery. On a throwaway database of its own with N
     orders, all held by one claim."""
     from tracker.clock import utcnow
@@ -381,7 +381,7 @@ def database_floor_seconds(kind: str, work: Path, sim_url: str, orders: int, con
                           "charge": charge, "start_count": 0, "seq": 1, "at": observed}
         # Rows are built per batch (a copy of a template, cheap) rather than all at once:
         # at a million orders they would hold a gigabyte or more.
-        batches = [row_ids[offset : offset + 100] for offset in range(0, len(row_ids), 100)]
+        batches = [row_ids[offset : offset + batch] for offset in range(0, len(row_ids), batch)]
 
         def write(chunk: list[int]) -> int:
             state = [{"row_id": row_id, **state_template} for row_id in chunk]
@@ -519,14 +519,14 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             figures["floors' concurrency"] = concurrency
             floor = floor_seconds(sim.url, ids, concurrency)
             naive = naive_seconds(sim.url, ids, concurrency)
-            database_floor = database_floor_seconds(kind, work, sim.url, args.orders, concurrency)
+            database_floor = database_floor_seconds(kind, work, sim.url, args.orders, concurrency, args.floor_batch)
             http_rate = args.orders / floor
             database_rate = args.orders / database_floor
             combined_rate = 1 / (1 / http_rate + 1 / database_rate)
             figures["floor seconds (batched HTTP, no persistence)"] = f"{floor:.2f} ({http_rate:.0f} orders/s)"
             figures["naive seconds (1 call per order, scaled)"] = round(naive, 1)
             figures["sweep / floor"] = round(sweep / floor, 2)
-            figures[f"{kind} floor seconds (bulk writes, no HTTP)"] = f"{database_floor:.2f} ({database_rate:.0f} orders/s)"
+            figures[f"{kind} floor seconds (bulk writes of {args.floor_batch} rows, no HTTP)"] = f"{database_floor:.2f} ({database_rate:.0f} orders/s)"
             figures["combined floor orders/s (1 / (1/HTTP + 1/database))"] = round(combined_rate)
             figures["sweep orders/s / combined floor"] = round(args.orders / sweep / combined_rate, 2)
             figures["claim query ms (100 of N due)"] = claim_query_ms(database_url, args.events if kind == "postgresql" else 0)
@@ -550,6 +550,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="the same as --pool threads --concurrency THREADS")
     parser.add_argument("--floor-concurrency", type=int,
                         help="the floors' concurrency (default: the most connections the sweep had open to the sim)")
+    parser.add_argument("--floor-batch", type=int, default=100,
+                        help="the database floor's rows per statement and transaction (default 100; a poll task "
+                             "of the tracker writes up to TRACKER_CALLS_PER_TASK x 100 in one)")
     parser.add_argument("--events", type=int, default=0, help="extra history rows for the claim-query figure (PostgreSQL)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the sweep may take")
     parser.add_argument("--log-dir", help="keep the worker, beat and sim logs here (default: discarded)")
