@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from tests.support.databases import SERVER_DATABASES
 from tracker.db.session import unit_of_work
+from tracker.worker import signals  # noqa: F401 - the worker's hooks: the soft time limit interrupts
 
 pytestmark = pytest.mark.integration
 

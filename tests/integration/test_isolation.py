@@ -20,6 +20,7 @@ from tests.support.cluster import Cluster
 from tests.support.processes import Proc, wait_until
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
+from tracker.polling.engine import MAX_CALL_THREADS
 from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration
@@ -74,9 +75,10 @@ def test_a_hanging_panel_holds_only_its_share_and_the_rest_goes_on(
         wait_until(lambda: slow.stats()["held_now"] > 0, timeout=30, what="the slow panel holding a call")
         slow_key = f"tracker:inflight:{provider_id('slow')}"
 
-        # Several ticks while the slow panel holds its call: it gets no more tasks than
-        # its share (one of two poll slots, the other provider having work), and its one
-        # task's other calls wait behind the first (slow start).
+        # Several ticks while the slow panel holds its calls: it gets no more tasks than
+        # its share (one of two poll slots, the other provider having work), so no new
+        # call reaches it.
+        wait_until(lambda: slow.stats()["held_now"] == MAX_CALL_THREADS, timeout=10, what="one task's calls held")
         ticks = dispatch_ticks(worker)
         most_in_flight = 0
 
@@ -87,14 +89,14 @@ def test_a_hanging_panel_holds_only_its_share_and_the_rest_goes_on(
 
         wait_until(ticked_three_times, timeout=30, interval=0.1, what="three dispatcher ticks")
         assert most_in_flight == 1
-        assert slow.stats()["held_now"] == 1
+        assert slow.stats()["held_now"] == MAX_CALL_THREADS
 
         # The other provider is polled again and again meanwhile (interval 1 s).
         wait_until(lambda: polled("fast", at_least=3) == 300, timeout=30, what="the fast provider polled 3 times")
         # The shop's task runs at once, and its orders are polled, while the call is held.
         shop.send_task("tracker.track_orders", args=["fast", fast_ids[300:]])
         wait_until(lambda: polled("fast") == 600, timeout=15, what="the shop's new orders polled")
-        assert slow.stats()["held_now"] == 1, "the slow panel's call was still held throughout"
+        assert slow.stats()["held_now"] == MAX_CALL_THREADS, "the slow panel's calls were held throughout"
 
         slow.clear_faults()
         slow.release_held()

@@ -4,6 +4,7 @@ leases, applying answers, idempotence, and what a failed call leaves behind."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import order_polls, poll_orders
+from tests.support.processes import wait_until
 from tracker.polling.dispatch import PollWork
 from tracker.clock import utcnow
 from tracker.config import get_settings
@@ -91,8 +93,8 @@ def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_ca
     batch = batches[0]
     summary = poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
     sim.clear_faults()
-    # Call 1 goes alone and is answered; calls 2-5 then run together, and the sim answers
-    # the first of them to arrive and fails the others (after the client's own retries).
+    # The 5 calls run together (the provider has not failed lately): the sim answers the
+    # first two to arrive and fails the others (after the client's own retries).
     assert (summary.asked, summary.applied, summary.error) == (450, 200, "HTTPError")
     assert event_count() == 200
     with unit_of_work() as session:
@@ -102,9 +104,8 @@ def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_ca
     answered_by_call = [
         {order.status is not None for order in orders[offset : offset + 100]} for offset in range(0, 450, 100)
     ]
-    # Whole calls' worth: the first call's rows, and one other call's.
-    assert answered_by_call[0] == {True}
-    assert sorted(tuple(answered) for answered in answered_by_call[1:]) == [(False,)] * 3 + [(True,)]
+    # Whole calls' worth: two calls' rows.
+    assert sorted(tuple(answered) for answered in answered_by_call) == [(False,)] * 3 + [(True,)] * 2
     unanswered = [order for order in orders if order.status is None]
     assert len(unanswered) == 250
     assert all(order.next_poll_at > started for order in unanswered)
@@ -283,3 +284,28 @@ def test_a_task_that_starts_after_its_lease_ran_out_calls_nothing(sim: SimServer
     assert "status" not in sim.stats()["actions"]
     with unit_of_work() as session:
         assert all(order.claim_id is None for order in session.scalars(select(Order)))
+
+
+def test_after_a_failed_call_the_next_task_asks_once_before_the_rest(sim: SimServer, gateway: Gateway) -> None:
+    register(sim, 500, pending_s=10**6)
+    with unit_of_work() as session:
+        session.execute(Provider.__table__.update().values(consecutive_failures=1))
+    [batch] = order_polls(get_settings(), utcnow())
+    sim.inject_fault("hold", count=1, actions=["status"])
+    polling = threading.Thread(
+        target=poll_orders,
+        args=(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids),
+        kwargs={"settings": get_settings(), "gateway": gateway},
+    )
+    polling.start()
+    try:
+        wait_until(lambda: sim.stats()["held_now"] == 1, timeout=10, what="the first call held")
+        # Slow start: while the first call is out, the other four wait for its answer.
+        for _ in range(10):
+            assert sim.stats()["actions"]["status"]["calls"] == 1
+            time.sleep(0.05)
+    finally:
+        sim.release_held()
+        polling.join(timeout=30)
+    assert sim.stats()["actions"]["status"]["calls"] == 5
+    assert event_count() == 500

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -151,7 +150,7 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
         transaction = session.begin()
         try:
             yield session
-        except INTERRUPTIONS:
+        except _interruptions:
             # Raised by a signal handler (a task's soft time limit), maybe in the middle of
             # a statement: the connection may still be busy with it, so it is neither
             # rolled back (which would fail on it) nor returned to the pool, where the next
@@ -164,8 +163,15 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
         transaction.commit()
 
 
-# Exceptions raised asynchronously, wherever the interpreter happens to be.
-INTERRUPTIONS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, KeyboardInterrupt, SystemExit)
+# Exceptions raised asynchronously, wherever the interpreter happens to be. The worker
+# adds Celery's soft time limit (tracker.worker.signals); the CLI never imports Celery.
+_interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
+
+
+def treat_as_interruption(exception: type[BaseException]) -> None:
+    global _interruptions
+    if exception not in _interruptions:
+        _interruptions = (*_interruptions, exception)
 
 
 def dispose_engines(*, close: bool = True) -> None:

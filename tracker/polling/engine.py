@@ -190,6 +190,8 @@ def poll_batch(
         access = ProviderAccess.of(provider, settings)
         group_size = kind.rows_per_call(provider)
         facts = {"supports_multi_refill_status": provider.supports_multi_refill_status}
+        # A provider whose last call failed is asked once before the rest go out.
+        slow_start = provider.consecutive_failures > 0
     if not rows:
         # Delivered late: the lease ran out and the rows were claimed again.
         return PollSummary(kind.name, provider_id)
@@ -204,7 +206,7 @@ def poll_batch(
     # Answers must be written before the task's soft time limit, as before the lease.
     time_left = settings.task_soft_time_limit - (time.monotonic() - started)
     cutoff = min(min(row.lease_until for row in rows), clock() + timedelta(seconds=time_left))
-    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, cutoff, clock)
+    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, cutoff, clock, slow_start=slow_start)
     try:
         summary = _apply(kind, access, claim_id, calls, interval, settings, clock())
     finally:
@@ -232,13 +234,16 @@ def _call_all(
     facts: dict[str, Any],
     cutoff: datetime,
     clock: Callable[[], datetime],
+    *,
+    slow_start: bool,
 ) -> _Calls[RowT]:
     """Make the task's calls, concurrently when the kind allows it, and gather what came
-    back in the rows' order. The calls run on threads of their own while this thread
+    back in the rows' order. ``slow_start``: the first call goes alone, so a provider
+    that is failing is asked once, not once per thread. The calls run on threads of their own while this thread
     waits, so a soft time limit raised here (a signal, delivered to the main thread) stops
     the task at once: calls not yet answered count as unasked."""
     groups = [rows[offset : offset + group_size] for offset in range(0, len(rows), group_size)]
-    run = _CallRun(kind, client, groups, facts, cutoff, clock)
+    run = _CallRun(kind, client, groups, facts, cutoff, clock, slow_start)
     parallel = min(len(groups), MAX_CALL_THREADS) if kind.concurrent_calls else 1
     threads = [
         threading.Thread(target=run.work, name=f"{kind.name}-call-{index}", daemon=True)
@@ -268,6 +273,7 @@ class _CallRun(Generic[RowT]):
     facts: dict[str, Any]
     cutoff: datetime
     clock: Callable[[], datetime]
+    slow_start: bool
     lock: threading.Condition = field(default_factory=threading.Condition)
     next_group: int = 0
     stopped: bool = False
@@ -276,9 +282,7 @@ class _CallRun(Generic[RowT]):
 
     def _take(self) -> tuple[int, datetime] | None:
         with self.lock:
-            # Slow start: the first call goes alone, so a provider that fails (or a
-            # half-open one's probe) is asked once, not once per thread.
-            while self.next_group == 1 and not self.outcomes and not self.stopped:
+            while self.slow_start and self.next_group == 1 and not self.outcomes and not self.stopped:
                 self.lock.wait()
             if self.stopped or self.next_group >= len(self.groups):
                 return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 from celery.signals import (
     after_setup_logger,
@@ -26,7 +27,7 @@ from celery.signals import (
 )
 
 from tracker import logs
-from tracker.db.session import dispose_engines
+from tracker.db.session import dispose_engines, treat_as_interruption
 from tracker.polling.capacity import Capacity, poll_slots_of
 from tracker.worker.queues import POLLS_QUEUE
 
@@ -97,6 +98,10 @@ def stop_queue_keeper(**_kwargs: Any) -> None:
             )
         except redis.RedisError as error:
             log.debug("capacity not withdrawn (it lapses): %s", error)
+
+
+# A soft time limit may interrupt a database statement half-way (see unit_of_work).
+treat_as_interruption(SoftTimeLimitExceeded)
 
 
 @worker_process_init.connect
