@@ -1,11 +1,13 @@
-"""The dispatcher tick: claim what is due, per provider, within one budget per provider.
+"""The dispatcher run: claim what is due, per provider, within one budget per provider.
 
-Every call kind a tick hands out draws on the same per-provider budget: refill
-attempts (``refill``), refill-status polls and order-status polls. The budget is what the
-provider's rate limit lets through in one tick, less the limiter's arrival margin, so the
-queue never holds more than about a tick's worth of calls for a provider, and a provider
-never sees more than its rate counting every kind together (the Redis limiter in front
-of each call is the hard guarantee; this budget keeps work from piling up behind it).
+It runs on beat's tick and whenever a provider task ends. Every call kind it hands out
+draws on the same per-provider budget: refill attempts (``refill``), refill-status polls
+and order-status polls. The budget is what the provider's rate limit has let through
+since the last run, less the limiter's arrival margin, up to one tick's worth (a token
+bucket, ``tracker.polling.capacity.CallBudgets``), so the queue never holds more than
+about a tick's worth of calls for a provider, and a provider never sees more than its
+rate counting every kind together (the Redis limiter in front of each call is the hard
+guarantee; this budget keeps work from piling up behind it).
 
 Kinds are served in this order: refill attempts first (few, and a shop is waiting), then
 refill polls, then order polls. A provider whose circuit is half-open gets exactly one
