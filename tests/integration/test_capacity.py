@@ -25,20 +25,21 @@ def client(broker_url: str) -> Iterator[redis.Redis]:
 
 def test_a_budget_refills_at_the_rate_up_to_one_tick(client: redis.Redis) -> None:
     budgets = TokenBudgets(client, tick_interval=1.0)
-    assert budgets.available(7, per_tick=10, now=T0) == 10
+    assert budgets.available(7, per_tick=10, now=T0, most=10) == 10
     budgets.spend(7, 10)
-    assert TokenBudgets(client, 1.0).available(7, 10, T0) == 0
-    assert TokenBudgets(client, 1.0).available(7, 10, T0 + timedelta(seconds=0.5)) == 5
-    # Never more than one tick's worth, however long nobody asked.
-    assert TokenBudgets(client, 1.0).available(7, 10, T0 + timedelta(hours=1)) == 10
+    assert TokenBudgets(client, 1.0).available(7, 10, T0, most=10) == 0
+    assert TokenBudgets(client, 1.0).available(7, 10, T0 + timedelta(seconds=0.5), most=10) == 5
+    # Never more than it may save up, however long nobody asked.
+    assert TokenBudgets(client, 1.0).available(7, 10, T0 + timedelta(hours=1), most=10) == 10
+    assert TokenBudgets(client, 1.0).available(7, 10, T0 + timedelta(hours=1), most=40) == 40
 
 
 def test_a_changed_allowance_starts_afresh(client: redis.Redis) -> None:
     budgets = TokenBudgets(client, tick_interval=1.0)
-    budgets.available(7, per_tick=10, now=T0)
+    budgets.available(7, per_tick=10, now=T0, most=10)
     budgets.spend(7, 10)
     # The circuit went half-open: one call, at once.
-    assert TokenBudgets(client, 1.0).available(7, 1, T0) == 1
+    assert TokenBudgets(client, 1.0).available(7, 1, T0, most=1) == 1
 
 
 def test_tasks_in_flight_end_with_their_task_or_their_lease(client: redis.Redis) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tracker.config import MAX_CALLS_PER_POLL_TASK, Settings
-from tracker.polling.dispatch import TASKS_PER_ROUND, UNLIMITED, SlotShare, _calls_per_task
+from tracker.config import Settings
+from tracker.polling.dispatch import LARGEST_TASK_CALLS, TASKS_PER_ROUND, UNLIMITED, SlotShare, _calls_per_task
 
 SLOW, FAST, TINY = 1, 2, 3
 
@@ -59,9 +59,11 @@ def test_a_provider_holding_more_than_its_share_gets_nothing_more() -> None:
 
 def test_a_provider_held_to_few_tasks_gets_larger_ones() -> None:
     settings = Settings.from_env({})
-    assert _calls_per_task(90, 1, settings) == min(90, MAX_CALLS_PER_POLL_TASK)
-    assert _calls_per_task(30, 2, settings) == 15
-    # Never below the usual size, never above the maximum.
-    assert _calls_per_task(3, 2, settings) == settings.calls_per_poll_task
-    assert _calls_per_task(10_000, 1, settings) == MAX_CALLS_PER_POLL_TASK
-    assert _calls_per_task(10_000, TASKS_PER_ROUND, settings) == settings.calls_per_poll_task
+    assert _calls_per_task(90, 1, 20.0, settings) == 90
+    assert _calls_per_task(30, 2, 20.0, settings) == 15
+    # Never below the usual size, never above the largest.
+    assert _calls_per_task(3, 2, 20.0, settings) == settings.calls_per_poll_task
+    assert _calls_per_task(10_000, 1, 1000.0, settings) == LARGEST_TASK_CALLS
+    assert _calls_per_task(10_000, TASKS_PER_ROUND, 1000.0, settings) == settings.calls_per_poll_task
+    # A slow rate: the task's calls fit in a quarter of the soft time limit (100 s).
+    assert _calls_per_task(90, 1, 1.0, settings) == 25

@@ -39,9 +39,10 @@ ANNOUNCEMENT_TTL_SECONDS = 30.0
 
 
 class CallBudgets(Protocol):
-    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
-        """Calls this provider may be handed now; ``per_tick``: what one tick allows
-        (its rate times the tick, or less while its circuit is not closed)."""
+    def available(self, provider_id: int, per_tick: int, now: datetime, *, most: int) -> int:
+        """Calls this provider may be handed now. ``per_tick``: what one tick earns (its
+        rate times the tick, or less while its circuit is not closed); ``most``: the most
+        it may save up."""
         ...
 
     def spend(self, provider_id: int, calls: int) -> None: ...
@@ -50,7 +51,7 @@ class CallBudgets(Protocol):
 class FreshBudgets:
     """A whole tick's budget at every run: for one-off runs and tests that claim once."""
 
-    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
+    def available(self, provider_id: int, per_tick: int, now: datetime, *, most: int) -> int:
         return per_tick
 
     def spend(self, provider_id: int, calls: int) -> None:
@@ -58,7 +59,7 @@ class FreshBudgets:
 
 
 class TokenBudgets:
-    """Token buckets in Redis: ``per_tick`` tokens at most, refilled over one tick."""
+    """Token buckets in Redis, refilled with ``per_tick`` tokens per tick, holding ``most``."""
 
     def __init__(self, client: redis.Redis, tick_interval: float, *, prefix: str = "tracker") -> None:
         self._redis = client
@@ -69,7 +70,7 @@ class TokenBudgets:
     def _key(self, provider_id: int) -> str:
         return f"{self._prefix}:budget:{provider_id}"
 
-    def available(self, provider_id: int, per_tick: int, now: datetime) -> int:
+    def available(self, provider_id: int, per_tick: int, now: datetime, *, most: int) -> int:
         at = epoch(now)
         stored_tokens, stored_at, stored_per_tick = self._redis.hmget(
             self._key(provider_id), ["tokens", "at", "per_tick"]
@@ -80,7 +81,7 @@ class TokenBudgets:
             tokens = float(per_tick)
         else:
             earned = max(0.0, at - float(stored_at)) * per_tick / self._tick_interval
-            tokens = min(float(per_tick), float(stored_tokens) + earned)
+            tokens = min(float(max(most, per_tick)), float(stored_tokens) + earned)
         self._seen[provider_id] = (tokens, at, per_tick)
         return int(tokens)
 

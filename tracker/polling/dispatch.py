@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import false, literal, select
 from sqlalchemy.orm import Session
 
-from tracker.config import MAX_CALLS_PER_POLL_TASK, Settings
+from tracker.config import Settings
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
@@ -48,6 +48,9 @@ from tracker.usecases.provider_health import base_interval, health_of
 
 # Share of the poll interval by which a batch may poll rows early to fill itself up.
 FILL_HORIZON_SHARE = 0.2
+
+# Calls in the largest task the dispatcher makes for a provider held to few tasks.
+LARGEST_TASK_CALLS = 100
 
 # Poll tasks claimed per provider per kind per transaction. The dispatcher commits and
 # enqueues after each round, so polling starts while it is still claiming a backlog.
@@ -143,11 +146,14 @@ def claim_rounds(
                 if provider.id not in share.wanting:
                     continue
                 if provider.id not in calls_left:
+                    per_tick = tick_budget(provider, settings, now)
                     calls_left[provider.id] = budgets.available(
-                        provider.id, tick_budget(provider, settings, now), now
+                        provider.id, per_tick, now, most=_most_saved(provider, per_tick, now)
                     )
                 tasks_allowed = min(TASKS_PER_ROUND, share.allowed(provider.id))
-                calls_per_task = _calls_per_task(calls_left[provider.id], tasks_allowed, settings)
+                calls_per_task = _calls_per_task(
+                    calls_left[provider.id], tasks_allowed, provider.rate_limit, settings
+                )
                 budget = _Budget(
                     calls_left[provider.id], calls_per_task * TASKS_PER_ROUND, tasks_allowed, calls_per_task
                 )
@@ -187,6 +193,15 @@ def claim_all(settings: Settings, now: datetime) -> list[Work]:
     return [piece for work in claim_rounds(settings, now) for piece in work]
 
 
+def _most_saved(provider: Provider, per_tick: int, now: datetime) -> int:
+    """The most calls a provider's budget may save up: a tick's worth, or, while its circuit
+    is closed, one largest task's (a provider held to one slot hands out its calls a large
+    task at a time; the tasks-in-flight cap keeps that from piling up in the queue)."""
+    if health_of(provider).state(now) is not CircuitState.CLOSED:
+        return per_tick
+    return max(per_tick, LARGEST_TASK_CALLS)
+
+
 def tick_budget(provider: Provider, settings: Settings, now: datetime) -> int:
     """Calls one tick may hand out for this provider, every kind together."""
     return batches_per_tick(
@@ -199,14 +214,16 @@ def tick_budget(provider: Provider, settings: Settings, now: datetime) -> int:
     )
 
 
-def _calls_per_task(calls_left: int, tasks_allowed: int, settings: Settings) -> int:
-    """The usual task size; larger when the provider may have fewer tasks than its tick's
-    budget fills, so a provider held to one or two slots still gets its calls (a task's
-    calls run concurrently, so a larger task takes little longer on a slow panel)."""
+def _calls_per_task(calls_left: int, tasks_allowed: int, rate_limit: float, settings: Settings) -> int:
+    """The usual task size; larger when the provider may have fewer tasks than its budget
+    fills, so a provider held to one or two slots still gets its calls: a task's calls
+    run concurrently, so a larger task costs one answer's wait, not one per call. Never so
+    large that the rate limit would stretch it past a quarter of its soft time limit."""
     if tasks_allowed <= 0 or tasks_allowed >= TASKS_PER_ROUND:
         return settings.calls_per_poll_task
     wanted = -(-calls_left // tasks_allowed)
-    return max(settings.calls_per_poll_task, min(wanted, MAX_CALLS_PER_POLL_TASK))
+    within_time = int(rate_limit * settings.task_soft_time_limit / 4)
+    return max(settings.calls_per_poll_task, min(wanted, LARGEST_TASK_CALLS, within_time))
 
 
 @dataclass(slots=True)
