@@ -39,7 +39,11 @@ def test_a_changed_allowance_starts_afresh(client: redis.Redis) -> None:
     budgets.available(7, per_tick=10, now=T0, most=10)
     budgets.spend(7, 10)
     # The circuit went half-open: one call, at once.
-    assert TokenBudgets(client, 1.0).available(7, 1, T0, most=1) == 1
+    probe = TokenBudgets(client, 1.0)
+    assert probe.available(7, 1, T0, most=1) == 1
+    probe.spend(7, 1)
+    # Closed again: a full bucket.
+    assert TokenBudgets(client, 1.0).available(7, 10, T0, most=40) == 40
 
 
 def test_tasks_in_flight_end_with_their_task_or_their_lease(client: redis.Redis) -> None:

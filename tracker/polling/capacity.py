@@ -76,9 +76,9 @@ class TokenBudgets:
             self._key(provider_id), ["tokens", "at", "per_tick"]
         )
         if stored_tokens is None or stored_at is None or stored_per_tick is None or int(stored_per_tick) != per_tick:
-            # New, or the provider's allowance changed (rate edited, circuit moved): a
-            # fresh tick's worth, as the dispatcher gave before it kept budgets.
-            tokens = float(per_tick)
+            # New, or the provider's allowance changed (rate edited, circuit moved): a full
+            # bucket (exactly one call for a half-open circuit's probe).
+            tokens = float(max(most, per_tick))
         else:
             earned = max(0.0, at - float(stored_at)) * per_tick / self._tick_interval
             tokens = min(float(max(most, per_tick)), float(stored_tokens) + earned)
