@@ -239,15 +239,17 @@ def _call_all(
 ) -> _Calls[RowT]:
     """Make the task's calls, concurrently when the kind allows it, and gather what came
     back in the rows' order. ``slow_start``: the first call goes alone, so a provider
-    that is failing is asked once, not once per thread. The calls run on threads of their own while this thread
-    waits, so a soft time limit raised here (a signal, delivered to the main thread) stops
-    the task at once: calls not yet answered count as unasked."""
+    that is failing is asked once, not once per thread.
+
+    The calls run on threads of their own while this thread waits, so a soft time limit
+    raised here (a signal, delivered to the main thread) stops the task at once: calls
+    not answered by then count as unasked."""
     groups = [rows[offset : offset + group_size] for offset in range(0, len(rows), group_size)]
     run = _CallRun(kind, client, groups, facts, cutoff, clock, slow_start)
     parallel = min(len(groups), MAX_CALL_THREADS) if kind.concurrent_calls else 1
     threads = [
         threading.Thread(target=run.work, name=f"{kind.name}-call-{index}", daemon=True)
-        for index in range(min(parallel, len(groups)))
+        for index in range(parallel)
     ]
     for thread in threads:
         thread.start()
