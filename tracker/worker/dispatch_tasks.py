@@ -28,6 +28,7 @@ from tracker.worker.tasks import (
     DB_RETRY,
     QUEUED_KEY,
     coordination,
+    dispatch_soon,
     in_flight,
     poll_status_batch,
 )
@@ -50,22 +51,28 @@ def dispatch_polls() -> int:
     )
     redis_client = coordination()
     if not lock.acquire(blocking=False):
-        # The running one looks at this flag when it is done, and goes round once more.
+        # The run holding the lock goes round once more when it sees this flag...
         redis_client.set(AGAIN_KEY, 1, ex=60)
-        log.debug("dispatch_polls: the previous tick is still claiming")
-        return 0
+        # ...unless it let go in the meantime: then this run is the one to go round.
+        if not lock.acquire(blocking=False):
+            log.debug("dispatch_polls: another run is claiming")
+            return 0
     enqueued = 0
     try:
         for _ in range(MAX_PASSES):
-            redis_client.delete(QUEUED_KEY)
+            redis_client.delete(AGAIN_KEY, QUEUED_KEY)
             passed = _dispatch_pass(settings, lock)
             if passed is None:
                 break
             enqueued += passed
-            if not redis_client.getdel(AGAIN_KEY):
+            if not redis_client.exists(AGAIN_KEY):
                 break
     finally:
         _release(lock)
+    if redis_client.exists(AGAIN_KEY):
+        # Provider tasks kept ending through the last pass: another run, queued afresh.
+        redis_client.delete(QUEUED_KEY)
+        dispatch_soon()
     return enqueued
 
 

@@ -90,9 +90,14 @@ AGAIN_KEY = "tracker:dispatch:again"
 
 
 def dispatch_soon() -> None:
-    """Run the dispatcher now rather than at the next tick. At most one such run is queued."""
-    if coordination().set(QUEUED_KEY, 1, nx=True, ex=30):
-        current_app.send_task("tracker.dispatch_polls", expires=max(1.0, get_settings().tick_interval))
+    """Run the dispatcher now rather than at the next tick. At most one such run is queued;
+    the marker lapses with the message, so a message that expired unread (every pool child
+    busy) stops no later one."""
+    if coordination().set(QUEUED_KEY, 1, nx=True, ex=DISPATCH_SOON_EXPIRES):
+        current_app.send_task("tracker.dispatch_polls", expires=DISPATCH_SOON_EXPIRES)
+
+
+DISPATCH_SOON_EXPIRES = 15
 
 
 # Database hiccups (a killed connection, a failover) are retried: every task is one
