@@ -158,9 +158,12 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
             session.invalidate()
             raise
         except BaseException:
-            transaction.rollback()
+            if transaction.is_active:
+                transaction.rollback()
             raise
-        transaction.commit()
+        # As session.begin()'s own context manager: the caller may have ended it already.
+        if transaction.is_active:
+            transaction.commit()
 
 
 # Exceptions raised asynchronously, wherever the interpreter happens to be. The worker
