@@ -178,6 +178,26 @@ def cpu_by_program() -> dict[str, float]:
     return totals
 
 
+def database_backends_cpu(database_url: str) -> dict[int, float]:
+    """PostgreSQL: CPU seconds used so far by each server process serving the benchmark's
+    database, this process's own excepted. Unlike the per-program total, it leaves out
+    whatever else the same server does meanwhile (other databases, its background
+    processes). Empty for the other databases."""
+    if not database_url.startswith("postgresql"):
+        return {}
+    with get_engine(database_url).connect() as connection:
+        pids = connection.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )).scalars().all()
+    used: dict[int, float] = {}
+    for pid in pids:
+        try:
+            used[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return used
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -352,6 +372,8 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                 def cpu_now() -> tuple[dict[str, float], float, list[float]]:
                     return cpu_by_program(), cpu_seconds(sim_pid), [cpu_seconds(w.pid) for w in workers]
 
+                backends_at_first_call: dict[int, float] = {}
+
                 def check(what: str) -> None:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"sweep not finished after {args.timeout}s: {what}")
@@ -364,11 +386,13 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                     check(f"{answered} IDs answered")
                     if cpu_at_first_call is None and answered > 0:
                         cpu_at_first_call = cpu_now()
+                        backends_at_first_call = database_backends_cpu(database_url)
                     time.sleep(0.05)
                 while (polled := polled_count(database_url)) < args.orders:
                     check(f"{polled} orders persisted")
                     time.sleep(0.2)
                 cpu_at_end = cpu_now()
+                backends_at_end = database_backends_cpu(database_url)
                 first_call, last_write = sweep_span(database_url)
                 sweep = last_write - first_call
                 rss = sum(peak_rss_mb(worker.pid) for worker in workers)
@@ -400,6 +424,12 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
                     "redis": programs_after.get("redis-server", 0.0) - programs_before.get("redis-server", 0.0),
                 }
                 figures["CPU seconds during the sweep"] = ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
+                if backends_at_end:
+                    backends = sum(seconds - backends_at_first_call.get(pid, 0.0) for pid, seconds in backends_at_end.items())
+                    figures["CPU seconds during the sweep, this database's backends"] = f"{backends:.1f}"
+                    figures["CPU µs per order: workers / this database's backends"] = (
+                        f"{used['workers'] / args.orders * 1e6:.0f} / {backends / args.orders * 1e6:.0f}"
+                    )
             figures["floor seconds (batched HTTP, no persistence)"] = round(floor, 2)
             figures["naive seconds (1 call per order, scaled)"] = round(naive, 1)
             figures["sweep / floor"] = round(sweep / floor, 2)

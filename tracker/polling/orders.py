@@ -15,6 +15,7 @@ from sqlalchemy import Table, false, select
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
+from tracker.db.bulk import id_in
 from tracker.db.models import Order, OrderEvent, Provider
 from tracker.domain.events import order_transition
 from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
@@ -80,11 +81,12 @@ class OrderKind:
     def read_claimed(self, session: Session, claim_id: int, row_ids: Sequence[int]) -> list[ClaimedOrder]:
         rows = session.execute(
             select(*(_orders.c[name] for name in _CLAIMED_COLUMNS))
-            .where(_orders.c.id.in_(row_ids), _orders.c.claim_id == claim_id, _orders.c.final == false())
+            .where(id_in(session, _orders.c.id, row_ids), _orders.c.claim_id == claim_id, _orders.c.final == false())
             .order_by(_orders.c.id)
-        ).tuples()
-        # Plain tuples, unpacked by position: a poll reads up to 1,000 rows, and a Row's
-        # attribute lookups by name cost more than the rest of building the state.
+        ).tuples().all()
+        # Plain tuples, fetched at once and unpacked by position: a poll reads up to 1,000
+        # rows, and fetching them one at a time or reading a Row's attributes by name cost
+        # more than the rest of building the state.
         status_of = _status_of
         return [
             ClaimedOrder(
