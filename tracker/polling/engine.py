@@ -392,6 +392,9 @@ def _apply(
     shop_listens = sink_configured(settings)
     # One draw per task, not per row: rows polled together stay together.
     jitter = draw_jitter()
+    # The next poll time depends on the row only through unchanged_polls: worked out once
+    # per value, not once per row.
+    next_polls: dict[int, datetime] = {}
     for row, result, observed_at in calls.answered:
         seen = kind.observe(
             row, result, observed_at, access=access, settings=settings, shop_listens=shop_listens
@@ -402,19 +405,22 @@ def _apply(
             event_rows.append({**seen.event, "seq": event_count, "at": observed_at})
             if seen.shop_event is not None:
                 shop_events.append((row.id, seen.shop_event))
-        delay = poll_delay(
-            seen.unchanged_polls,
-            base_interval=interval,
-            max_factor=settings.max_poll_backoff_factor,
-            jitter=jitter,
-        )
+        next_poll_at = next_polls.get(seen.unchanged_polls)
+        if next_poll_at is None:
+            delay = poll_delay(
+                seen.unchanged_polls,
+                base_interval=interval,
+                max_factor=settings.max_poll_backoff_factor,
+                jitter=jitter,
+            )
+            next_poll_at = next_polls[seen.unchanged_polls] = now + timedelta(seconds=delay)
         state_rows.append(
             {
                 **seen.columns,
                 "row_id": row.id,
                 "event_count": event_count,
                 "unchanged_polls": seen.unchanged_polls,
-                "next_poll_at": now + timedelta(seconds=delay),
+                "next_poll_at": next_poll_at,
                 "claim_id": None,
                 "updated_at": now,
             }

@@ -20,6 +20,7 @@ from sqlalchemy import Table, false, select
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
+from tracker.db.bulk import id_in
 from tracker.db.models import Order, Provider, Refill, RefillEvent
 from tracker.domain.events import refill_transition
 from tracker.domain.refills import RefillState, apply_refill_observation
@@ -78,7 +79,7 @@ class RefillKind:
                 _refills.c.consecutive_not_found, _refills.c.unchanged_polls,
             )
             .join(_orders, _orders.c.id == _refills.c.order_id)
-            .where(_refills.c.id.in_(row_ids), _refills.c.claim_id == claim_id, _refills.c.final == false())
+            .where(id_in(session, _refills.c.id, row_ids), _refills.c.claim_id == claim_id, _refills.c.final == false())
             .order_by(_refills.c.id)
         )
         return [

@@ -357,6 +357,15 @@ def _decimal(value: object) -> Decimal | None:
 
 
 def _any_decimal(value: object) -> Decimal | None:
+    if type(value) is str:
+        # The usual case first (panels send numbers as strings): the same outcome as the
+        # general path below, with fewer checks per value.
+        text = value.strip()
+        if not text:
+            return None
+        if _DECIMAL_TEXT.fullmatch(text):
+            return Decimal(text)
+        raise _BadValue(f"not a number: {value!r}")
     if _is_blank(value):
         return None
     if isinstance(value, Decimal) and value.is_finite():
@@ -369,6 +378,13 @@ def _any_decimal(value: object) -> Decimal | None:
 
 
 def _int(value: object) -> int | None:
+    if type(value) is str:
+        # The usual case first, as in _any_decimal; anything but plain digits goes on below.
+        text = value.strip()
+        if not text:
+            return None
+        if _INT_TEXT.fullmatch(text):
+            return int(text)
     if _is_blank(value):
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -413,6 +429,8 @@ def _refill_id(value: object) -> str:
 
 
 def _text(value: object) -> str | None:
+    if type(value) is str:
+        return value.strip() or None
     if _is_blank(value):
         return None
     if isinstance(value, str):
