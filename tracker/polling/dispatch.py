@@ -50,7 +50,7 @@ from tracker.usecases.provider_health import base_interval, health_of
 FILL_HORIZON_SHARE = 0.2
 
 # Calls in the largest task the dispatcher makes for a provider held to few tasks.
-LARGEST_TASK_CALLS = 100
+LARGEST_TASK_CALLS = 50
 
 # Poll tasks claimed per provider per kind per transaction. The dispatcher commits and
 # enqueues after each round, so polling starts while it is still claiming a backlog.
