@@ -172,9 +172,12 @@ def poll_batch(
     settings: Settings,
     gateway: Gateway,
     clock: Callable[[], datetime] | None = None,
+    done_calling: Callable[[], None] | None = None,
 ) -> PollSummary:
     """``clock``: by default the database's (see ``tracker.db.clock``), so answers are
-    ordered the same way whichever worker's wall clock ran ahead."""
+    ordered the same way whichever worker's wall clock ran ahead. ``done_calling``: told
+    when the task has no call left to make, before it writes (its provider slot may go
+    to the next task while this one writes)."""
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
     started = time.monotonic()
     with unit_of_work(read_only=True) as session:
@@ -207,6 +210,8 @@ def poll_batch(
     time_left = settings.task_soft_time_limit - (time.monotonic() - started)
     cutoff = min(min(row.lease_until for row in rows), clock() + timedelta(seconds=time_left))
     calls = _call_all(kind, gateway.client(access), rows, group_size, facts, cutoff, clock, slow_start=slow_start)
+    if done_calling is not None:
+        done_calling()
     try:
         summary = _apply(kind, access, claim_id, calls, interval, settings, clock())
     finally:

@@ -78,8 +78,11 @@ def request_refill(
 
 @shared_task(name="tracker.poll_refill_batch", **DB_RETRY)
 def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) -> None:
-    with holding_slot(provider_id, poll_token(REFILLS.name, claim_id)):
-        poll_batch(REFILLS, provider_id, claim_id, refill_ids, settings=get_settings(), gateway=gateway())
+    with holding_slot(provider_id, poll_token(REFILLS.name, claim_id)) as done_calling:
+        poll_batch(
+            REFILLS, provider_id, claim_id, refill_ids,
+            settings=get_settings(), gateway=gateway(), done_calling=done_calling,
+        )
 
 
 @shared_task(name="tracker.schedule_auto_refills", **DB_RETRY)

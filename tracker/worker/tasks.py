@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,20 +67,29 @@ def in_flight() -> InFlight:
 
 
 @contextmanager
-def holding_slot(provider_id: int | None, token: str) -> Iterator[None]:
-    """Ends a provider task's in-flight entry (see ``tracker.polling.capacity``) however
-    the task ends, and has the dispatcher lend the freed slot at once; a killed task's
-    entry lapses with its lease instead."""
+def holding_slot(provider_id: int | None, token: str) -> Iterator[Callable[[], None]]:
+    """Ends a provider task's in-flight entry (see ``tracker.polling.capacity``) and has
+    the dispatcher lend the freed slot at once: when the task calls the function this
+    yields (it has stopped waiting on its provider), or else however the task ends. A
+    killed task's entry lapses with its lease instead."""
+    ended = False
+
+    def end() -> None:
+        nonlocal ended
+        if ended or provider_id is None:
+            return
+        ended = True
+        try:
+            in_flight().finished(provider_id, token)
+            dispatch_soon()
+        except redis.RedisError as error:
+            # The entry lapses with the lease: the slot is only lent out later.
+            log.warning("in-flight entry not ended: %s", type(error).__name__)
+
     try:
-        yield
+        yield end
     finally:
-        if provider_id is not None:
-            try:
-                in_flight().finished(provider_id, token)
-                dispatch_soon()
-            except redis.RedisError as error:
-                # The entry lapses with the lease: the slot is only lent out later.
-                log.warning("in-flight entry not ended: %s", type(error).__name__)
+        end()
 
 
 # Set while a dispatcher run is queued; and by a run that found another one running, so
@@ -143,8 +152,11 @@ def track_orders(
 
 @shared_task(name="tracker.poll_status_batch", **DB_RETRY)
 def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
-    with holding_slot(provider_id, poll_token(ORDERS.name, claim_id)):
-        poll_batch(ORDERS, provider_id, claim_id, order_ids, settings=get_settings(), gateway=gateway())
+    with holding_slot(provider_id, poll_token(ORDERS.name, claim_id)) as done_calling:
+        poll_batch(
+            ORDERS, provider_id, claim_id, order_ids,
+            settings=get_settings(), gateway=gateway(), done_calling=done_calling,
+        )
 
 
 _sinks: Sinks | None = None
