@@ -526,6 +526,11 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             figures["floor seconds (batched HTTP, no persistence)"] = f"{floor:.2f} ({http_rate:.0f} orders/s)"
             figures["naive seconds (1 call per order, scaled)"] = round(naive, 1)
             figures["sweep / floor"] = round(sweep / floor, 2)
+            if concurrency != REFERENCE_FLOOR_THREADS:
+                # The reference issue #13 set its targets against: 4 plain threads.
+                reference = floor_seconds(sim.url, ids, REFERENCE_FLOOR_THREADS)
+                figures[f"floor seconds at {REFERENCE_FLOOR_THREADS} threads"] = f"{reference:.2f} ({args.orders / reference:.0f} orders/s)"
+                figures[f"sweep / floor at {REFERENCE_FLOOR_THREADS} threads"] = round(sweep / reference, 2)
             figures[f"{kind} floor seconds (bulk writes of {args.floor_batch} rows, no HTTP)"] = f"{database_floor:.2f} ({database_rate:.0f} orders/s)"
             figures["combined floor orders/s (1 / (1/HTTP + 1/database))"] = round(combined_rate)
             figures["sweep orders/s / combined floor"] = round(args.orders / sweep / combined_rate, 2)
@@ -535,6 +540,9 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             figures["database size MB"] = database_size_mb(database_url, work)
             dispose_engines()
     return figures
+
+
+REFERENCE_FLOOR_THREADS = 4
 
 
 def main() -> int:
