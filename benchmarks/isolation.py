@@ -47,7 +47,6 @@ from typing import Any
 
 import requests
 from celery import Celery
-from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import Sampler, tree  # noqa: E402
-from sweep import API_KEY, Figures, broker, database, sim_process, start, worker_env  # noqa: E402
+from sweep import API_KEY, Figures, benchmark_settings, broker, database, sim_process, start, worker_env  # noqa: E402
 from tracker.config import reset_settings  # noqa: E402
 from tracker.db import migrate  # noqa: E402
 from tracker.db.models import Order, Provider  # noqa: E402
@@ -233,17 +232,7 @@ def one_run(with_slow: bool, args: argparse.Namespace, work: Path) -> Run:
         (logs / "fast").mkdir(exist_ok=True)
         fast, _ = stack.enter_context(sim_process(args.fast_latency_ms, logs / "fast"))
         migrate.upgrade(database_url)
-        env = worker_env(dict(
-            os.environ,
-            TRACKER_DATABASE_URL=database_url,
-            TRACKER_BROKER_URL=broker_url,
-            TRACKER_SECRET_KEY=Fernet.generate_key().decode(),
-            TRACKER_MODE="production",
-            # One sweep of each provider's orders: nothing is due twice while we measure.
-            TRACKER_POLL_INTERVAL="86400",
-            TRACKER_TICK_INTERVAL="1",
-            TRACKER_STATE_DIR=str(logs / "state"),
-        ))
+        env = worker_env({**os.environ, **benchmark_settings(database_url, broker_url, logs / "state")})
         os.environ.update({key: env[key] for key in ("TRACKER_DATABASE_URL", "TRACKER_SECRET_KEY", "TRACKER_MODE",
                                                      "TRACKER_STATE_DIR", "TRACKER_BROKER_URL")})
         reset_settings()

@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweep import API_KEY, broker, database, register, sim_process  # noqa: E402
+from benchmarks.sweep import benchmark_settings, broker, database, register, sim_process  # noqa: E402
 from tracker.config import get_settings, reset_settings  # noqa: E402
 from tracker.db import migrate  # noqa: E402
 from tracker.db.session import dispose_engines, get_engine  # noqa: E402
@@ -166,16 +165,7 @@ def main() -> int:
         with database(args.db, work) as database_url, broker(work) as broker_url, sim_process(0, work) as (sim, _):
             migrate.upgrade(database_url)
             ids = sim.seed_orders(count=args.orders, service=1, pending_s=10**8)
-            os.environ.update(
-                TRACKER_DATABASE_URL=database_url,
-                TRACKER_BROKER_URL=broker_url,
-                TRACKER_SECRET_KEY=Fernet.generate_key().decode(),
-                TRACKER_MODE="production",
-                TRACKER_POLL_INTERVAL="86400",
-                TRACKER_TICK_INTERVAL="1",
-                TRACKER_LEASE_SECONDS="600",
-                TRACKER_STATE_DIR=str(work / "state"),
-            )
+            os.environ.update(benchmark_settings(database_url, broker_url, work / "state"), TRACKER_LEASE_SECONDS="600")
             reset_settings()
             if args.statements:
                 global STATEMENTS

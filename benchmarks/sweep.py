@@ -327,6 +327,20 @@ def worker_description(args: argparse.Namespace) -> str:
     return f"{args.processes} worker(s), --pool {args.pool or '(default)'} --concurrency {args.concurrency or '(default)'}"
 
 
+def benchmark_settings(database_url: str, broker_url: str, state_dir: Path) -> dict[str, str]:
+    """The tracker's settings for one measured sweep: production mode, and nothing due
+    twice while we measure."""
+    return {
+        "TRACKER_DATABASE_URL": database_url,
+        "TRACKER_BROKER_URL": broker_url,
+        "TRACKER_SECRET_KEY": Fernet.generate_key().decode(),
+        "TRACKER_MODE": "production",
+        "TRACKER_POLL_INTERVAL": "86400",
+        "TRACKER_TICK_INTERVAL": "1",
+        "TRACKER_STATE_DIR": str(state_dir),
+    }
+
+
 def worker_env(base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     # What an operator gets: the pool's size comes from the tracker's defaults, or from
@@ -412,18 +426,11 @@ def run_one(kind: str, latency_ms: float, args: argparse.Namespace) -> Figures:
             seeding = time.monotonic()
             ids = sim.seed_orders(count=args.orders, service=1, pending_s=10**8)
             seed_seconds = time.monotonic() - seeding
-            env = worker_env(dict(
-                os.environ,
-                TRACKER_DATABASE_URL=database_url,
-                TRACKER_BROKER_URL=broker_url,
-                TRACKER_SECRET_KEY=Fernet.generate_key().decode(),
-                TRACKER_MODE="production",
-                # One sweep: nothing is due twice while we measure.
-                TRACKER_POLL_INTERVAL="86400",
-                TRACKER_TICK_INTERVAL="1",
-                TRACKER_LEASE_SECONDS="600",
-                TRACKER_STATE_DIR=str(work / "state"),
-            ))
+            env = worker_env({
+                **os.environ,
+                **benchmark_settings(database_url, broker_url, work / "state"),
+                "TRACKER_LEASE_SECONDS": "600",
+            })
             os.environ.update({key: env[key] for key in ("TRACKER_DATABASE_URL", "TRACKER_SECRET_KEY", "TRACKER_MODE", "TRACKER_STATE_DIR")})
             reset_settings()
             figures["orders"] = args.orders
