@@ -59,7 +59,7 @@ def test_a_provider_holding_more_than_its_share_gets_nothing_more() -> None:
 
 def test_a_provider_held_to_few_tasks_gets_larger_ones() -> None:
     settings = Settings.from_env({})
-    assert _calls_per_task(90, 1, 20.0, settings) == 90
+    assert _calls_per_task(45, 1, 20.0, settings) == 45
     assert _calls_per_task(30, 2, 20.0, settings) == 15
     # Never below the usual size, never above the largest.
     assert _calls_per_task(3, 2, 20.0, settings) == settings.calls_per_poll_task
