@@ -68,14 +68,11 @@ def test_only_the_shop_facing_tasks_map_bad_input() -> None:
     assert mapping == {"tracker.track_orders": SHOP_INPUT_ERRORS, "tracker.report_drop": SHOP_INPUT_ERRORS}
 
 
-def test_shop_tasks_reject_malformed_arguments_before_any_database_work() -> None:
-    tasks = tracker_tasks()
-    result = tasks["tracker.track_orders"].apply(args=["panel", "1,2"])
-    assert isinstance(result.result, InvalidTaskInput)
+def test_track_orders_rejects_a_string_for_a_list_before_any_database_work() -> None:
+    # (The other bad input of the shop's tasks needs a database: tests/integration/test_bad_input.py.)
+    result = tracker_tasks()["tracker.track_orders"].apply(args=["panel", "1,2"])
+    assert type(result.result) is InvalidTaskInput
     assert str(result.result) == "order_ids must be a list of order IDs, got str"
-    result = tasks["tracker.report_drop"].apply(args=["panel", "abc"])
-    assert isinstance(result.result, InvalidTaskInput)
-    assert str(result.result) == "order ID 'abc' is not a positive whole number"
 
 
 # A throwaway app: the base's behaviour on tasks that fail on demand.

@@ -15,7 +15,6 @@ from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
-from tracker.domain.ids import parse_order_id
 from tracker.polling.engine import poll_batch
 from tracker.polling.capacity import attempt_token, poll_token
 from tracker.polling.refills import REFILLS
@@ -30,14 +29,14 @@ log = logging.getLogger("tracker.tasks")
 
 @shared_task(base=TrackerTask, name="tracker.report_drop", bad_input=SHOP_INPUT_ERRORS)
 def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
+    # An unknown provider or order fails as InvalidTaskInput through the base.
     try:
-        external_id = parse_order_id(order_id)
+        with unit_of_work() as session:
+            # The database's clock: cool-downs are compared with times other workers wrote.
+            report = refills.report_drop(session, provider, order_id, settings=get_settings(), now=database_now(session))
     except ValueError as exc:
         # parse_order_id says what is wrong, not with what: name the value given.
         raise InvalidTaskInput(f"order ID {order_id!r} {exc}") from None
-    with unit_of_work() as session:
-        # The database's clock: cool-downs are compared with times other workers wrote.
-        report = refills.report_drop(session, provider, external_id, settings=get_settings(), now=database_now(session))
     log.info("report_drop %s", report.describe(), extra={"provider": report.provider})
     # The request, if any, is due now (or when the cool-down ends): the dispatcher's next
     # tick claims it within the provider's budget.
