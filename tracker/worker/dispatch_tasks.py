@@ -22,10 +22,10 @@ from tracker.db.session import unit_of_work
 from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
 from tracker.polling.capacity import Capacity, TokenBudgets, attempt_token, poll_token
 from tracker.polling.orders import ORDERS
+from tracker.worker.base import TrackerTask, enqueue_committed
 from tracker.worker.refill_tasks import poll_refill_batch, request_refill
 from tracker.worker.tasks import (
     AGAIN_KEY,
-    DB_RETRY,
     QUEUED_KEY,
     coordination,
     dispatch_soon,
@@ -36,7 +36,7 @@ from tracker.worker.tasks import (
 log = logging.getLogger("tracker.tasks")
 
 
-@shared_task(name="tracker.dispatch_polls", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.dispatch_polls")
 def dispatch_polls() -> int:
     """The one dispatcher: every call kind of every provider, within one budget per
     provider per tick (see ``tracker.polling.dispatch``)."""
@@ -87,12 +87,16 @@ def _dispatch_pass(settings: Settings, lock: redis.lock.Lock) -> int | None:
     budgets = TokenBudgets(coordination(), settings.tick_interval)
     lease_until = now + timedelta(seconds=settings.lease_seconds)
     enqueued = 0
+
+    def start(piece: AttemptWork | PollWork) -> None:
+        # In flight from before its message exists, so a task that ends at once finds
+        # its entry to end.
+        tracked.started(piece.provider_id, _token(piece), lease_until)
+        _enqueue(piece)
+
     for work in claim_rounds(settings, now, share, budgets):
-        # This round's claims are committed: only now may its tasks exist.
-        for piece in work:
-            tracked.started(piece.provider_id, _token(piece), lease_until)
-            _enqueue(piece)
-        enqueued += len(work)
+        # claim_rounds yields each round once it is committed: only now may its tasks exist.
+        enqueued += enqueue_committed(work, start)
         if not _renew(lock):
             return None
     return enqueued

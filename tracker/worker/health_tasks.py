@@ -11,9 +11,10 @@ from celery import shared_task
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.usecases.key_probe import probe_due_keys
-from tracker.worker.tasks import DB_RETRY, gateway
+from tracker.worker.base import TrackerTask
+from tracker.worker.tasks import gateway
 
 
-@shared_task(name="tracker.probe_keys", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.probe_keys")
 def probe_keys() -> dict[str, int]:
     return probe_due_keys(get_settings(), gateway(), utcnow)

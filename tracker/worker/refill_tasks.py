@@ -15,29 +15,25 @@ from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
-from tracker.usecases.auto_refill import (
-    schedule_auto_refills as schedule_auto_refills_usecase,
-)
-from tracker.usecases.catalog import sync_due_catalogs
-from tracker.usecases.count_probes import probe_counts as probe_counts_usecase
 from tracker.polling.engine import poll_batch
 from tracker.polling.capacity import attempt_token, poll_token
 from tracker.polling.refills import REFILLS
+from tracker.usecases import auto_refill, count_probes, refills
+from tracker.usecases.catalog import sync_due_catalogs
 from tracker.usecases.refills import NothingSent, attempt_refill
-from tracker.usecases.refills import report_drop as report_drop_usecase
-from tracker.worker.tasks import DB_RETRY, InvalidTaskInput, gateway, holding_slot
+from tracker.worker.base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.worker.tasks import gateway, holding_slot
 
 log = logging.getLogger("tracker.tasks")
 
 
-@shared_task(name="tracker.report_drop", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.report_drop", bad_input=SHOP_INPUT_ERRORS)
 def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
+    # An unknown provider or order fails as InvalidTaskInput through the base.
     try:
         with unit_of_work() as session:
             # The database's clock: cool-downs are compared with times other workers wrote.
-            report = report_drop_usecase(session, provider, order_id, settings=get_settings(), now=database_now(session))
-    except LookupError as exc:
-        raise InvalidTaskInput(str(exc)) from None
+            report = refills.report_drop(session, provider, order_id, settings=get_settings(), now=database_now(session))
     except ValueError as exc:
         # parse_order_id says what is wrong, not with what: name the value given.
         raise InvalidTaskInput(f"order ID {order_id!r} {exc}") from None
@@ -55,13 +51,13 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
 # is not retried: ``attempt_refill`` writes its intent before the call and retries the
 # write of a known answer itself, so a re-run could only find an answer to treat as lost.
 @shared_task(
+    base=TrackerTask,
     name="tracker.request_refill",
     bind=True,
     max_retries=100,
     autoretry_for=(NothingSent,),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
+    # NothingSent is no DataError: the base's exception to its own rule does not apply.
+    dont_autoretry_for=(),
 )
 def request_refill(
     self: Task[Any, Any], request_id: int, claim_id: int, provider_id: int | None = None
@@ -76,7 +72,7 @@ def request_refill(
     return result.state
 
 
-@shared_task(name="tracker.poll_refill_batch", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.poll_refill_batch")
 def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) -> None:
     with holding_slot(provider_id, poll_token(REFILLS.name, claim_id)) as done_calling:
         poll_batch(
@@ -85,14 +81,14 @@ def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) ->
         )
 
 
-@shared_task(name="tracker.schedule_auto_refills", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.schedule_auto_refills")
 def schedule_auto_refills() -> int:
-    return schedule_auto_refills_usecase(get_settings(), utcnow())
+    return auto_refill.schedule_auto_refills(get_settings(), utcnow())
 
 
-@shared_task(name="tracker.probe_counts", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.probe_counts")
 def probe_counts() -> dict[str, int]:
-    summary = probe_counts_usecase(get_settings())
+    summary = count_probes.probe_counts(get_settings())
     return {
         "probed": summary.probed,
         "drops": summary.drops,
@@ -100,7 +96,7 @@ def probe_counts() -> dict[str, int]:
     }
 
 
-@shared_task(name="tracker.sync_catalogs", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.sync_catalogs")
 def sync_catalogs() -> int:
     results = sync_due_catalogs(get_settings(), gateway(), utcnow())
     for result in results:

@@ -13,20 +13,19 @@ from typing import Any
 
 import redis
 from celery import current_app, shared_task
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from tracker.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.session import unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ratelimit import RateLimiter
-from tracker.usecases.catalog import check_balances as check_balances_usecase
 from tracker.polling.engine import poll_batch
 from tracker.polling.capacity import InFlight, poll_token
 from tracker.polling.orders import ORDERS
+from tracker.usecases import catalog, enqueue
 from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed
-from tracker.usecases.enqueue import track_orders as track_orders_usecase
 from tracker.usecases.gateway import Gateway
+from tracker.worker.base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, enqueue_committed
 
 log = logging.getLogger("tracker.tasks")
 
@@ -109,25 +108,7 @@ def dispatch_soon() -> None:
 DISPATCH_SOON_EXPIRES = 15
 
 
-# Database hiccups (a killed connection, a failover) are retried: every task is one
-# transaction, so a retry starts from a clean slate and nothing is half-written.
-DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError, DBAPIError),
-    # A value the database refuses fails the same way every time. (A unique-constraint
-    # race is retried: the retry finds the other writer's row.)
-    "dont_autoretry_for": (DataError,),
-    "retry_backoff": 1,
-    "retry_backoff_max": 30,
-    "retry_jitter": True,
-    "max_retries": 5,
-}
-
-
-class InvalidTaskInput(ValueError):
-    """The task was called with arguments it cannot use. Not retried."""
-
-
-@shared_task(name="tracker.track_orders", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS)
 def track_orders(
     provider: str, order_ids: list[int | str], service: int | None = None, quantity: int | None = None
 ) -> dict[str, Any]:
@@ -135,23 +116,20 @@ def track_orders(
         raise InvalidTaskInput(
             f"order_ids must be a list of order IDs, got {type(order_ids).__name__}"
         )
-    try:
-        with unit_of_work() as session:
-            result = track_orders_usecase(
-                session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
-            )
-    except LookupError as exc:
-        raise InvalidTaskInput(str(exc)) from None
-    except ValueError as exc:
-        raise InvalidTaskInput(str(exc)) from None
+    with unit_of_work() as session:
+        result = enqueue.track_orders(
+            session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
+        )
     for given, reason in result.rejected[:20]:
         log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})
     log.info("track_orders %s", result.describe(), extra={"provider": result.provider})
     return {"added": result.added, "already_tracked": result.already_tracked, "rejected": len(result.rejected)}
 
 
-@shared_task(name="tracker.poll_status_batch", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.poll_status_batch")
 def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> None:
+    """Polls one claimed batch of orders: the engine's ``poll_batch`` for ``ORDERS``, as
+    ``poll_refill_batch`` is for ``REFILLS`` (the task keeps its public name)."""
     with holding_slot(provider_id, poll_token(ORDERS.name, claim_id)) as done_calling:
         poll_batch(
             ORDERS, provider_id, claim_id, order_ids,
@@ -174,20 +152,20 @@ def sinks() -> Sinks:
         return _sinks
 
 
-@shared_task(name="tracker.dispatch_outbox", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.dispatch_outbox")
 def dispatch_outbox() -> int:
-    claims = claim_due_events(get_settings(), utcnow())
-    for claim in claims:
-        deliver_events.delay(claim.claim_id, claim.row_ids)
-    return len(claims)
+    return enqueue_committed(
+        claim_due_events(get_settings(), utcnow()),
+        lambda claim: deliver_events.delay(claim.claim_id, claim.row_ids),
+    )
 
 
-@shared_task(name="tracker.deliver_events", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.deliver_events")
 def deliver_events(claim_id: int, event_ids: list[int]) -> dict[str, int]:
     summary = deliver_claimed(claim_id, event_ids, sinks(), utcnow)
     return {"delivered": summary.delivered, "retrying": summary.retrying, "failed": summary.failed}
 
 
-@shared_task(name="tracker.check_balances", **DB_RETRY)
+@shared_task(base=TrackerTask, name="tracker.check_balances")
 def check_balances() -> int:
-    return check_balances_usecase(get_settings(), gateway(), utcnow())
+    return catalog.check_balances(get_settings(), gateway(), utcnow())

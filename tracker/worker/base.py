@@ -1,0 +1,69 @@
+"""The one base of every tracker task: database retries, bad input, and enqueueing after
+the commit, declared once instead of on every task.
+
+A task opts in with ``@shared_task(base=TrackerTask, name=...)``; Celery reads the retry
+options below from the task class, and a decorator option overrides any of them for one
+task (``tracker.request_refill`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
+
+from celery import Task
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+
+W = TypeVar("W")
+
+
+class InvalidTaskInput(ValueError):
+    """The task was called with arguments it cannot use. Not retried."""
+
+
+# What a shop can get wrong in a task it sends by name: an unknown provider or order
+# (``LookupError``), a malformed ID or service (``ValueError``).
+SHOP_INPUT_ERRORS: tuple[type[Exception], ...] = (LookupError, ValueError)
+
+
+# Celery ships no type information: its Task is Any to mypy.
+class TrackerTask(Task):  # type: ignore[misc]
+    # Database hiccups (a killed connection, a failover) are retried: every task is one
+    # transaction, so a retry starts from a clean slate and nothing is half-written.
+    autoretry_for: ClassVar[tuple[type[BaseException], ...]] = (OperationalError, DBAPIError)
+    # A value the database refuses fails the same way every time. (A unique-constraint
+    # race is retried: the retry finds the other writer's row.)
+    dont_autoretry_for: ClassVar[tuple[type[BaseException], ...]] = (DataError,)
+    retry_backoff: ClassVar[int] = 1
+    retry_backoff_max: ClassVar[int] = 30
+    retry_jitter: ClassVar[bool] = True
+    max_retries = 5
+
+    # Exceptions that mean the caller sent arguments the task cannot use: raised as
+    # ``InvalidTaskInput`` with the same message, so the log names the mistake and the
+    # task is not retried. None by default: most tasks are sent by the tracker itself,
+    # where such an error is a defect to see in full.
+    bad_input: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except InvalidTaskInput:
+            raise
+        except self.bad_input as error:
+            # ``from None``: the caller's mistake needs no traceback into the use case.
+            raise InvalidTaskInput(str(error)) from None
+
+
+def enqueue_committed(committed: Iterable[W], send: Callable[[W], object]) -> int:
+    """Sends one message per piece of work, in order, and says how many.
+
+    Only for work whose claims are committed: a task sent earlier could start before the
+    commit and find nothing claimed, or run on a claim that is then rolled back. Use cases
+    commit and then return (or yield, a round at a time) what they claimed; the task hands
+    that here."""
+    sent = 0
+    for piece in committed:
+        send(piece)
+        sent += 1
+    return sent
