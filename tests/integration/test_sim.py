@@ -179,10 +179,9 @@ def test_a_thousand_seeded_orders_answer_a_100_id_call_with_100_entries(
 
 
 def test_a_million_orders_are_seeded_at_once(sim: SimServer, api: Api) -> None:
-    started = time.monotonic()
+    # How long seeding a million takes is a figure of the machine: benchmarks/timing_checks.py.
     admin = SimAdmin(sim.base_url)
     ids = admin.seed_orders(count=1_000_000)
-    assert time.monotonic() - started < 15
     assert len(ids) == 1_000_000 and ids[-1] - ids[0] == 999_999
     answer = api(action="status", orders=ids_text(ids[-100:]))
     assert len(answer) == 100
