@@ -32,6 +32,17 @@ from tracker.ops.bundled_redis import BundledRedis
 TEST_API_KEY = "sk-TEST-9f2c1e7a5b3d4c8e"
 
 
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is ``integration``, marked in its file or not, so
+    ``-m "not integration"`` never starts a server a new file forgot to declare."""
+    for item in items:
+        if INTEGRATION_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def postgres_available() -> bool:
     reason = postgres_unavailable_reason()

@@ -22,6 +22,8 @@ import requests
 from tracker.domain.status import normalize_order_status
 from tracker.sim import SimAdmin, SimServer
 
+pytestmark = pytest.mark.integration
+
 KEY = "sim-test-key-4b1d"
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
 SEED_PREFIXES = {
@@ -610,7 +612,7 @@ def test_stats_count_calls_ids_and_the_busiest_second(sim: SimServer, api: Api) 
 
     sim.reset_stats()
     api(action="status", order=str(ids[0]))
-    time.sleep(1.05)
+    time.sleep(1.05)  # on purpose: the next call falls outside the first one's 1 s window
     api(action="status", order=str(ids[0]))
     assert sim.stats()["actions"]["status"]["max_calls_in_any_1s_window"] == 1
 

@@ -118,7 +118,7 @@ def test_each_sweep_costs_ceil_active_over_100_status_calls(
         with running_tracker(tracker_env, tmp_path / "logs"):
             shop.send_task("tracker.track_orders", args=["panel", ids])
             wait_until(lambda: count_orders("panel") == active, timeout=30, what="orders registered")
-            time.sleep(10)
+            time.sleep(10)  # on purpose: the window the polls per order are counted in
         stats = sim.stats()
     polls = [stats["status_polls_per_order"].get(str(order_id), 0) for order_id in ids]
     calls = stats["actions"]["status"]["calls"]
@@ -145,7 +145,7 @@ def test_a_flushed_broker_loses_no_order(
             shop = shop_client(broker_url)
             shop.send_task("tracker.track_orders", args=["panel", ids])
             wait_until(lambda: count_orders("panel") == 300, timeout=30, what="orders registered")
-            time.sleep(2)
+            time.sleep(2)  # on purpose: work queued and in flight when the broker is flushed
             # Everything queued or in flight is gone, bindings included.
             redis.Redis.from_url(broker_url).flushdb()
             flushed_at = time.monotonic()
