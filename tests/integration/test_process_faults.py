@@ -136,6 +136,7 @@ def test_two_beats_never_poll_an_order_twice_in_one_interval(
 
 # The broker does not care which database the leases live in; the bundled Redis belongs
 # to the embedded (SQLite) setup, so that is the one run here.
+@pytest.mark.slow  # about 20 s here
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_restarted_then_flushed_mid_run_loses_nothing(
     tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
