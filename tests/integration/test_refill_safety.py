@@ -139,6 +139,7 @@ def test_a_429_on_the_first_refill_delays_every_waiting_refill_only_by_its_retry
     )
 
 
+@pytest.mark.slow  # about 18 s here (each database)
 def test_the_same_drop_reported_again_and_again_gets_one_refill(
     tracker_env: dict[str, str],
     broker_url: str,

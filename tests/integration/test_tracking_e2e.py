@@ -42,6 +42,7 @@ def histories(provider: str, external_ids: list[int]) -> dict[int, dict[str, obj
         return {order.external_id: order_detail(session, order, provider) for order in orders}
 
 
+@pytest.mark.slow  # about 20 s here (each database)
 def test_orders_on_two_dialects_reach_their_true_final_state(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,6 +136,7 @@ def test_each_sweep_costs_ceil_active_over_100_status_calls(
     )
 
 
+@pytest.mark.slow  # about 33 s here (each database)
 def test_a_flushed_broker_loses_no_order(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
