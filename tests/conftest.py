@@ -15,6 +15,8 @@ from tests.support.databases import (
     create_postgres_database,
     drop_mysql_database,
     drop_postgres_database,
+    drop_stale_mysql_databases,
+    drop_stale_postgres_databases,
     mysql_required,
     mysql_unavailable_reason,
     postgres_required,
@@ -30,10 +32,23 @@ from tracker.ops.bundled_redis import BundledRedis
 TEST_API_KEY = "sk-TEST-9f2c1e7a5b3d4c8e"
 
 
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is ``integration``, marked in its file or not, so
+    ``-m "not integration"`` never starts a server a new file forgot to declare."""
+    for item in items:
+        if INTEGRATION_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def postgres_available() -> bool:
     reason = postgres_unavailable_reason()
     if reason is None:
+        # Once a session, before its first database: what crashed runs left behind.
+        drop_stale_postgres_databases()
         return True
     if postgres_required():
         pytest.fail(f"{reason} (PostgreSQL tests are required in CI)")
@@ -44,6 +59,7 @@ def postgres_available() -> bool:
 def mysql_available() -> bool:
     reason = mysql_unavailable_reason()
     if reason is None:
+        drop_stale_mysql_databases()
         return True
     if mysql_required():
         pytest.fail(f"{reason} (MariaDB tests are required in CI)")

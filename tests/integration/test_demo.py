@@ -48,6 +48,7 @@ def summary_fields(output: str) -> dict[str, re.Match[str]]:
     return {name: match for name, match in found.items() if match is not None}
 
 
+@pytest.mark.slow  # about 20 s here
 def test_the_demo_summary_matches_the_database_and_the_workers_counters(
     broker_url: str, tmp_path: Path
 ) -> None:

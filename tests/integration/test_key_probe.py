@@ -89,6 +89,7 @@ def assert_no_key_in(outputs: dict[str, str]) -> None:
         assert TEST_API_KEY not in text and RIGHT_KEY not in text, f"{process} logged an API key"
 
 
+@pytest.mark.slow  # about 18 s here (each database)
 def test_a_spurious_invalid_key_pauses_the_provider_and_a_probe_resumes_it(
     probe_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +124,7 @@ def test_a_spurious_invalid_key_pauses_the_provider_and_a_probe_resumes_it(
     )
 
 
+@pytest.mark.slow  # about 37 s here (each database)
 def test_two_percent_invalid_key_answers_lose_no_order(
     probe_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,6 +158,7 @@ def test_two_percent_invalid_key_answers_lose_no_order(
     )
 
 
+@pytest.mark.slow  # about 21 s here (each database)
 def test_a_bad_key_costs_one_call_per_probe_and_a_new_key_resumes_at_once(
     probe_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -74,6 +74,7 @@ def order_row_id(tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
         return int(session.scalar(select(Order.id).where(Order.external_id == 4242)) or 0)
 
 
+@pytest.mark.slow  # about 19 s here (each database)
 def test_a_slow_shop_gets_each_event_once(
     tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

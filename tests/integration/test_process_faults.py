@@ -112,10 +112,11 @@ def test_two_beats_never_poll_an_order_twice_in_one_interval(
         beats = [cluster.beat("beat-1"), cluster.beat("beat-2")]
         shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids])
         wait_until(lambda: count_orders("panel") == active, timeout=30, what="orders registered")
+        # On purpose: a second for both beats to be ticking before the counted window opens.
         time.sleep(1)
         ticks_before = [beat.output().count("tracker.dispatch_polls") for beat in beats]
         since = time.monotonic()
-        time.sleep(window)
+        time.sleep(window)  # on purpose: the window the ticks and polls are counted in
         ticks = [beat.output().count("tracker.dispatch_polls") - before for beat, before in zip(beats, ticks_before, strict=True)]
         polled = calls.polls_since(since)
     # Both beats really ticked all along: the test is not one beat in disguise.
@@ -135,6 +136,7 @@ def test_two_beats_never_poll_an_order_twice_in_one_interval(
 
 # The broker does not care which database the leases live in; the bundled Redis belongs
 # to the embedded (SQLite) setup, so that is the one run here.
+@pytest.mark.slow  # about 20 s here
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_restarted_then_flushed_mid_run_loses_nothing(
     tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -156,10 +158,10 @@ def test_redis_restarted_then_flushed_mid_run_loses_nothing(
             shop = shop_client(broker.url)
             shop.send_task("tracker.track_orders", args=["panel", ids])
             wait_until(lambda: count_orders("panel") == 200, timeout=30, what="orders registered")
-            time.sleep(1)
+            time.sleep(1)  # on purpose: polls under way when the broker goes
 
             broker.stop()
-            time.sleep(1.5)
+            time.sleep(1.5)  # on purpose: the broker's outage
             broker.start()
             restarted = time.monotonic()
             # Nothing survived the restart; the worker declares its queue again by itself.

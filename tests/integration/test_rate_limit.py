@@ -8,9 +8,9 @@ The sim counts arrivals in every sliding one-second window.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+import redis
 
 from tests.conftest import TEST_API_KEY
 from tracker.provider.client import ProviderClient
@@ -47,17 +47,47 @@ def test_many_threads_in_two_processes_never_exceed_the_rate_in_any_second(broke
                 client.close()
 
         threads = [threading.Thread(target=caller, args=(limiter,)) for limiter in limiters for _ in range(4)]
-        started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
-        elapsed = time.monotonic() - started
         stats = sim.stats()["actions"]["status"]
 
     assert stats["calls"] == CALLS
     assert stats["max_calls_in_any_1s_window"] <= RATE
-    # Not throttled harder than the margin: the calls took about (CALLS - 1) slots.
-    slot = (1 + ARRIVAL_MARGIN) / RATE
-    assert (CALLS - 1) * slot * 0.98 <= elapsed <= (CALLS - 1) * slot + 1.5
-    assert stats["max_calls_in_any_1s_window"] >= RATE - 2
+    # How close to RATE the calls came, and how long they took, depend on the machine's
+    # speed: benchmarks/timing_checks.py prints both. That the limiter throttles no
+    # harder than its margin is asserted on Redis' own reservations below.
+
+
+def test_two_limiters_reserve_slots_exactly_one_spacing_apart(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limiter's reservations, read from Redis: each waiting caller gets the slot right
+    after the previous one, ``(1 + ARRIVAL_MARGIN) / rate`` later, never a later one.
+
+    The limiter's sleep is recorded instead of slept, so the callers ask much faster than
+    the rate and every call but the first has to wait: no machine is too slow for that."""
+    slept: list[float] = []
+    monkeypatch.setattr("tracker.ratelimit.time.sleep", slept.append)
+    limiters = [RateLimiter.from_url(broker_url), RateLimiter.from_url(broker_url)]
+    reader = redis.Redis.from_url(broker_url)
+    spacing_us = int(1_000_000 * (1 + ARRIVAL_MARGIN) / RATE)
+    reservations: list[int] = []
+    waits: list[float] = []
+    try:
+        for call in range(CALLS):
+            waits.append(limiters[call % 2].acquire(PROVIDER_ID, RATE, max_wait=3600))
+            # The theoretical arrival time of the next call, in Redis' clock (µs).
+            reservations.append(int(reader.get(f"tracker:rate:{PROVIDER_ID}") or 0))
+    finally:
+        reader.close()
+    gaps = [later - earlier for earlier, later in zip(reservations, reservations[1:], strict=False)]
+    waited = [gap for gap, wait in zip(gaps, waits[1:], strict=True) if wait > 0]
+    # Never closer than one spacing (that would exceed the rate) ...
+    assert all(gap >= spacing_us for gap in gaps), gaps
+    # ... and a caller that had to wait got the very next slot: not throttled harder.
+    assert waited and all(gap == spacing_us for gap in waited), gaps
+    assert slept == [wait for wait in waits if wait > 0]
+    # Each wait is at most the slots queued ahead of it.
+    assert all(0 <= wait <= call * spacing_us / 1e6 + 0.001 for call, wait in enumerate(waits))

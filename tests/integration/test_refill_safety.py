@@ -139,6 +139,7 @@ def test_a_429_on_the_first_refill_delays_every_waiting_refill_only_by_its_retry
     )
 
 
+@pytest.mark.slow  # about 18 s here (each database)
 def test_the_same_drop_reported_again_and_again_gets_one_refill(
     tracker_env: dict[str, str],
     broker_url: str,
@@ -166,7 +167,7 @@ def test_the_same_drop_reported_again_and_again_gets_one_refill(
             thread.join()
         # Seconds apart, from the CLI.
         cli(cli_apart)
-        time.sleep(2)
+        time.sleep(2)  # on purpose: the two CLI reports seconds apart
         cli(cli_apart)
         # After the first refill completed at the provider.
         task(after_completion)
@@ -180,7 +181,7 @@ def test_the_same_drop_reported_again_and_again_gets_one_refill(
         # Give the tracker every chance to send more: a few ticks and polls.
         time.sleep(5)
         wait_until(lambda: refills_per_order(sim).keys() >= set(ids), timeout=30, what="a refill for every order")
-        time.sleep(3)
+        time.sleep(3)  # on purpose: time for a second refill of an order to show, if one were sent
         per_order = refills_per_order(sim)
         view = order_json(after_completion, capsys)
     assert per_order == Counter({order_id: 1 for order_id in ids})
@@ -240,7 +241,7 @@ def test_every_call_kind_shares_one_budget_per_provider(
         for order_id in ids:
             shop.send_task("tracker.report_drop", args=["panel", order_id])
         wait_until(lambda: sim.stats()["refills"] >= len(ids), timeout=60, what="every refill sent")
-        time.sleep(5)
+        time.sleep(5)  # on purpose: time for any extra call to show before counting
         stats = sim.stats()
     per_action = {action: counters["calls"] for action, counters in stats["actions"].items()}
     most_in_1s = stats["all"]["max_calls_in_any_1s_window"]
@@ -275,7 +276,7 @@ def test_a_worker_killed_while_its_refill_calls_are_out_sends_none_of_them_again
         assert sim.release_held() == 3
         cluster.worker("worker-2")
         wait_until(lambda: open_requests() == 0, timeout=60, what="every request ended after kill -9")
-        time.sleep(3)
+        time.sleep(3)  # on purpose: time for a repeated call to show, if one were made
         per_order = refills_per_order(sim)
         calls = refill_calls(sim)
         views = [order_json(order_id, capsys) for order_id in ids]

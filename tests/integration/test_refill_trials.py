@@ -115,6 +115,7 @@ def run_on(request_id: int, gateway: Gateway, settings: Settings) -> None:
         later += timedelta(seconds=settings.lease_seconds + 1)
 
 
+@pytest.mark.slow  # about 25 s here (each database)
 def test_no_refill_is_sent_twice_whatever_fails_at_any_step(panel: tuple[SimServer, Gateway, list[int]]) -> None:
     sim, gateway, ids = panel
     settings = replace(get_settings(), refill_retry_base=0.1, refill_retry_cap=0.2)

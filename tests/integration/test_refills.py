@@ -2,8 +2,9 @@
 HTTP, a real worker and beat, a shop's bare Celery client, the CLI, and SQLite or
 PostgreSQL. Each scenario is checked by what the database holds afterwards.
 
-One test per backend runs every scenario at once against the same tracker, so the
-worker and beat start once (the runtime stays modest):
+The module's ``e2e`` fixture runs every scenario at once against the same tracker, once
+per backend, so the worker and beat start once (the runtime stays modest); one test per
+check below reads what it left, so one failed check does not hide the others:
 
 - drops reported by the shop lead to refill requests, refills, and polls to Completed;
 - a refill for an order that did not drop ends Rejected;
@@ -23,9 +24,11 @@ database, one step at a time.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from tests.integration.helpers import (
     shop_client,
 )
 from tests.support import processes
+from tests.support.deployment import ALL_DATABASES, module_deployment
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
 from tracker.clock import utcnow
@@ -87,20 +91,13 @@ CANCELS = 105
 FINAL_REFILL = ("Completed", "Rejected", "Canceled", "Not found")
 
 
-@pytest.fixture
-def refill_env(
-    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    extra = {
-        "TRACKER_REFILL_RETRY_BASE": "1",
-        "TRACKER_REFILL_RETRY_CAP": "2",
-        "TRACKER_COUNT_PROBE": "tracker.probes.sim_count_probe",
-        "TRACKER_COUNT_PROBE_INTERVAL": "1",
-        "TRACKER_AUTO_REFILL_SCAN_INTERVAL": "1",
-    }
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
-    return {**tracker_env, **extra}
+REFILL_ENV = {
+    "TRACKER_REFILL_RETRY_BASE": "1",
+    "TRACKER_REFILL_RETRY_CAP": "2",
+    "TRACKER_COUNT_PROBE": "tracker.probes.sim_count_probe",
+    "TRACKER_COUNT_PROBE_INTERVAL": "1",
+    "TRACKER_AUTO_REFILL_SCAN_INTERVAL": "1",
+}
 
 
 def simulated(dialect: str, seed: int) -> SimServer:
@@ -195,17 +192,72 @@ def refill_history_matches(view: dict[str, Any], truth: dict[str, Any]) -> bool:
     )
 
 
-# --- the test --------------------------------------------------------------------------------
+# --- the scenario, run once per database; one test per check ------------------------------------
 
 
-def test_drops_refills_and_cancels_end_to_end(
-    refill_env: dict[str, str],
-    broker_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    logs = tmp_path / "logs"
+@dataclass
+class EndToEnd:
+    """What the scenario left: its orders' IDs, the sims' counters, and the CLI's answers."""
+
+    bulk: list[int] = field(default_factory=list)
+    no_drop: int = 0
+    plain: int = 0
+    closed: int = 0
+    cancels: list[int] = field(default_factory=list)
+    no_cancel: int = 0
+    dropped_single: list[int] = field(default_factory=list)
+    scheduled: int = 0
+    early: int = 0
+    probed: int = 0
+    cancel_code: int | None = None
+    cancel_lines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (exit code, stderr) of `tracker report-drop` for the plain and the expired order.
+    refused_drops: dict[str, tuple[int, str]] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    single_stats: dict[str, Any] = field(default_factory=dict)
+    refill_truth: dict[int, Any] = field(default_factory=dict)
+    database: str = ""
+    # The first step that did not complete (the scenario stops there), and why.
+    failed: tuple[str, str] | None = None
+
+    def step(self, what: str, action: Callable[[], None]) -> None:
+        """Runs a step unless an earlier one failed; a failure is kept, not raised, so every
+        check still runs on what the database holds and reports what it finds."""
+        if self.failed is not None:
+            return
+        try:
+            action()
+        except (TimeoutError, AssertionError) as exc:
+            self.failed = (what, str(exc) or type(exc).__name__)
+
+    def require(self) -> None:
+        """For the checks of data the scenario only has once every step ran."""
+        if self.failed is not None:
+            pytest.fail(f"the scenario stopped at {self.failed[0]}: {self.failed[1]}")
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    """`tracker ...` in process: exit code, stdout, stderr (no capsys at module scope)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = tracker_cli(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module", params=ALL_DATABASES)
+def e2e(
+    request: pytest.FixtureRequest, redis_base_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EndToEnd]:
+    tmp_path = tmp_path_factory.mktemp(f"refills-{request.param}")
+    with module_deployment(request, redis_base_url, tmp_path, REFILL_ENV) as (refill_env, monkeypatch):
+        seen = EndToEnd(database=refill_env["TRACKER_DATABASE_URL"].split(":")[0])
+        _run_end_to_end(seen, refill_env, tmp_path / "logs", monkeypatch)
+        yield seen
+        _print_end_to_end_figures(seen)
+
+
+def _run_end_to_end(seen: EndToEnd, refill_env: dict[str, str], logs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker_url = refill_env["TRACKER_BROKER_URL"]
     with simulated("standard", 31) as sim, simulated("singles", 32) as singles:
         add_provider("main", sim.url, monkeypatch, "--rate-limit", "200")
         add_provider(
@@ -213,24 +265,27 @@ def test_drops_refills_and_cancels_end_to_end(
         )
         add_provider("single", singles.url, monkeypatch, "--rate-limit", "200")
 
-        bulk = sim.seed_orders(
+        seen.bulk = sim.seed_orders(
             count=BULK, service=REFILL_CANCEL, outcome="Completed", age_s=LONG_AGO
         )
-        [no_drop] = sim.seed_orders(
+        [seen.no_drop] = sim.seed_orders(
             service=REFILL_ONLY, outcome="Completed", age_s=LONG_AGO
         )
-        [plain] = sim.seed_orders(service=PLAIN, outcome="Completed", age_s=LONG_AGO)
-        [closed] = sim.seed_orders(
+        [seen.plain] = sim.seed_orders(service=PLAIN, outcome="Completed", age_s=LONG_AGO)
+        [seen.closed] = sim.seed_orders(
             service=REFILL_CANCEL, outcome="Completed", age_s=LONG_AGO
         )
-        cancels = sim.seed_orders(count=CANCELS, service=REFILL_CANCEL, pending_s=10**6)
-        [no_cancel] = sim.seed_orders(service=REFILL_ONLY, pending_s=10**6)
-        dropped_single = singles.seed_orders(
+        seen.cancels = sim.seed_orders(count=CANCELS, service=REFILL_CANCEL, pending_s=10**6)
+        [seen.no_cancel] = sim.seed_orders(service=REFILL_ONLY, pending_s=10**6)
+        seen.dropped_single = singles.seed_orders(
             count=3, service=REFILL_CANCEL, outcome="Completed", age_s=LONG_AGO
         )
-        [scheduled] = singles.seed_orders(
+        [seen.scheduled] = singles.seed_orders(
             service=REFILL_ONLY, outcome="Completed", age_s=LONG_AGO
         )
+        bulk, no_drop, plain, closed = seen.bulk, seen.no_drop, seen.plain, seen.closed
+        cancels, no_cancel, dropped_single = seen.cancels, seen.no_cancel, seen.dropped_single
+        done = ("Completed",)
 
         shop = shop_client(broker_url)
         procs = {
@@ -239,142 +294,149 @@ def test_drops_refills_and_cancels_end_to_end(
         }
         try:
             # 1. Catalogs, then tracking, each with its service.
-            shop.send_task("tracker.sync_catalogs")
-            wait_until(
-                lambda: count(Service) == 15, timeout=20, what="three catalogs synced"
-            )
-            assert (
-                tracker_cli(
-                    [
-                        "refill-policy",
-                        "single",
-                        "--service",
-                        str(REFILL_ONLY),
-                        "--auto-refill-hours",
-                        "0.001",
-                    ]
+            def catalogs_and_tracking() -> None:
+                shop.send_task("tracker.sync_catalogs")
+                wait_until(
+                    lambda: count(Service) == 15, timeout=20, what="three catalogs synced"
                 )
-                == 0
-            )
-            # Completes about 1 s from now: its first refill attempt is too early.
-            [early] = sim.seed_orders(
-                service=REFILL_CANCEL_2, outcome="Completed", pending_s=0, progress_s=10
-            )
-            # Seen Pending first, so the tracker learns its quantity; the probe finds its drop.
-            [probed] = sim.seed_orders(
-                service=REFILL_CANCEL,
-                outcome="Completed",
-                pending_s=30,
-                progress_s=10,
-                start_count=1000,
-            )
-            for provider, ids, service in (
-                ("main", bulk + [closed, probed] + cancels, REFILL_CANCEL),
-                ("main", [no_drop, no_cancel], REFILL_ONLY),
-                ("main", [plain], PLAIN),
-                ("main", [early], REFILL_CANCEL_2),
-                ("expired", [closed], REFILL_CANCEL),
-                ("single", dropped_single, REFILL_CANCEL),
-                ("single", [scheduled], REFILL_ONLY),
-            ):
-                shop.send_task(
-                    "tracker.track_orders",
-                    args=[provider, ids],
-                    kwargs={"service": service},
-                )
-            done = ("Completed",)
-            wait_until(
-                lambda: (
-                    all_have_status(
-                        "main", [*bulk, no_drop, plain, closed, early], done
+                assert (
+                    tracker_cli(
+                        [
+                            "refill-policy",
+                            "single",
+                            "--service",
+                            str(REFILL_ONLY),
+                            "--auto-refill-hours",
+                            "0.001",
+                        ]
                     )
-                    and all_have_status("expired", [closed], done)
-                    and all_have_status("single", dropped_single, done)
-                ),
-                timeout=30,
-                what="the finished orders seen Completed",
-            )
+                    == 0
+                )
+                # Completes about 1 s from now: its first refill attempt is too early.
+                [seen.early] = sim.seed_orders(
+                    service=REFILL_CANCEL_2, outcome="Completed", pending_s=0, progress_s=10
+                )
+                # Seen Pending first, so the tracker learns its quantity; the probe finds its drop.
+                [seen.probed] = sim.seed_orders(
+                    service=REFILL_CANCEL,
+                    outcome="Completed",
+                    pending_s=30,
+                    progress_s=10,
+                    start_count=1000,
+                )
+                for provider, ids, service in (
+                    ("main", bulk + [closed, seen.probed] + cancels, REFILL_CANCEL),
+                    ("main", [no_drop, no_cancel], REFILL_ONLY),
+                    ("main", [plain], PLAIN),
+                    ("main", [seen.early], REFILL_CANCEL_2),
+                    ("expired", [closed], REFILL_CANCEL),
+                    ("single", dropped_single, REFILL_CANCEL),
+                    ("single", [seen.scheduled], REFILL_ONLY),
+                ):
+                    shop.send_task(
+                        "tracker.track_orders",
+                        args=[provider, ids],
+                        kwargs={"service": service},
+                    )
+                wait_until(
+                    lambda: (
+                        all_have_status(
+                            "main", [*bulk, no_drop, plain, closed, seen.early], done
+                        )
+                        and all_have_status("expired", [closed], done)
+                        and all_have_status("single", dropped_single, done)
+                    ),
+                    timeout=30,
+                    what="the finished orders seen Completed",
+                )
+
+            seen.step("1. catalogs and tracking", catalogs_and_tracking)
 
             # 2. Cancel: the 105 cancellable orders go out as 100 + 5; the rest are refused.
-            capsys.readouterr()
-            code = tracker_cli(
-                [
-                    "cancel",
-                    "main",
-                    *map(str, cancels),
-                    str(no_cancel),
-                    str(closed),
-                    "424242",
-                    "--json",
-                ]
-            )
-            cancel_lines = {
-                line["order_id"]: line for line in json.loads(capsys.readouterr().out)
-            }
-            assert code == 1
+            def cancel() -> None:
+                seen.cancel_code, out, _ = _cli(
+                    ["cancel", "main", *map(str, cancels), str(no_cancel), str(closed), "424242", "--json"]
+                )
+                seen.cancel_lines = {line["order_id"]: line for line in json.loads(out)}
+
+            seen.step("2. cancel", cancel)
 
             # 3. Drops nobody can refill: recorded, refused with the reason, no request.
-            sim.drop(plain, 5)
-            assert tracker_cli(["report-drop", "main", str(plain)]) == 1
-            assert "has no refill" in capsys.readouterr().err
-            assert tracker_cli(["report-drop", "expired", str(closed)]) == 1
-            assert "guarantee window (0 days" in capsys.readouterr().err
-            shop.send_task("tracker.report_drop", args=["main", plain])
+            def refused_drops() -> None:
+                sim.drop(plain, 5)
+                code, _, err = _cli(["report-drop", "main", str(plain)])
+                seen.refused_drops["plain"] = (code, err)
+                code, _, err = _cli(["report-drop", "expired", str(closed)])
+                seen.refused_drops["expired"] = (code, err)
+                shop.send_task("tracker.report_drop", args=["main", plain])
+
+            seen.step("3. drops nobody can refill", refused_drops)
 
             # 4. The early order: dropped right after completion, reported by the shop.
-            sim.drop(early, 3)
-            shop.send_task("tracker.report_drop", args=["main", str(early)])
+            def early_drop() -> None:
+                sim.drop(seen.early, 3)
+                shop.send_task("tracker.report_drop", args=["main", str(seen.early)])
+
+            seen.step("4. the early drop", early_drop)
 
             # 5. 120 refills created while beat is stopped, so that all are due together.
-            procs.pop("beat").stop()
-            for order_id in bulk:
-                sim.drop(order_id, 5)
-                shop.send_task("tracker.report_drop", args=["main", order_id])
-            shop.send_task("tracker.report_drop", args=["main", no_drop])
-            for order_id in dropped_single:
-                singles.drop(order_id, 4)
-                shop.send_task("tracker.report_drop", args=["single", order_id])
-            wait_until(
-                lambda: count(RefillRequest, RefillRequest.final.is_(False)) >= BULK + 1 + len(dropped_single),
-                timeout=30,
-                what="the refill requests opened",
-            )
-            # One dispatcher tick, by hand: its budget (200 req/s) covers every request.
-            shop.send_task("tracker.dispatch_polls")
-            wait_until(
-                lambda: len(refill_statuses("main", bulk)) == BULK,
-                timeout=30,
-                what="120 refills accepted",
-            )
-            procs["beat"] = processes.start_beat(refill_env, logs, name="beat2")
+            def bulk_drops() -> None:
+                procs.pop("beat").stop()
+                for order_id in bulk:
+                    sim.drop(order_id, 5)
+                    shop.send_task("tracker.report_drop", args=["main", order_id])
+                shop.send_task("tracker.report_drop", args=["main", no_drop])
+                for order_id in dropped_single:
+                    singles.drop(order_id, 4)
+                    shop.send_task("tracker.report_drop", args=["single", order_id])
+                wait_until(
+                    lambda: count(RefillRequest, RefillRequest.final.is_(False)) >= BULK + 1 + len(dropped_single),
+                    timeout=30,
+                    what="the refill requests opened",
+                )
+                # One dispatcher tick, by hand: its budget (200 req/s) covers every request.
+                shop.send_task("tracker.dispatch_polls")
+                wait_until(
+                    lambda: len(refill_statuses("main", bulk)) == BULK,
+                    timeout=30,
+                    what="120 refills accepted",
+                )
+                procs["beat"] = processes.start_beat(refill_env, logs, name="beat2")
+
+            seen.step("5. 120 refills due together", bulk_drops)
 
             # 6. The probed order: it drops once complete, and nobody reports it.
-            wait_until(
-                lambda: all_have_status("main", [probed], done),
-                timeout=30,
-                what="probed order complete",
-            )
-            sim.drop(probed, 6)
+            def probed_drop() -> None:
+                wait_until(
+                    lambda: all_have_status("main", [seen.probed], done),
+                    timeout=30,
+                    what="probed order complete",
+                )
+                sim.drop(seen.probed, 6)
 
-            wait_until(
+            seen.step("6. the probed drop", probed_drop)
+
+            seen.step("every refill final and every cancel seen", lambda: wait_until(
                 lambda: (
-                    refills_final("main", [*bulk, no_drop, early, probed])
+                    refills_final("main", [*bulk, no_drop, seen.early, seen.probed])
                     and refills_final("single", dropped_single)
-                    and refills_final("single", [scheduled], at_least=1)
+                    and refills_final("single", [seen.scheduled], at_least=1)
                     and all_have_status("main", cancels, ("Canceled",))
                 ),
                 timeout=45,
                 what="every refill final and every cancel seen",
-            )
+            ))
         finally:
             for proc in procs.values():
                 proc.stop()
-        stats = sim.stats()["actions"]
-        single_stats = singles.stats()["actions"]
-        refill_truth = sim.refill_truth(range(1, sim.stats()["refills"] + 1))
+        seen.stats = sim.stats()["actions"]
+        seen.single_stats = singles.stats()["actions"]
+        seen.refill_truth = sim.refill_truth(range(1, sim.stats()["refills"] + 1))
 
-    # Drops reported by the shop: one request each, accepted at once, polled to Completed.
-    for order_id in [*bulk, early, probed]:
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_drops_reported_by_the_shop_are_refilled_once_and_polled_to_completed(e2e: EndToEnd) -> None:
+    for order_id in [*e2e.bulk, e2e.early, e2e.probed]:
         view = detail("main", order_id)
         assert [r["status"] for r in view["refills"]] == ["Completed"], (
             order_id,
@@ -385,13 +447,13 @@ def test_drops_refills_and_cancels_end_to_end(
             request["state"] == "accepted"
             and request["refill_id"] == view["refills"][0]["refill_id"]
         )
-        truth = refill_truth[int(view["refills"][0]["refill_id"])]
+        truth = e2e.refill_truth[int(view["refills"][0]["refill_id"])]
         assert truth is not None and truth["order"] == order_id
         assert refill_history_matches(view["refills"][0], truth), (
             view["refills"][0],
             truth["timeline"],
         )
-    bulk_view = detail("main", bulk[0])
+    bulk_view = detail("main", e2e.bulk[0])
     assert (
         bulk_view["drops"][0]["source"] == "shop"
         and bulk_view["drops"][0]["eligible"] is True
@@ -400,29 +462,43 @@ def test_drops_refills_and_cancels_end_to_end(
         "accepted"
     ]
 
-    # A refill of an order that did not drop: the provider rejects it.
-    assert [r["status"] for r in detail("main", no_drop)["refills"]] == ["Rejected"]
 
-    # Too early: retried with back-off until accepted.
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_a_refill_of_an_order_that_did_not_drop_is_rejected(e2e: EndToEnd) -> None:
+    assert [r["status"] for r in detail("main", e2e.no_drop)["refills"]] == ["Rejected"]
+
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_too_early_is_retried_with_back_off_until_accepted(e2e: EndToEnd) -> None:
     outcomes = [
-        a["outcome"] for a in detail("main", early)["refill_requests"][0]["attempts"]
+        a["outcome"] for a in detail("main", e2e.early)["refill_requests"][0]["attempts"]
     ]
     assert outcomes[0] == "retry_later" and outcomes[-1] == "accepted", outcomes
     assert set(outcomes[:-1]) == {"retry_later"}
     assert (
         "Too early"
-        in detail("main", early)["refill_requests"][0]["attempts"][0]["message"]
+        in detail("main", e2e.early)["refill_requests"][0]["attempts"][0]["message"]
     )
 
-    # The probe's drop: counted, compared with start + quantity, refilled.
-    probe_drop = detail("main", probed)["drops"][0]
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_the_count_probe_finds_a_drop_nobody_reported(e2e: EndToEnd) -> None:
+    # Counted, compared with start + quantity, refilled (the refill: the first test).
+    probe_drop = detail("main", e2e.probed)["drops"][0]
     assert probe_drop["source"] == "probe"
     assert probe_drop["expected_count"] - probe_drop["observed_count"] == 6
 
-    # No refill request for a service without refill, nor outside the window.
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_no_refill_request_without_refill_or_outside_the_window(e2e: EndToEnd) -> None:
+    assert e2e.refused_drops, f"the scenario stopped before step 3: {e2e.failed}"
+    code, err = e2e.refused_drops["plain"]
+    assert code == 1 and "has no refill" in err
+    code, err = e2e.refused_drops["expired"]
+    assert code == 1 and "guarantee window (0 days" in err
     for provider, order_id, reason in (
-        ("main", plain, "has no refill"),
-        ("expired", closed, "window"),
+        ("main", e2e.plain, "has no refill"),
+        ("expired", e2e.closed, "window"),
     ):
         view = detail(provider, order_id)
         assert view["drops"] and all(
@@ -439,9 +515,12 @@ def test_drops_refills_and_cancels_end_to_end(
         )
     assert PLAIN not in services_with_requests
 
-    # refill_status: at most 100 IDs per call; the 120 refills due together went as 100 + 20.
-    assert stats["refill_status"]["max_ids"] == 100
-    assert stats["refill_status"]["rejected_over_100"] == 0
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_refill_status_calls_carry_at_most_100_ids_and_singles_are_learned(e2e: EndToEnd) -> None:
+    # The 120 refills due together went as 100 + 20.
+    assert e2e.stats["refill_status"]["max_ids"] == 100
+    assert e2e.stats["refill_status"]["rejected_over_100"] == 0
     # The singles panel refused the multi form once; from then on single calls only.
     with unit_of_work() as session:
         assert (
@@ -460,33 +539,56 @@ def test_drops_refills_and_cancels_end_to_end(
             )
             is True
         )
-    assert single_stats["refill_status"]["calls"] >= len(dropped_single) + 1
+    assert e2e.single_stats["refill_status"]["calls"] >= len(e2e.dropped_single) + 1
 
-    # The scheduled policy asked for refills of an order nobody reported.
-    scheduled_view = detail("single", scheduled)
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_the_scheduled_policy_requests_refills_by_itself(e2e: EndToEnd) -> None:
+    scheduled_view = detail("single", e2e.scheduled)
     assert scheduled_view["drops"] == []
     assert {r["trigger"] for r in scheduled_view["refill_requests"]} == {"schedule"}
 
-    # Cancel: 105 accepted in calls of at most 100, refusals with reasons, Canceled by polling.
-    assert stats["cancel"]["max_ids"] == 100 and stats["cancel"]["calls"] == 2
-    assert all(
-        cancel_lines[str(order_id)]["outcome"] == "accepted" for order_id in cancels
-    )
-    assert "does not allow cancel" in cancel_lines[str(no_cancel)]["reason"]
-    assert "already final" in cancel_lines[str(closed)]["reason"]
-    assert "not tracked" in cancel_lines["424242"]["reason"]
-    assert count(CancelRequest, CancelRequest.outcome == "accepted") == CANCELS
-    assert detail("main", no_cancel)["cancel_requests"][0]["outcome"] == "refused"
-    assert detail("main", cancels[0])["events"][-1]["to_status"] == "Canceled"
 
-    # `tracker order --json` shows the refill with its history, and the request.
-    assert tracker_cli(["order", "main", str(early), "--json"]) == 0
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_cancels_go_in_calls_of_at_most_100_with_refusals_and_reasons(e2e: EndToEnd) -> None:
+    assert e2e.cancel_lines, f"the scenario stopped before step 2: {e2e.failed}"
+    assert e2e.cancel_code == 1
+    # 105 accepted in calls of at most 100, refusals with reasons, Canceled by polling.
+    assert e2e.stats["cancel"]["max_ids"] == 100 and e2e.stats["cancel"]["calls"] == 2
+    assert all(
+        e2e.cancel_lines[str(order_id)]["outcome"] == "accepted" for order_id in e2e.cancels
+    )
+    assert "does not allow cancel" in e2e.cancel_lines[str(e2e.no_cancel)]["reason"]
+    assert "already final" in e2e.cancel_lines[str(e2e.closed)]["reason"]
+    assert "not tracked" in e2e.cancel_lines["424242"]["reason"]
+    assert count(CancelRequest, CancelRequest.outcome == "accepted") == CANCELS
+    assert detail("main", e2e.no_cancel)["cancel_requests"][0]["outcome"] == "refused"
+    assert detail("main", e2e.cancels[0])["events"][-1]["to_status"] == "Canceled"
+
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_order_json_shows_the_refill_history_and_the_request(
+    e2e: EndToEnd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert e2e.early, f"the scenario stopped before the early order: {e2e.failed}"
+    capsys.readouterr()
+    assert tracker_cli(["order", "main", str(e2e.early), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (
         shown["refills"][0]["status"] == "Completed" and shown["refills"][0]["events"]
     )
     assert shown["refill_requests"][0]["attempts"][-1]["outcome"] == "accepted"
 
+
+@pytest.mark.slow  # the shared scenario takes about 20 s per database
+def test_the_scenario_ran_every_step(e2e: EndToEnd) -> None:
+    e2e.require()
+
+
+def _print_end_to_end_figures(seen: EndToEnd) -> None:
+    if not seen.stats:
+        return
+    stats, single_stats = seen.stats, seen.single_stats
     with unit_of_work() as session:
         final_refills = dict(
             session.execute(
@@ -496,7 +598,7 @@ def test_drops_refills_and_cancels_end_to_end(
             ).all()
         )
     print_figures(
-        f"refills {refill_env['TRACKER_DATABASE_URL'].split(':')[0]}",
+        f"refills {seen.database}",
         {
             "drops": count(Drop),
             "eligible_drops": count(Drop, Drop.eligible.is_(True)),

@@ -10,6 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from tracker.db.models import Order, Provider, RefillRequest
 from tracker.db.session import unit_of_work
 
+pytestmark = pytest.mark.integration
+
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 

@@ -22,6 +22,8 @@ import requests
 from tracker.domain.status import normalize_order_status
 from tracker.sim import SimAdmin, SimServer
 
+pytestmark = pytest.mark.integration
+
 KEY = "sim-test-key-4b1d"
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
 SEED_PREFIXES = {
@@ -179,10 +181,9 @@ def test_a_thousand_seeded_orders_answer_a_100_id_call_with_100_entries(
 
 
 def test_a_million_orders_are_seeded_at_once(sim: SimServer, api: Api) -> None:
-    started = time.monotonic()
+    # How long seeding a million takes is a figure of the machine: benchmarks/timing_checks.py.
     admin = SimAdmin(sim.base_url)
     ids = admin.seed_orders(count=1_000_000)
-    assert time.monotonic() - started < 15
     assert len(ids) == 1_000_000 and ids[-1] - ids[0] == 999_999
     answer = api(action="status", orders=ids_text(ids[-100:]))
     assert len(answer) == 100
@@ -611,7 +612,7 @@ def test_stats_count_calls_ids_and_the_busiest_second(sim: SimServer, api: Api) 
 
     sim.reset_stats()
     api(action="status", order=str(ids[0]))
-    time.sleep(1.05)
+    time.sleep(1.05)  # on purpose: the next call falls outside the first one's 1 s window
     api(action="status", order=str(ids[0]))
     assert sim.stats()["actions"]["status"]["max_calls_in_any_1s_window"] == 1
 

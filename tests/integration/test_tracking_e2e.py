@@ -42,6 +42,7 @@ def histories(provider: str, external_ids: list[int]) -> dict[int, dict[str, obj
         return {order.external_id: order_detail(session, order, provider) for order in orders}
 
 
+@pytest.mark.slow  # about 20 s here (each database)
 def test_orders_on_two_dialects_reach_their_true_final_state(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,7 +119,7 @@ def test_each_sweep_costs_ceil_active_over_100_status_calls(
         with running_tracker(tracker_env, tmp_path / "logs"):
             shop.send_task("tracker.track_orders", args=["panel", ids])
             wait_until(lambda: count_orders("panel") == active, timeout=30, what="orders registered")
-            time.sleep(10)
+            time.sleep(10)  # on purpose: the window the polls per order are counted in
         stats = sim.stats()
     polls = [stats["status_polls_per_order"].get(str(order_id), 0) for order_id in ids]
     calls = stats["actions"]["status"]["calls"]
@@ -135,6 +136,7 @@ def test_each_sweep_costs_ceil_active_over_100_status_calls(
     )
 
 
+@pytest.mark.slow  # about 33 s here (each database)
 def test_a_flushed_broker_loses_no_order(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,7 +147,7 @@ def test_a_flushed_broker_loses_no_order(
             shop = shop_client(broker_url)
             shop.send_task("tracker.track_orders", args=["panel", ids])
             wait_until(lambda: count_orders("panel") == 300, timeout=30, what="orders registered")
-            time.sleep(2)
+            time.sleep(2)  # on purpose: work queued and in flight when the broker is flushed
             # Everything queued or in flight is gone, bindings included.
             redis.Redis.from_url(broker_url).flushdb()
             flushed_at = time.monotonic()

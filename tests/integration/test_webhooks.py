@@ -67,6 +67,7 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+@pytest.mark.slow  # about 19 s here (each database)
 def test_every_transition_reaches_the_shop_signed_and_once_per_event(
     tracker_env: dict[str, str],
     broker_url: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from typing import Any
 
 import psycopg
@@ -30,13 +31,95 @@ def postgres_unavailable_reason() -> str | None:
         return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(exc).strip()[:200]}"
 
 
+# Every database the tests (and benchmarks/) create is named PREFIX<unix time>_<pid>_<random>;
+# older runs named them PREFIX<pid>_<random>. Only names with this prefix are ever dropped.
+PREFIX = "tracker_test_"
+# A crashed run's databases are dropped by the next test session once this old.
+STALE_AFTER_SECONDS = 3600
+
+
+def new_database_name() -> str:
+    return f"{PREFIX}{int(time.time())}_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
+
+
+def is_stale(name: str, server_age_seconds: float | None, now: float | None = None) -> bool:
+    """Whether a database is a crashed run's leftover: a test suite's own by its name, older
+    than STALE_AFTER_SECONDS, and its creating process gone (a long benchmark still running
+    on this machine keeps its database). ``server_age_seconds`` is the server's own age of
+    the database, used for the older names without a time; None when the server cannot tell."""
+    if not name.startswith(PREFIX):
+        return False
+    parts = name[len(PREFIX):].split("_")
+    if not all(part.isalnum() for part in parts):
+        return False
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+        age = (time.time() if now is None else now) - int(parts[0])
+        pid = int(parts[1])
+    elif len(parts) == 2 and parts[0].isdigit():
+        if server_age_seconds is None:
+            return False
+        age, pid = server_age_seconds, int(parts[0])
+    else:
+        return False
+    return age > STALE_AFTER_SECONDS and not _pid_alive(pid)
+
+
+def drop_stale_postgres_databases() -> list[str]:
+    """Drops the test databases crashed runs left on the PostgreSQL server; their names."""
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+        rows = connection.execute(
+            # PG_VERSION is written when the database is created and never again: its age.
+            "SELECT datname, EXTRACT(EPOCH FROM now() - (pg_stat_file('base/' || oid || '/PG_VERSION', true)).modification)"
+            " FROM pg_database WHERE datname LIKE %s",
+            (PREFIX.replace("_", "\\_") + "%",),
+        ).fetchall()
+        dropped = [name for name, age in rows if is_stale(name, None if age is None else float(age))]
+        for name in dropped:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return dropped
+
+
+def drop_stale_mysql_databases() -> list[str]:
+    """Drops the test databases crashed runs left on the MariaDB server; their names."""
+    connection = _mysql_connect(autocommit=True)
+    try:
+        with connection.cursor() as cursor:
+            # MariaDB keeps no creation time of a database: its oldest table's stands in.
+            cursor.execute(
+                "SELECT s.SCHEMA_NAME, TIMESTAMPDIFF(SECOND, MIN(t.CREATE_TIME), NOW())"
+                " FROM information_schema.SCHEMATA s"
+                " LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME"
+                " WHERE s.SCHEMA_NAME LIKE %s GROUP BY s.SCHEMA_NAME",
+                (PREFIX.replace("_", "\\_") + "%",),
+            )
+            rows = cursor.fetchall()
+        dropped = [str(name) for name, age in rows if is_stale(str(name), None if age is None else float(age))]
+        for name in dropped:
+            kill_other_mysql_connections(connection, name)
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        connection.close()
+    return dropped
+
+
 def _with_database(url: str, name: str) -> str:
     base, _, _ = url.rpartition("/")
     return f"{base}/{name}"
 
 
 def create_postgres_database() -> str:
-    name = f"tracker_test_{os.getpid()}_{secrets.token_hex(4)}"
+    name = new_database_name()
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return _with_database(POSTGRES_ADMIN_URL, name)
@@ -77,7 +160,7 @@ def mysql_unavailable_reason() -> str | None:
 
 
 def create_mysql_database() -> str:
-    name = f"tracker_test_{os.getpid()}_{secrets.token_hex(4)}"
+    name = new_database_name()
     connection = _mysql_connect(autocommit=True)
     try:
         with connection.cursor() as cursor:

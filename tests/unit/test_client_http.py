@@ -295,11 +295,11 @@ def test_retry_after_as_http_date() -> None:
 
 
 def test_read_timeout_is_provider_timeout(provider: FakeProvider) -> None:
+    # The answer would come after 1 s: a ProviderTimeout (not an answer) shows the 0.2 s read
+    # timeout cut it short. How soon, in seconds, is printed by benchmarks/timing_checks.py.
     provider.default = lambda form: Reply(body="{}", delay=1.0)
-    started = time.monotonic()
     with pytest.raises(ProviderTimeout) as caught:
         client_for(provider, timeout=(1.0, 0.2), retries=0).status(1)
-    assert time.monotonic() - started < 0.9
     assert caught.value.retryable
     assert_key_absent(caught.value)
 
