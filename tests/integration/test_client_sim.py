@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
+from tracker.provider.messages import RefillRefusal, classify_refill_refusal
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import (

@@ -44,7 +44,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tracker.domain.money import MONEY_LIMIT, to_stored_scale
-from tracker.domain.provider_messages import classify_top_level_error, means_not_found
 from tracker.domain.status import (
     OrderStatus,
     RefillStatus,
@@ -55,6 +54,7 @@ from tracker.domain.status import (
     normalize_refill_status,
 )
 from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
+from tracker.provider.messages import classify_top_level_error, means_not_found
 from tracker.provider.redact import excerpt, redact
 from tracker.provider.types import (
     Balance,

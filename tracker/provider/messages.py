@@ -13,12 +13,18 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from tracker.domain.refills import AttemptOutcome
 from tracker.provider.errors import (
     IncorrectRequest,
+    InsecureProviderURL,
     InsufficientFunds,
     InvalidKey,
+    NotSent,
+    ProviderError,
     ProviderRefused,
     ProviderRejected,
+    RateLimited,
+    UnusableRefillId,
 )
 
 
@@ -182,3 +188,32 @@ def classify_refill_refusal(message: str) -> RefillRefusal:
         if _matches_any(patterns, message):
             return refusal
     return RefillRefusal.OTHER
+
+
+# What a failed ``refill`` call means for the attempt (domain.refills decides what follows).
+_REFUSALS = {
+    RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
+    RefillRefusal.DISABLED: AttemptOutcome.DISABLED,
+    RefillRefusal.NOT_FOUND: AttemptOutcome.NOT_FOUND,
+    RefillRefusal.ALREADY_ACTIVE: AttemptOutcome.ALREADY_ACTIVE,
+    RefillRefusal.WINDOW_EXPIRED: AttemptOutcome.WINDOW_EXPIRED,
+    RefillRefusal.OTHER: AttemptOutcome.REFUSED,
+}
+
+
+def outcome_of_error(error: ProviderError) -> AttemptOutcome:
+    """Classify a failed ``refill`` call; refusal wording is read by
+    ``classify_refill_refusal``, nowhere else."""
+    if isinstance(error, RateLimited):
+        return AttemptOutcome.RATE_LIMITED
+    if isinstance(error, NotSent | InsecureProviderURL):
+        return AttemptOutcome.NOT_SENT
+    if isinstance(error, UnusableRefillId):
+        return AttemptOutcome.BAD_REFILL_ID
+    if isinstance(error, InvalidKey):
+        return AttemptOutcome.KEY_REJECTED
+    if isinstance(error, IncorrectRequest):
+        return AttemptOutcome.BAD_REQUEST
+    if isinstance(error, ProviderRejected):
+        return _REFUSALS[classify_refill_refusal(error.provider_message)]
+    return AttemptOutcome.NO_ANSWER
