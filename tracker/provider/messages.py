@@ -28,12 +28,14 @@ from tracker.provider.errors import (
 )
 
 
-def _squash(message: str) -> str:
+def _lowercase_words(message: str) -> str:
+    """Lower-case words of letters and digits, one space apart: "Incorrect order-ID!" ->
+    "incorrect order id". Word boundaries survive: the patterns below match on them."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", message.lower()).split())
 
 
 def _matches_any(patterns: tuple[re.Pattern[str], ...], message: str) -> bool:
-    squashed = _squash(message)
+    squashed = _lowercase_words(message)
     return any(pattern.search(squashed) for pattern in patterns)
 
 

@@ -32,7 +32,9 @@ class ItemError:
 
 
 @dataclass(frozen=True, slots=True)
-class Service:
+class CatalogService:
+    """One entry of a provider's `services` catalog (the database keeps it as `db.models.Service`)."""
+
     service_id: int
     name: str
     type: str | None
