@@ -95,13 +95,13 @@ MODULES = frozenset(_module_name(path) for path in PACKAGE_ROOT.rglob("*.py"))
 
 def _package_imports() -> list[tuple[str, int, str, str]]:
     """(module, line, imported module, imported package) for every tracker import."""
-    found = []
+    found: dict[tuple[str, int, str, str], None] = {}  # ordered, one per imported module
     for path in sorted(PACKAGE_ROOT.rglob("*.py")):
         module = _module_name(path)
         for line, target in _imported_modules(path, module):
             if target == "tracker" or target.startswith("tracker."):
-                found.append((module, line, target, _package_of(target)))
-    return found
+                found[(module, line, target, _package_of(target))] = None
+    return list(found)
 
 
 IMPORTS = _package_imports()
