@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import (
@@ -37,6 +36,7 @@ from tracker.provider.errors import (
     RateLimited,
     TransportError,
 )
+from tracker.provider.messages import RefillRefusal, classify_refill_refusal
 from tracker.provider.types import (
     CancelAccepted,
     ItemError,
@@ -365,29 +365,6 @@ class TestEveryDialect:
         assert classify_refill_refusal(unknown.value.provider_message) is RefillRefusal.NOT_FOUND
         assert refills_made(sim) == 0
 
-    def test_refill_multi(self, sim: SimServer, client: ProviderClient, dialect: str) -> None:
-        refillable = [completed_with_drop(sim) for _ in range(3)]
-        no_refill = completed_with_drop(sim, service=LIKES)
-        ids = [*refillable, no_refill, UNKNOWN_ORDER]
-        if not DIALECTS[dialect].multi_refill:
-            with pytest.raises(IncorrectRequest):
-                client.refill_multi(ids)
-            assert refills_made(sim) == 0
-            return
-        created = client.refill_multi(ids)
-        assert set(created) == set(ids)
-        for order in refillable:
-            refill_id = created[order]
-            assert isinstance(refill_id, str)
-            truth = sim.refill_truth([int(refill_id)])[int(refill_id)]
-            assert truth is not None and truth["order"] == order
-        refused = created[no_refill]
-        assert isinstance(refused, ItemError)
-        assert classify_refill_refusal(refused.message) is RefillRefusal.DISABLED
-        missing = created[UNKNOWN_ORDER]
-        assert isinstance(missing, ItemError) and missing.means_not_found
-        assert refills_made(sim) == len(refillable)
-
     def test_refill_status_single_and_multi(
         self, sim: SimServer, client: ProviderClient, dialect: str
     ) -> None:
@@ -472,17 +449,6 @@ class TestEveryDialect:
         assert truth is not None
         assert isinstance(report, OrderReport) and report == expected_report(truth)
         assert report.status is OrderStatus.CANCELED
-
-
-def test_promobox_refill_multi_with_one_id(sim: SimServer, client: ProviderClient) -> None:
-    """Seed 004 documents ``orders=<one id>`` answered with the single ``{"refill": "1"}``."""
-    sim.set_config(dialect="promobox")
-    order = completed_with_drop(sim)
-    created = client.refill_multi([order])
-    refill_id = created[order]
-    assert isinstance(refill_id, str)
-    truth = sim.refill_truth([int(refill_id)])[int(refill_id)]
-    assert truth is not None and truth["order"] == order
 
 
 def test_one_id_multi_status_answered_in_the_single_form(

@@ -26,10 +26,10 @@ from tracker.provider.errors import (
 from tracker.provider.types import (
     Balance,
     CancelAccepted,
+    CatalogService,
     ItemError,
     OrderReport,
     RefillReport,
-    Service,
 )
 
 SEEDS = Path(__file__).resolve().parent.parent / "fixtures" / "seeds"
@@ -50,11 +50,11 @@ def in_progress(currency: str | None) -> OrderReport:
     )
 
 
-def panel_services(cancel: bool | None, description: str | None) -> list[Service]:
+def panel_services(cancel: bool | None, description: str | None) -> list[CatalogService]:
     return [
-        Service(1, "Followers", "Default", "First Category", Decimal("0.90"), 50, 10000,
+        CatalogService(1, "Followers", "Default", "First Category", Decimal("0.90"), 50, 10000,
                 True, cancel, description),
-        Service(2, "Comments", "Custom Comments", "Second Category", Decimal("8"), 10, 1500,
+        CatalogService(2, "Comments", "Custom Comments", "Second Category", Decimal("8"), 10, 1500,
                 False, cancel, description),
     ]
 
@@ -69,9 +69,9 @@ EXPECTED: dict[str, tuple[Callable[[str], object], object]] = {
     "004_services.json": (parsing.parse_services, panel_services(True, None)),
     "003_services.json": (parsing.parse_services, panel_services(None, "Some Description")),
     "001_services.json": (parsing.parse_services, [
-        Service(1, "Youtube views", "Default", "Youtube", Decimal("2.5"), 200, 10000,
+        CatalogService(1, "Youtube views", "Default", "Youtube", Decimal("2.5"), 200, 10000,
                 True, None, None),
-        Service(2, "Facebook comments", "Custom Comments", "Facebook", Decimal("4"), 10, 1500,
+        CatalogService(2, "Facebook comments", "Custom Comments", "Facebook", Decimal("4"), 10, 1500,
                 False, None, None),
     ]),
     "000_add.json": (parsing.parse_add, 23501),
@@ -396,9 +396,9 @@ def test_services_with_and_without_desc_and_cancel() -> None:
          "min": "1", "max": "2", "dripfeed": True, "desc": "short", "cancel": True},
     ])
     assert parsing.parse_services(body) == [
-        Service(7, "A", None, None, Decimal("1.5"), 10, 100, True, False, "long text"),
-        Service(8, "B", None, None, Decimal("2"), 1, 5, False, None, None),
-        Service(9, "C", "Default", "X", Decimal("0.5"), 1, 2, False, True, "short"),
+        CatalogService(7, "A", None, None, Decimal("1.5"), 10, 100, True, False, "long text"),
+        CatalogService(8, "B", None, None, Decimal("2"), 1, 5, False, None, None),
+        CatalogService(9, "C", "Default", "X", Decimal("0.5"), 1, 2, False, True, "short"),
     ]
 
 

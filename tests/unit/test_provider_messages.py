@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.domain.provider_messages import (
+from tracker.provider.messages import (
     RefillRefusal,
     classify_refill_refusal,
     classify_top_level_error,

@@ -32,7 +32,6 @@ from tracker.domain.refills import (
     expected_count,
     may_send_refill_at,
     next_auto_refill,
-    outcome_of_error,
     refill_eligibility,
     window_days,
 )
@@ -52,6 +51,7 @@ from tracker.provider.errors import (
     TransportError,
     UnusableRefillId,
 )
+from tracker.provider.messages import outcome_of_error
 from tracker.provider.types import ItemError, RefillReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -49,10 +49,6 @@ class Health:
         return CircuitState.HALF_OPEN
 
 
-def after_success(health: Health) -> Health:
-    return replace(health, consecutive_failures=0, circuit_open_until=None)
-
-
 def after_failure(health: Health, now: datetime, *, threshold: int) -> Health:
     failures = health.consecutive_failures + 1
     if failures < threshold:

@@ -34,20 +34,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from tracker.domain.provider_messages import RefillRefusal, classify_refill_refusal
+from tracker.domain.reports import PerIdError, RefillReport
 from tracker.domain.scheduling import failure_backoff
 from tracker.domain.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
-from tracker.provider.errors import (
-    IncorrectRequest,
-    InsecureProviderURL,
-    InvalidKey,
-    NotSent,
-    ProviderError,
-    ProviderRejected,
-    RateLimited,
-    UnusableRefillId,
-)
-from tracker.provider.types import ItemError, RefillReport
 
 
 # --- eligibility ---------------------------------------------------------------------------
@@ -168,7 +157,7 @@ class RefillOutcome:
 
 def apply_refill_observation(
     state: RefillState,
-    result: RefillReport | ItemError | None,
+    result: RefillReport | PerIdError | None,
     observed_at: datetime,
     *,
     not_found_after: int,
@@ -191,7 +180,7 @@ def apply_refill_observation(
         return RefillOutcome(
             new_state, RefillTransition(state.status, result.status, result.raw_status)
         )
-    if isinstance(result, ItemError) and result.means_not_found:
+    if result is not None and result.means_not_found:
         misses = state.consecutive_not_found + 1
         if misses < not_found_after or state.status is RefillStatus.NOT_FOUND:
             return RefillOutcome(
@@ -243,33 +232,6 @@ class AttemptOutcome(StrEnum):
 AMBIGUOUS_OUTCOMES = frozenset({AttemptOutcome.SENT, AttemptOutcome.NO_ANSWER})
 # Outcomes that count as a refill sent: they start the order's refill cool-down.
 SENT_OUTCOMES = frozenset({AttemptOutcome.ACCEPTED, AttemptOutcome.BAD_REFILL_ID, *AMBIGUOUS_OUTCOMES})
-
-_REFUSALS = {
-    RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
-    RefillRefusal.DISABLED: AttemptOutcome.DISABLED,
-    RefillRefusal.NOT_FOUND: AttemptOutcome.NOT_FOUND,
-    RefillRefusal.ALREADY_ACTIVE: AttemptOutcome.ALREADY_ACTIVE,
-    RefillRefusal.WINDOW_EXPIRED: AttemptOutcome.WINDOW_EXPIRED,
-    RefillRefusal.OTHER: AttemptOutcome.REFUSED,
-}
-
-
-def outcome_of_error(error: ProviderError) -> AttemptOutcome:
-    """Classify a failed ``refill`` call; refusal wording is read by
-    ``classify_refill_refusal``, nowhere else."""
-    if isinstance(error, RateLimited):
-        return AttemptOutcome.RATE_LIMITED
-    if isinstance(error, NotSent | InsecureProviderURL):
-        return AttemptOutcome.NOT_SENT
-    if isinstance(error, UnusableRefillId):
-        return AttemptOutcome.BAD_REFILL_ID
-    if isinstance(error, InvalidKey):
-        return AttemptOutcome.KEY_REJECTED
-    if isinstance(error, IncorrectRequest):
-        return AttemptOutcome.BAD_REQUEST
-    if isinstance(error, ProviderRejected):
-        return _REFUSALS[classify_refill_refusal(error.provider_message)]
-    return AttemptOutcome.NO_ANSWER
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ FINAL_REFILL_STATUSES: frozenset[RefillStatus] = frozenset(
 
 
 @functools.lru_cache(maxsize=1024)
-def _squash(raw: str) -> str:
+def _letters_only(raw: str) -> str:
     """Lower-case and drop everything but letters: "In_Progress " -> "inprogress".
     Cached: a provider's answers repeat a handful of spellings thousands of times."""
     return re.sub(r"[^a-z]", "", raw.lower())
@@ -118,8 +118,8 @@ _REFILL_SPELLINGS: dict[str, RefillStatus] = {
 
 
 def normalize_order_status(raw: str) -> OrderStatus:
-    return _ORDER_SPELLINGS.get(_squash(raw), OrderStatus.UNKNOWN)
+    return _ORDER_SPELLINGS.get(_letters_only(raw), OrderStatus.UNKNOWN)
 
 
 def normalize_refill_status(raw: str) -> RefillStatus:
-    return _REFILL_SPELLINGS.get(_squash(raw), RefillStatus.UNKNOWN)
+    return _REFILL_SPELLINGS.get(_letters_only(raw), RefillStatus.UNKNOWN)

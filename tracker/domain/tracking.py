@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
+from tracker.domain.reports import OrderReport, PerIdError
 from tracker.domain.status import FINAL_ORDER_STATUSES, OrderStatus
-from tracker.provider.types import ItemError, OrderReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Outcome:
 
 def apply_observation(
     state: OrderState,
-    result: OrderReport | ItemError | None,
+    result: OrderReport | PerIdError | None,
     observed_at: datetime,
     *,
     not_found_after: int,
@@ -78,7 +78,7 @@ def apply_observation(
         return Outcome(state, None, stale=True)
     if isinstance(result, OrderReport):
         return _apply_report(state, result, observed_at)
-    if isinstance(result, ItemError) and result.means_not_found:
+    if result is not None and result.means_not_found:
         return _apply_not_found(state, observed_at, not_found_after)
     # Another per-ID error, or no entry at all: we learned nothing about this order.
     return Outcome(

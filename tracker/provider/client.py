@@ -36,10 +36,9 @@ from tracker.provider.redact import excerpt, redact
 from tracker.provider.types import (
     Balance,
     CancelResult,
+    CatalogService,
     OrderResult,
-    RefillCreation,
     RefillResult,
-    Service,
 )
 
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 20.0)
@@ -177,7 +176,7 @@ class ProviderClient:
     Batch methods split the IDs (de-duplicated, order kept) into calls of at most
     ``max_ids_per_call`` IDs. The result holds only IDs that were asked and answered; an
     asked ID missing from the answer is simply absent, and the caller decides. A batch
-    method raises on the first failing call, so a caller of ``refill_multi`` or ``cancel``
+    method raises on the first failing call, so a caller of ``cancel``
     that must keep every accepted ID should pass at most ``max_ids_per_call`` IDs at once.
 
     Redirects are not followed: a redirected POST either loses its body or, with 307/308,
@@ -284,7 +283,7 @@ class ProviderClient:
 
     # --- actions ---------------------------------------------------------------------
 
-    def services(self) -> list[Service]:
+    def services(self) -> list[CatalogService]:
         return self._call("services", {}, 0, parsing.parse_services, idempotent=True)
 
     def add(
@@ -319,14 +318,6 @@ class ProviderClient:
     def refill(self, order_id: int) -> str:
         params = {"order": _checked_order_id(order_id)}
         return self._call("refill", params, 1, parsing.parse_refill, idempotent=False)
-
-    def refill_multi(self, order_ids: Sequence[int]) -> dict[int, RefillCreation]:
-        ids = [_checked_order_id(order_id) for order_id in order_ids]
-        # A one-ID `orders=` request may be answered in the single form (seed 004's panel).
-        return self._batched(
-            "refill", "orders", ids, parsing.parse_refill_multi, False,
-            parse_single_id=parsing.parse_refill_one_of_multi,
-        )
 
     def refill_status(self, refill_id: str) -> RefillResult:
         params = {"refill": _checked_refill_id(refill_id)}

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 
 class ProviderError(Exception):
-    """Base class. ``action`` is the API v2 action that failed, e.g. ``"status"``."""
+    """Base class. ``action`` is the API v2 action that failed, e.g. ``"status"``.
 
-    retryable: bool = False
+    Whether a failed call is worth repeating is the client's decision, by class."""
 
     def __init__(self, action: str, message: str) -> None:
         super().__init__(f"{action}: {message}")
@@ -31,8 +31,6 @@ class ProviderError(Exception):
 
 class TransportError(ProviderError):
     """Timeout, connection refused, connection reset: the request did not complete."""
-
-    retryable = True
 
 
 class ProviderTimeout(TransportError):
@@ -49,7 +47,6 @@ class HTTPError(ProviderError):
         super().__init__(action, f"HTTP {status_code}: {excerpt}")
         self.status_code = status_code
         self.excerpt = excerpt
-        self.retryable = status_code >= 500 or status_code in (408, 425, 429)
 
 
 class RateLimited(HTTPError):
@@ -62,8 +59,6 @@ class RateLimited(HTTPError):
 
 class InvalidResponse(ProviderError):
     """A 2xx answer that is not the JSON we expect. ``excerpt`` is short and key-free."""
-
-    retryable = True
 
     def __init__(self, action: str, reason: str, excerpt: str) -> None:
         super().__init__(action, f"{reason}; body starts: {excerpt!r}")

@@ -44,7 +44,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tracker.domain.money import MONEY_LIMIT, to_stored_scale
-from tracker.domain.provider_messages import classify_top_level_error, means_not_found
 from tracker.domain.status import (
     OrderStatus,
     RefillStatus,
@@ -55,18 +54,19 @@ from tracker.domain.status import (
     normalize_refill_status,
 )
 from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
+from tracker.provider.messages import classify_top_level_error, means_not_found
 from tracker.provider.redact import excerpt, redact
 from tracker.provider.types import (
     Balance,
     CancelAccepted,
     CancelResult,
+    CatalogService,
     ItemError,
     OrderReport,
     OrderResult,
     RefillCreation,
     RefillReport,
     RefillResult,
-    Service,
 )
 
 T = TypeVar("T")
@@ -551,11 +551,11 @@ def _cancel_entry(entry: object) -> CancelResult:
     return CancelAccepted(raw=_raw_text(entry))
 
 
-def _service(item: object) -> Service:
+def _service(item: object) -> CatalogService:
     if not isinstance(item, dict):
         raise _BadValue(f"entry is {type(item).__name__}")
     description_field = "desc" if "desc" in item else "description"
-    return Service(
+    return CatalogService(
         service_id=_field(item, "service", _positive_id),
         name=_field(item, "name", _text) or "",
         type=_field(item, "type", _text),
@@ -614,7 +614,7 @@ def _object(answer: _Answer, data: object) -> dict[str, object]:
 # --- one function per action ---------------------------------------------------------
 
 
-def parse_services(text: str, *, secrets: Sequence[str] = ()) -> list[Service]:
+def parse_services(text: str, *, secrets: Sequence[str] = ()) -> list[CatalogService]:
     answer, data = _load("services", text, secrets)
     _raise_top_level_error(answer, data)
     if isinstance(data, dict):  # some panels key the catalog by service ID
@@ -676,21 +676,6 @@ def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:
 def parse_refill_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
     answer, data = _load("refill", text, secrets)
     return _batch(answer, data, "order", _positive_id, _refill_creation)
-
-
-def parse_refill_one_of_multi(order_id: int) -> Callable[..., dict[int, RefillCreation]]:
-    """The parser for a multi refill request that carried only ``order_id``: it accepts
-    the list form, and also the single form ``{"refill": "19"}`` that some panels (seed
-    004) answer a one-ID ``orders=`` request with. Reading that answer as a failure would
-    make a caller request, and get, a second refill."""
-
-    def parse(text: str, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
-        answer, data = _load("refill", text, secrets)
-        if isinstance(data, dict) and "refill" in data and "order" not in data and not _is_id_keyed(data):
-            return {order_id: parse_refill(text, secrets=secrets)}
-        return parse_refill_multi(text, secrets=secrets)
-
-    return parse
 
 
 def _is_id_keyed(data: dict[str, Any]) -> bool:

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from tracker.domain.status import OrderStatus, RefillStatus
+# The reports are the domain's: its state machines read them. Re-exported here, where the
+# rest of a call's results live.
+from tracker.domain.reports import OrderReport as OrderReport
+from tracker.domain.reports import RefillReport as RefillReport
+from tracker.provider.messages import means_not_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,33 +28,13 @@ class ItemError:
 
     @property
     def means_not_found(self) -> bool:
-        from tracker.domain.provider_messages import means_not_found
-
         return means_not_found(self.message)
 
 
 @dataclass(frozen=True, slots=True)
-class OrderReport:
-    """One order's status as a provider reported it."""
+class CatalogService:
+    """One entry of a provider's `services` catalog (the database keeps it as `db.models.Service`)."""
 
-    status: OrderStatus
-    raw_status: str
-    charge: Decimal | None
-    start_count: int | None
-    remains: int | None
-    currency: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RefillReport:
-    """One refill's status as a provider reported it."""
-
-    status: RefillStatus
-    raw_status: str
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
     service_id: int
     name: str
     type: str | None

@@ -42,7 +42,7 @@ from typing import Any
 
 from tracker.domain.status import OrderStatus, RefillStatus
 from tracker.sim.catalog import ServiceSpec
-from tracker.sim.model import OrderState
+from tracker.sim.model import SimOrderState
 
 ERR_INCORRECT_REQUEST = "Incorrect request"
 ERR_INVALID_KEY = "Invalid API key"
@@ -101,7 +101,7 @@ class Dialect:
     def spell_refill(self, status: RefillStatus) -> str:
         return self.refill_spelling.get(status, str(status))
 
-    def reported_remains(self, state: OrderState) -> int:
+    def reported_remains(self, state: SimOrderState) -> int:
         return state.remains if self.negative_remains else max(0, state.remains)
 
     def _number(self, value: int) -> int | str:
@@ -115,7 +115,7 @@ class Dialect:
 
     # -- answers -------------------------------------------------------------------------
 
-    def order_status(self, state: OrderState, currency: str) -> dict[str, Any]:
+    def order_status(self, state: SimOrderState, currency: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "charge": self._money(state.charge),
             "start_count": self._number(state.start_count),

@@ -126,7 +126,7 @@ class Plan(NamedTuple):
     drop_amount: int
 
 
-class OrderState(NamedTuple):
+class SimOrderState(NamedTuple):
     status: OrderStatus
     # Canonical remains: negative when over-delivered.
     remains: int
@@ -248,11 +248,11 @@ _FINAL_STATUS = {
 }
 
 
-def _natural_state(plan: Plan, t: float) -> OrderState:
+def _natural_state(plan: Plan, t: float) -> SimOrderState:
     quantity = plan.quantity
     if t >= plan.final_at:
         started = plan.outcome is not Outcome.CANCELED
-        return OrderState(
+        return SimOrderState(
             _FINAL_STATUS[plan.outcome],
             quantity - plan.delivered,
             plan.final_charge,
@@ -261,11 +261,11 @@ def _natural_state(plan: Plan, t: float) -> OrderState:
             True,
         )
     if t < plan.start_at or plan.outcome is Outcome.CANCELED:
-        return OrderState(OrderStatus.PENDING, quantity, plan.full_charge, 0, 0, False)
+        return SimOrderState(OrderStatus.PENDING, quantity, plan.full_charge, 0, 0, False)
     step = bisect_right(plan.step_times, t)
     steps = len(plan.step_times) + 1
     delivered = min(plan.delivered, quantity) * step // steps
-    return OrderState(
+    return SimOrderState(
         OrderStatus.IN_PROGRESS,
         quantity - delivered,
         plan.full_charge,
@@ -279,7 +279,7 @@ def cancel_takes_effect(plan: Plan, cancel_at: float | None) -> bool:
     return cancel_at is not None and cancel_at < plan.final_at
 
 
-def state_at(plan: Plan, t: float, cancel_at: float | None = None) -> OrderState:
+def state_at(plan: Plan, t: float, cancel_at: float | None = None) -> SimOrderState:
     """What the provider reports about the order at sim time ``t``.
 
     ``cancel_at`` is when an accepted cancel request takes effect (``None``: no cancel).
@@ -288,7 +288,7 @@ def state_at(plan: Plan, t: float, cancel_at: float | None = None) -> OrderState
         before = _natural_state(plan, cancel_at)
         started = before.status is not OrderStatus.PENDING
         if before.delivered > 0:
-            return OrderState(
+            return SimOrderState(
                 OrderStatus.PARTIAL,
                 plan.quantity - before.delivered,
                 charge_for(plan.rate, before.delivered),
@@ -296,7 +296,7 @@ def state_at(plan: Plan, t: float, cancel_at: float | None = None) -> OrderState
                 before.delivered,
                 True,
             )
-        return OrderState(
+        return SimOrderState(
             OrderStatus.CANCELED,
             plan.quantity,
             ZERO_MONEY,
@@ -315,7 +315,7 @@ def final_at(plan: Plan, cancel_at: float | None = None) -> float:
 
 def timeline(
     plan: Plan, t: float, cancel_at: float | None = None
-) -> list[tuple[float, OrderState]]:
+) -> list[tuple[float, SimOrderState]]:
     """Every observable state the order has been in up to ``t``, oldest first.
 
     A new entry starts whenever status, remains, charge or start count changes.
@@ -324,7 +324,7 @@ def timeline(
     end = final_at(plan, cancel_at)
     if end != plan.final_at:
         candidates = [at for at in candidates if at < end] + [end]
-    entries: list[tuple[float, OrderState]] = []
+    entries: list[tuple[float, SimOrderState]] = []
     for at in sorted(candidates):
         if at > t:
             break
@@ -334,13 +334,13 @@ def timeline(
     return entries
 
 
-def natural_dropped(plan: Plan, state: OrderState, t: float) -> int:
+def natural_dropped(plan: Plan, state: SimOrderState, t: float) -> int:
     if plan.drop_at is None or t < plan.drop_at or not state.final:
         return 0
     return min(plan.drop_amount, state.delivered)
 
 
-def target_count(plan: Plan, state: OrderState, dropped: int, restored: int) -> int:
+def target_count(plan: Plan, state: SimOrderState, dropped: int, restored: int) -> int:
     """The target's current count as a count probe would read it."""
     return max(0, plan.start_count + state.delivered - dropped + restored)
 

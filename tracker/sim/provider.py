@@ -40,10 +40,10 @@ from tracker.sim.faults import FaultQueue, HoldGate
 from tracker.sim.model import (
     MONEY_QUANTUM,
     OrderBatch,
-    OrderState,
     Outcome,
     Plan,
     RefillPlan,
+    SimOrderState,
     charge_for,
     final_at,
     make_plan,
@@ -245,13 +245,13 @@ class SimProvider:
         cancel = self._activity.cancels.get(order_id)
         return cancel[1] if cancel is not None else None
 
-    def order_state(self, order_id: int, t: float) -> OrderState | None:
+    def order_state(self, order_id: int, t: float) -> SimOrderState | None:
         plan = self.plan(order_id)
         if plan is None:
             return None
         return state_at(plan, t, self.cancel_at(order_id))
 
-    def _dropped(self, plan: Plan, state: OrderState, t: float) -> int:
+    def _dropped(self, plan: Plan, state: SimOrderState, t: float) -> int:
         manual = self._activity.drops.get(plan.order_id, ())
         return natural_dropped(plan, state, t) + sum(amount for at, amount in manual if at <= t)
 

@@ -16,8 +16,7 @@ from tracker.config import Settings
 from tracker.db.models import Provider, Service
 from tracker.db.session import unit_of_work
 from tracker.provider.errors import ProviderError
-from tracker.provider.types import Balance
-from tracker.provider.types import Service as CatalogEntry
+from tracker.provider.types import Balance, CatalogService
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.gateway import Gateway, ProviderAccess
 from tracker.usecases.outbox import record_provider_alert
@@ -37,10 +36,10 @@ class SyncResult:
     currency: str | None
 
 
-def distinct_services(entries: Sequence[CatalogEntry]) -> tuple[list[CatalogEntry], list[int]]:
+def distinct_services(entries: Sequence[CatalogService]) -> tuple[list[CatalogService], list[int]]:
     """(one entry per service ID, the IDs listed more than once). Real panels list a
     service in two categories; the last listing wins, as it would in a dict of the list."""
-    last: dict[int, CatalogEntry] = {}
+    last: dict[int, CatalogService] = {}
     repeated: dict[int, None] = {}
     for entry in entries:
         if entry.service_id in last:
@@ -51,7 +50,7 @@ def distinct_services(entries: Sequence[CatalogEntry]) -> tuple[list[CatalogEntr
     return list(last.values()), sorted(repeated)
 
 
-def store_catalog(session: Session, provider: Provider, entries: Sequence[CatalogEntry], now: datetime) -> int:
+def store_catalog(session: Session, provider: Provider, entries: Sequence[CatalogService], now: datetime) -> int:
     """Upsert catalog entries; operator overrides (refill days, auto-refill) are kept.
     A service listed twice is stored once, as its last listing. Returns how many
     services were new."""

@@ -67,12 +67,12 @@ from tracker.domain.refills import (
     cooldown_hours,
     decide_after_attempt,
     may_send_refill_at,
-    outcome_of_error,
     refill_eligibility,
     window_days,
 )
 from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
 from tracker.provider.errors import ProviderError, RateLimited
+from tracker.provider.messages import outcome_of_error
 from tracker.ratelimit import RateLimitBusy
 from tracker.usecases.enqueue import provider_by_name
 from tracker.usecases.gateway import Gateway, ProviderAccess

@@ -13,21 +13,29 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from tracker.domain.refills import AttemptOutcome
 from tracker.provider.errors import (
     IncorrectRequest,
+    InsecureProviderURL,
     InsufficientFunds,
     InvalidKey,
+    NotSent,
+    ProviderError,
     ProviderRefused,
     ProviderRejected,
+    RateLimited,
+    UnusableRefillId,
 )
 
 
-def _squash(message: str) -> str:
+def _lowercase_words(message: str) -> str:
+    """Lower-case words of letters and digits, one space apart: "Incorrect order-ID!" ->
+    "incorrect order id". Word boundaries survive: the patterns below match on them."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", message.lower()).split())
 
 
 def _matches_any(patterns: tuple[re.Pattern[str], ...], message: str) -> bool:
-    squashed = _squash(message)
+    squashed = _lowercase_words(message)
     return any(pattern.search(squashed) for pattern in patterns)
 
 
@@ -182,3 +190,32 @@ def classify_refill_refusal(message: str) -> RefillRefusal:
         if _matches_any(patterns, message):
             return refusal
     return RefillRefusal.OTHER
+
+
+# What a failed ``refill`` call means for the attempt (domain.refills decides what follows).
+_REFUSALS = {
+    RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
+    RefillRefusal.DISABLED: AttemptOutcome.DISABLED,
+    RefillRefusal.NOT_FOUND: AttemptOutcome.NOT_FOUND,
+    RefillRefusal.ALREADY_ACTIVE: AttemptOutcome.ALREADY_ACTIVE,
+    RefillRefusal.WINDOW_EXPIRED: AttemptOutcome.WINDOW_EXPIRED,
+    RefillRefusal.OTHER: AttemptOutcome.REFUSED,
+}
+
+
+def outcome_of_error(error: ProviderError) -> AttemptOutcome:
+    """Classify a failed ``refill`` call; refusal wording is read by
+    ``classify_refill_refusal``, nowhere else."""
+    if isinstance(error, RateLimited):
+        return AttemptOutcome.RATE_LIMITED
+    if isinstance(error, NotSent | InsecureProviderURL):
+        return AttemptOutcome.NOT_SENT
+    if isinstance(error, UnusableRefillId):
+        return AttemptOutcome.BAD_REFILL_ID
+    if isinstance(error, InvalidKey):
+        return AttemptOutcome.KEY_REJECTED
+    if isinstance(error, IncorrectRequest):
+        return AttemptOutcome.BAD_REQUEST
+    if isinstance(error, ProviderRejected):
+        return _REFUSALS[classify_refill_refusal(error.provider_message)]
+    return AttemptOutcome.NO_ANSWER

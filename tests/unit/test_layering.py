@@ -1,0 +1,168 @@
+"""The packages of ``tracker`` form layers: a module imports only from its own package or
+from packages ranked lower. Checked on the source with ``ast``, so an import hidden inside
+a function or under ``TYPE_CHECKING`` counts like any other.
+
+The table is the one in docs/architecture.md ("The code"); change both together.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tracker
+
+PACKAGE_ROOT = Path(tracker.__file__).parent
+
+# Lowest first. A package is a subpackage (``tracker.db``) or a top-level module
+# (``tracker.config``); the root ``tracker`` package itself is listed as "tracker".
+# Packages of the same rank may not import each other either.
+RANKS: dict[str, int] = {
+    # 0: foundations, importing nothing of tracker. domain: the pure rules (statuses, the
+    # state machines, scheduling, health); clock and config: leaf helpers.
+    "domain": 0,
+    "clock": 0,
+    "config": 0,
+    # 1: the provider: the API v2 client, its tolerant parsing, its error taxonomy and the
+    # reading of its free-text messages. It speaks the domain's statuses.
+    "provider": 1,
+    # 2: adapters and infrastructure: the database, secrets, Redis-kept rate limits and
+    # metrics, logging, webhooks signing, count probes; sim, the simulated provider
+    # (kept apart by the entry-point rule below).
+    "db": 2,
+    "secrets": 2,
+    "ratelimit": 2,
+    "metrics": 2,
+    "logs": 2,
+    "webhooks": 2,
+    "probes": 2,
+    "sim": 2,
+    # 3: use cases: orchestration over the database and the provider.
+    "usecases": 3,
+    # 4: the polling engine (dispatcher, batch polls), built on the use cases.
+    "polling": 4,
+    # 5: runtimes: the Celery worker and its tasks, `tracker run` and the demo.
+    "worker": 5,
+    "ops": 5,
+    # 6: the `tracker` command, and the root package (lazily exposes the Celery app).
+    "cli": 6,
+    "tracker": 6,
+}
+
+# sim is a tool, not a part of the tracker: only the entry points may start it.
+SIM_IMPORTERS = frozenset({"sim", "cli", "ops"})
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "tracker"
+
+
+def _imported_modules(path: Path, module: str) -> Iterator[tuple[int, str]]:
+    """Every ``tracker`` module that ``path`` imports, at any depth of its syntax tree."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                # Relative: resolved against the importing module's package.
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                # ``from tracker import logs`` imports the module tracker.logs.
+                submodule = f"{target}.{alias.name}"
+                yield node.lineno, submodule if submodule in MODULES else target
+
+
+MODULES = frozenset(_module_name(path) for path in PACKAGE_ROOT.rglob("*.py"))
+
+
+def _package_imports() -> list[tuple[str, int, str, str]]:
+    """(module, line, imported module, imported package) for every tracker import."""
+    found: dict[tuple[str, int, str, str], None] = {}  # ordered, one per imported module
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        module = _module_name(path)
+        for line, target in _imported_modules(path, module):
+            if target == "tracker" or target.startswith("tracker."):
+                found[(module, line, target, _package_of(target))] = None
+    return list(found)
+
+
+IMPORTS = _package_imports()
+
+
+def test_every_package_has_a_rank() -> None:
+    packages = {_package_of(_module_name(path)) for path in PACKAGE_ROOT.rglob("*.py")}
+    assert packages - RANKS.keys() == set(), "add the new package to RANKS and the docs"
+
+
+def test_no_module_imports_a_higher_or_sibling_layer() -> None:
+    upward = [
+        f"{module}:{line} imports {target} ({_package_of(module)} rank "
+        f"{RANKS[_package_of(module)]} -> {package} rank {RANKS[package]})"
+        for module, line, target, package in IMPORTS
+        if package != _package_of(module) and RANKS[package] >= RANKS[_package_of(module)]
+    ]
+    assert upward == []
+
+
+def test_domain_imports_nothing_of_tracker_outside_domain() -> None:
+    outside = [
+        f"{module}:{line} imports {target}"
+        for module, line, target, package in IMPORTS
+        if _package_of(module) == "domain" and package != "domain"
+    ]
+    assert outside == []
+
+
+def test_only_entry_points_import_sim() -> None:
+    importers = [
+        f"{module}:{line} imports {target}"
+        for module, line, target, package in IMPORTS
+        if package == "sim" and _package_of(module) not in SIM_IMPORTERS
+    ]
+    assert importers == []
+
+
+def test_no_import_cycle_between_packages() -> None:
+    edges: dict[str, set[str]] = {}
+    for module, _line, _target, package in IMPORTS:
+        if package != _package_of(module):
+            edges.setdefault(_package_of(module), set()).add(package)
+    cycles = []
+    for start in sorted(edges):
+        # Depth-first search for a path from one of start's imports back to start.
+        stack = [(next_package, [start, next_package]) for next_package in sorted(edges[start])]
+        seen: set[str] = set()
+        while stack:
+            package, path = stack.pop()
+            if package == start:
+                cycles.append(" -> ".join(path))
+                break
+            if package in seen:
+                continue
+            seen.add(package)
+            stack.extend((after, [*path, after]) for after in sorted(edges.get(package, ())))
+    assert cycles == []
+
+
+@pytest.mark.parametrize("package", sorted(RANKS))
+def test_rank_table_is_documented(package: str) -> None:
+    architecture = (PACKAGE_ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert f"`{package}`" in architecture
