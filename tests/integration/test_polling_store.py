@@ -93,21 +93,24 @@ def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_ca
     batch = batches[0]
     summary = poll_orders(batch.provider_id, batch.claim.claim_id, batch.claim.row_ids, settings=get_settings(), gateway=gateway)
     sim.clear_faults()
-    # The 5 calls run together (the provider has not failed lately): the sim answers the
-    # first two to arrive and fails the others (after the client's own retries).
-    assert (summary.asked, summary.applied, summary.error) == (450, 200, "HTTPError")
-    assert event_count() == 200
+    # The 5 calls (100, 100, 100, 100 and 50 IDs) run together (the provider has not failed
+    # lately): the sim answers the first two to arrive, whichever they are, and fails the
+    # others (after the client's own retries).
     with unit_of_work() as session:
         orders = session.scalars(select(Order).order_by(Order.id)).all()
         provider = session.scalars(select(Provider)).one()
-    assert all(order.claim_id is None for order in orders)
     answered_by_call = [
         {order.status is not None for order in orders[offset : offset + 100]} for offset in range(0, 450, 100)
     ]
-    # Whole calls' worth: two calls' rows.
+    # Whole calls' worth: two calls' rows, and nothing of the other three.
     assert sorted(tuple(answered) for answered in answered_by_call) == [(False,)] * 3 + [(True,)] * 2
+    answered = sum(1 for order in orders if order.status is not None)
+    assert answered in (150, 200)
+    assert (summary.asked, summary.applied, summary.error) == (450, answered, "HTTPError")
+    assert event_count() == answered
+    assert all(order.claim_id is None for order in orders)
     unanswered = [order for order in orders if order.status is None]
-    assert len(unanswered) == 250
+    assert len(unanswered) == 450 - answered
     assert all(order.next_poll_at > started for order in unanswered)
     assert provider.consecutive_failures == 1
     make_all_due()
