@@ -127,7 +127,7 @@ def statement_times(url: str) -> list[tuple[float, str]]:
     """Each SQL statement of one scrape, timed in this process (median of 5 runs)."""
     from sqlalchemy import event
 
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.config import get_settings
     from tracker.db.session import get_engine, unit_of_work
     from tracker.ops.exporter import read_snapshot

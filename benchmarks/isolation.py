@@ -66,10 +66,10 @@ WORKER_COMMAND = [sys.executable, "-m", "celery", "-A", "tracker", "worker", "--
 
 
 def register(database_url: str, name: str, sim_url: str, ids: list[int], rate_limit: float) -> None:
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.config import get_settings
-    from tracker.usecases.enqueue import track_orders
-    from tracker.usecases.providers import ProviderSpec, upsert_provider
+    from tracker.orders.enqueue import track_orders
+    from tracker.providers.registry import ProviderSpec, upsert_provider
 
     with unit_of_work(database_url) as session:
         upsert_provider(session, ProviderSpec(name, sim_url, API_KEY, rate_limit=rate_limit), get_settings(), utcnow())

@@ -110,7 +110,7 @@ STATEMENTS: StatementCPU | None = None
 
 
 def one_round(database_url: str, fresh: bool, profiler: cProfile.Profile | None) -> tuple[float, float, float, int]:
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.polling.engine import poll_batch
     from tracker.polling.orders import ORDERS
     from tracker.polling.dispatch import PollWork, claim_all

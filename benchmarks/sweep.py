@@ -191,10 +191,10 @@ def cpu_by_program() -> dict[str, float]:
 
 
 def register(database_url: str, sim_url: str, ids: list[int], rate_limit: float) -> float:
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.config import get_settings
-    from tracker.usecases.enqueue import track_orders
-    from tracker.usecases.providers import ProviderSpec, upsert_provider
+    from tracker.orders.enqueue import track_orders
+    from tracker.providers.registry import ProviderSpec, upsert_provider
 
     started = time.monotonic()
     with unit_of_work(database_url) as session:
@@ -261,7 +261,7 @@ def naive_seconds(sim_url: str, ids: list[int], concurrency: int) -> float:
 
 def claim_query_ms(database_url: str, extra_events: int) -> float:
     """Median time of the dispatcher's claim query for 100 due orders, rolled back."""
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.db.claims import claim_due
 
     engine = get_engine(database_url)
@@ -356,10 +356,10 @@ def database_floor_seconds(kind: str, work: Path, sim_url: str, orders: int, con
     the same bulk statements, ``batch`` rows per statement and one transaction per batch, at the
     given concurrency; no HTTP, no Celery. On a throwaway database of its own with N
     orders, all held by one claim."""
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.config import get_settings
     from tracker.db.bulk import insert_rows, update_rows
-    from tracker.usecases.providers import ProviderSpec, upsert_provider
+    from tracker.providers.registry import ProviderSpec, upsert_provider
 
     floor_dir = work / "database-floor"
     floor_dir.mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
 from tracker.provider.client import ProviderClient  # noqa: E402
 from tracker.provider.errors import ProviderTimeout  # noqa: E402
-from tracker.ratelimit import ARRIVAL_MARGIN, RateLimiter  # noqa: E402
+from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter  # noqa: E402
 from tracker.sim import SimAdmin, SimServer  # noqa: E402
 
 KEY = "bench-key-timing-7c1e"

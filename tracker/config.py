@@ -169,11 +169,11 @@ class Settings:
     # hours inside the guarantee window. None: off.
     auto_refill_hours: float | None = None
     auto_refill_scan_interval: float = 60.0
-    # Dotted path of the count probe callable (see tracker.probes). None: no probe.
+    # Dotted path of the count probe callable (see tracker.refills.count_source). None: no probe.
     count_probe: str | None = None
     count_probe_interval: float = 3600.0
     catalog_sync_interval: float = 86400.0
-    # Events to the shop (see tracker.usecases.outbox). No URL and no task: no events.
+    # Events to the shop (see tracker.outbox.delivery). No URL and no task: no events.
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = 10.0

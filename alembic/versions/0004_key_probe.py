@@ -19,7 +19,7 @@ down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# What tracker.usecases.provider_health wrote as the reason before this revision.
+# What tracker.providers.health wrote as the reason before this revision.
 KEY_PAUSE_REASON = "the provider rejected the API key"
 
 

@@ -24,7 +24,7 @@ from tracker.db.session import unit_of_work
 from tracker.polling.dispatch import AttemptWork, PollWork, claim_all
 from tracker.polling.engine import PollSummary, poll_batch
 from tracker.polling.orders import ORDERS
-from tracker.usecases.gateway import Gateway
+from tracker.providers.gateway import Gateway
 
 
 def add_provider(name: str, url: str, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:

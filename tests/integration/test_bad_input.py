@@ -24,7 +24,7 @@ from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
 from tracker.db.models import Drop, Order, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.ids import MAX_ORDER_ID
+from tracker.core.ids import MAX_ORDER_ID
 from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration

@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.integration.helpers import add_provider
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Provider, Service
 from tracker.db.session import unit_of_work
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL, SERVICE_LIKES_PLAIN
 from tracker.sim.server import SimServer
-from tracker.usecases.catalog import sync_due_catalogs
-from tracker.usecases.gateway import Gateway
+from tracker.providers.catalog import sync_due_catalogs
+from tracker.providers.gateway import Gateway
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import (
     AnswerTooLarge,

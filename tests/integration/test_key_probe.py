@@ -28,7 +28,7 @@ from tracker.cli.main import main as tracker_cli
 from tracker.config import reset_settings
 from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.health import key_probe_delay
+from tracker.core.health import key_probe_delay
 from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration

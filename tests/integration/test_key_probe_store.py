@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import select
 
 from tests.integration.helpers import add_provider
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings, get_settings
 from tracker.db.migrate import script_location
 from tracker.db.models import OutboxEvent, Provider
@@ -24,10 +24,10 @@ from tracker.db.session import get_engine, unit_of_work
 from tracker.db.types import UTCDateTime
 from tracker.provider.errors import InvalidKey
 from tracker.sim.server import SimServer
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.key_probe import ProbeOutcome, claim_due_probes, probe_due_keys, probe_key
-from tracker.usecases.provider_health import record_failure
-from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.providers.gateway import Gateway
+from tracker.providers.key_probe import ProbeOutcome, claim_due_probes, probe_due_keys, probe_key
+from tracker.providers.health import record_failure
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 

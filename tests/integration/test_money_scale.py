@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.tracking import OrderState, apply_observation
+from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.orders import state_of
 from tracker.provider import parsing
 from tracker.provider.types import OrderReport

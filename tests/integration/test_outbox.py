@@ -16,13 +16,13 @@ from tests.integration.helpers import add_provider, print_figures, running_track
 from tests.support.processes import wait_until
 from tests.support.shop_endpoint import ShopEndpoint
 from tracker.cli.main import main as tracker_cli
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings, reset_settings
 from tracker.db.models import Order, OutboxEvent
 from tracker.db.session import unit_of_work
-from tracker.domain.events import NewEvent
-from tracker.usecases.enqueue import track_orders
-from tracker.usecases.outbox import Sinks, claim_due_events, deliver_claimed, record_events
+from tracker.core.events import NewEvent
+from tracker.orders.enqueue import track_orders
+from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed, record_events
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from tracker.config import get_settings, reset_settings
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
 from tracker.provider.errors import InsecureProviderURL
-from tracker.secrets import encrypt_api_key, key_hint
+from tracker.providers.secrets import encrypt_api_key, key_hint
 from tracker.sim import SimServer
-from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.providers.gateway import Gateway, ProviderAccess
 
 pytestmark = pytest.mark.integration
 

@@ -15,15 +15,15 @@ from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import order_polls, poll_orders
 from tests.support.processes import wait_until
 from tracker.polling.dispatch import PollWork
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.claims import claim_due
 from tracker.db.models import Order, OrderEvent, Provider
 from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
-from tracker.usecases.enqueue import track_orders
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.orders.enqueue import track_orders
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_one_task_polls_several_calls_worth_and_keeps_answers_before_a_failed_ca
 def test_an_unexpected_error_gives_the_orders_back_and_is_raised(sim: SimServer, tracker_env: dict[str, str]) -> None:
     import redis
 
-    from tracker.ratelimit import RateLimiter
+    from tracker.providers.ratelimit import RateLimiter
 
     register(sim, 150)
     # A rate limiter whose Redis is down: not a provider failure, but the call cannot go.

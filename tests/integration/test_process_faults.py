@@ -26,7 +26,7 @@ from tests.support.processes import wait_until
 from tracker.config import reset_settings
 from tracker.db.models import Order, OrderEvent
 from tracker.db.session import unit_of_work
-from tracker.domain.scheduling import JITTER
+from tracker.core.scheduling import JITTER
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.sim.server import SimServer
 from tracker.polling.dispatch import FILL_HORIZON_SHARE

@@ -22,16 +22,16 @@ from sqlalchemy import select, update
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import order_polls, poll_orders
-import tracker.clock
+import tracker.core.clock
 from tracker.cli.main import main as tracker_cli
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Order, OrderEvent, Provider
 from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
-from tracker.usecases.enqueue import track_orders
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.orders.enqueue import track_orders
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +148,7 @@ def test_a_worker_whose_clock_runs_ahead_freezes_nothing(
 ) -> None:
     ids = register(sim, 20, pending_s=60, progress_s=10**6)
     with monkeypatch.context() as skewed:
-        skewed.setattr(tracker.clock, "datetime", _HourAhead)
+        skewed.setattr(tracker.core.clock, "datetime", _HourAhead)
         poll_all_due(gateway)
     assert statuses() == ["Pending"] * 20
     sim.advance(120)

@@ -14,7 +14,7 @@ import redis
 
 from tests.conftest import TEST_API_KEY
 from tracker.provider.client import ProviderClient
-from tracker.ratelimit import ARRIVAL_MARGIN, RateLimiter
+from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter
 from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_two_limiters_reserve_slots_exactly_one_spacing_apart(
     The limiter's sleep is recorded instead of slept, so the callers ask much faster than
     the rate and every call but the first has to wait: no machine is too slow for that."""
     slept: list[float] = []
-    monkeypatch.setattr("tracker.ratelimit.time.sleep", slept.append)
+    monkeypatch.setattr("tracker.providers.ratelimit.time.sleep", slept.append)
     limiters = [RateLimiter.from_url(broker_url), RateLimiter.from_url(broker_url)]
     reader = redis.Redis.from_url(broker_url)
     spacing_us = int(1_000_000 * (1 + ARRIVAL_MARGIN) / RATE)

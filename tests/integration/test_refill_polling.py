@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import order_polls, poll_orders
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Order, Provider, Refill
 from tracker.db.session import unit_of_work
@@ -22,9 +22,9 @@ from tracker.polling.dispatch import PollWork, claim_all
 from tracker.polling.engine import poll_batch
 from tracker.polling.refills import REFILLS
 from tracker.sim.server import SimServer
-from tracker.usecases.enqueue import track_orders
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.orders.enqueue import track_orders
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 

@@ -30,18 +30,18 @@ from sqlalchemy.exc import OperationalError
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import order_polls, poll_orders, print_figures, refill_attempts
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings, get_settings
 from tracker.db.models import RefillRequest
 from tracker.db.session import dispose_engines, unit_of_work
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL as REFILL
 from tracker.sim.server import SimServer
-from tracker.usecases.catalog import sync_due_catalogs
-from tracker.usecases.enqueue import track_orders
-from tracker.ratelimit import RateLimiter
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.providers import ProviderSpec, upsert_provider
-from tracker.usecases.refills import AnswerNotRecorded, attempt_refill, report_drop
+from tracker.providers.catalog import sync_due_catalogs
+from tracker.orders.enqueue import track_orders
+from tracker.providers.ratelimit import RateLimiter
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
+from tracker.refills.lifecycle import AnswerNotRecorded, attempt_refill, report_drop
 
 pytestmark = pytest.mark.integration
 

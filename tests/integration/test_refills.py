@@ -11,7 +11,7 @@ check below reads what it left, so one failed check does not hide the others:
 - a service without refill, and a closed guarantee window, get a drop record and no
   refill request (the CLI exits 1 with the reason);
 - a "too early" answer is retried (Celery countdown, back-off) and then accepted;
-- the count probe (``tracker.probes.sim_count_probe``) finds a drop nobody reported;
+- the count probe (``tracker.refills.count_source.sim_count_probe``) finds a drop nobody reported;
 - refill_status calls carry at most 100 IDs (120 refills due at once go as 100 + 20);
 - a provider that only answers single refill_status calls is learned and polled so;
 - the scheduled policy (auto-refill) requests a refill by itself;
@@ -49,7 +49,7 @@ from tests.support import processes
 from tests.support.deployment import ALL_DATABASES, module_deployment
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings, get_settings
 from tracker.db.models import (
     CancelRequest,
@@ -75,11 +75,11 @@ from tracker.sim.catalog import (
     SERVICE_VIEWS_REFILL as REFILL_ONLY,
 )
 from tracker.sim.server import SimServer
-from tracker.usecases.enqueue import track_orders
-from tracker.usecases.gateway import Gateway
-from tracker.usecases.providers import ProviderSpec, upsert_provider
-from tracker.usecases.refills import AttemptReport, attempt_refill, report_drop
-from tracker.usecases.views import order_detail
+from tracker.orders.enqueue import track_orders
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
+from tracker.refills.lifecycle import AttemptReport, attempt_refill, report_drop
+from tracker.orders.views import order_detail
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ FINAL_REFILL = ("Completed", "Rejected", "Canceled", "Not found")
 REFILL_ENV = {
     "TRACKER_REFILL_RETRY_BASE": "1",
     "TRACKER_REFILL_RETRY_CAP": "2",
-    "TRACKER_COUNT_PROBE": "tracker.probes.sim_count_probe",
+    "TRACKER_COUNT_PROBE": "tracker.refills.count_source.sim_count_probe",
     "TRACKER_COUNT_PROBE_INTERVAL": "1",
     "TRACKER_AUTO_REFILL_SCAN_INTERVAL": "1",
 }
@@ -632,7 +632,7 @@ def stepper(tracker_env: dict[str, str]) -> Iterator[tuple[SimServer, Gateway]]:
             )
             upsert_provider(session, spec, get_settings(), utcnow())
         gateway = Gateway(get_settings(), rate_limiter=None)
-        from tracker.usecases.catalog import sync_due_catalogs
+        from tracker.providers.catalog import sync_due_catalogs
 
         assert sync_due_catalogs(get_settings(), gateway, utcnow())[0].services == 5
         yield sim, gateway

@@ -311,7 +311,7 @@ def test_keys_at_rest_are_encrypted(tracker_env: dict[str, str], tmp_path: Path)
     assert not find_leaks({"providers row": repr(rows)}, LEAK_KEY)
     # What is stored is the key, encrypted: it decrypts with TRACKER_SECRET_KEY.
     from tracker.config import get_settings
-    from tracker.secrets import decrypt_api_key
+    from tracker.providers.secrets import decrypt_api_key
 
     reset_settings()
     with unit_of_work() as session:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tracker.domain.status import normalize_order_status
+from tracker.core.status import normalize_order_status
 from tracker.sim import SimAdmin, SimServer
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import add_provider, count_orders, running_tracker, shop_client
 from tests.support.databases import SERVER_DATABASES
 from tests.support.processes import wait_until
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import dispose_engines, unit_of_work
@@ -29,7 +29,7 @@ from tracker.metrics import CallMetrics
 from tracker.ops.bundled_redis import free_port
 from tracker.provider.client import CallRecord
 from tracker.sim.server import SimServer
-from tracker.usecases.gateway import Gateway, ProviderAccess
+from tracker.providers.gateway import Gateway, ProviderAccess
 
 pytestmark = pytest.mark.integration
 

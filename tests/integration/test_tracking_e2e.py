@@ -25,7 +25,7 @@ from tests.support.processes import wait_until
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
-from tracker.usecases.views import order_detail
+from tracker.orders.views import order_detail
 
 pytestmark = pytest.mark.integration
 

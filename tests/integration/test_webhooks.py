@@ -20,7 +20,7 @@ from tests.support.processes import wait_until
 from tracker.db.models import Order, OrderEvent, OutboxEvent
 from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
-from tracker.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
 pytestmark = pytest.mark.integration
 
@@ -140,12 +140,12 @@ def test_alerts_low_balance_once_and_a_rejected_key(
 ) -> None:
     from decimal import Decimal
 
-    from tracker.clock import utcnow
+    from tracker.core.clock import utcnow
     from tracker.config import get_settings, reset_settings
     from tracker.db.models import Provider
     from tests.integration.helpers import order_polls, poll_orders
-    from tracker.usecases.catalog import check_balances
-    from tracker.usecases.gateway import Gateway
+    from tracker.providers.catalog import check_balances
+    from tracker.providers.gateway import Gateway
 
     monkeypatch.setenv("TRACKER_WEBHOOK_URL", "http://127.0.0.1:9/unused")
     monkeypatch.setenv("TRACKER_WEBHOOK_SECRET", SECRET)
@@ -168,7 +168,7 @@ def test_alerts_low_balance_once_and_a_rejected_key(
         assert len(alerts("provider.balance_low")) == 1, "still low: no second alert"
 
         with unit_of_work() as session:
-            from tracker.usecases.enqueue import track_orders
+            from tracker.orders.enqueue import track_orders
 
             track_orders(session, "panel", sim.seed_orders(count=3, service=1), now=utcnow())
         sim.set_config(api_key="rotated-by-the-panel")

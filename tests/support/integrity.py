@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tests.integration.helpers import check_history_against_truth
 from tracker.db.models import Order, OrderEvent, Provider
 from tracker.db.session import unit_of_work
-from tracker.usecases.views import order_detail
+from tracker.orders.views import order_detail
 
 _EVENT_FIELDS = ("to_status", "raw_status", "remains", "charge", "start_count")
 

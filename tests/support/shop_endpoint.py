@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from tracker.webhooks import EVENT_ID_HEADER
+from tracker.outbox.webhooks import EVENT_ID_HEADER
 
 
 @dataclass(frozen=True, slots=True)

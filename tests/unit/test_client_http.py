@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient, parse_retry_after
 from tracker.provider.errors import (
     HTTPError,

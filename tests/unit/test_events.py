@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from tracker.domain.events import order_transition, refund_share
-from tracker.domain.status import OrderStatus
-from tracker.domain.tracking import Transition
-from tracker.webhooks import sign, verify_signature
+from tracker.core.events import order_transition, refund_share
+from tracker.core.status import OrderStatus
+from tracker.core.tracking import Transition
+from tracker.outbox.webhooks import sign, verify_signature
 
 NOW = 1_800_000_000
 

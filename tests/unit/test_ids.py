@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.domain.ids import NotTextError, iter_id_tokens, parse_order_id, parse_order_ids, split_id_text
+from tracker.core.ids import NotTextError, iter_id_tokens, parse_order_id, parse_order_ids, split_id_text
 
 
 @pytest.mark.parametrize("raw", [1, "1", " 42 ", "9223372036854775807", 9223372036854775807])

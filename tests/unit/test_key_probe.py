@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tracker.config import ConfigError, Settings
-from tracker.domain.health import key_probe_delay
+from tracker.core.health import key_probe_delay
 
 
 def test_key_probes_start_after_a_minute_and_double_up_to_thirty_minutes() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.provider import parsing
 from tracker.provider.errors import (
     IncorrectRequest,

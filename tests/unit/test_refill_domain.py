@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.domain.refills import (
+from tracker.core.refills import (
     Accepted,
     AttemptOutcome,
     Decision,
@@ -35,7 +35,7 @@ from tracker.domain.refills import (
     refill_eligibility,
     window_days,
 )
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.provider.errors import (
     HTTPError,
     IncorrectRequest,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from tracker.domain.health import OPEN_CAP_SECONDS, CircuitState, Health, after_failure, after_rate_limited, batches_per_tick
-from tracker.domain.scheduling import draw_jitter, failure_backoff, poll_delay
+from tracker.core.health import OPEN_CAP_SECONDS, CircuitState, Health, after_failure, after_rate_limited, batches_per_tick
+from tracker.core.scheduling import draw_jitter, failure_backoff, poll_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

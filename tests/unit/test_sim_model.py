@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.sim.catalog import DEFAULT_CATALOG, catalog_by_id
 from tracker.sim.model import (
     OrderBatch,

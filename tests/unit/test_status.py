@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tracker.domain.status import (
+from tracker.core.status import (
     FINAL_ORDER_STATUSES,
     FINAL_REFILL_STATUSES,
     RAW_STATUS_MAX_LENGTH,

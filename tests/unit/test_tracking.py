@@ -8,8 +8,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.domain.status import OrderStatus
-from tracker.domain.tracking import OrderState, apply_observation
+from tracker.core.status import OrderStatus
+from tracker.core.tracking import OrderState, apply_observation
 from tracker.provider.types import ItemError, OrderReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -48,7 +48,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def _resend(args: argparse.Namespace) -> int:
-    from tracker.usecases.outbox import resend_events, sink_configured
+    from tracker.outbox.delivery import resend_events, sink_configured
 
     now = utcnow()
     since: datetime | None = None

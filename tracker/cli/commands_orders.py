@@ -14,8 +14,8 @@ from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar, stderr_is_terminal
-from tracker.clock import utcnow
-from tracker.domain.ids import NotTextError, iter_id_tokens, parse_order_id
+from tracker.core.clock import utcnow
+from tracker.core.ids import NotTextError, iter_id_tokens, parse_order_id
 
 # IDs per transaction when reading a file: memory stays flat for a million-line file.
 TRACK_CHUNK = 10_000
@@ -105,7 +105,7 @@ def _file_size(path: str | None) -> int | None:
 
 
 def _track(args: argparse.Namespace) -> int:
-    from tracker.usecases.enqueue import TrackResult, track_orders
+    from tracker.orders.enqueue import TrackResult, track_orders
 
     if not args.ids and args.file is None:
         raise CLIError("give order IDs as arguments or with --file", 2)
@@ -147,8 +147,8 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _orders(args: argparse.Namespace) -> int:
-    from tracker.usecases.enqueue import provider_by_name
-    from tracker.usecases.views import list_orders
+    from tracker.providers.registry import provider_by_name
+    from tracker.orders.views import list_orders
 
     with database(read_only=True) as session:
         if args.provider is not None:
@@ -172,8 +172,8 @@ def _order(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from tracker.db.models import Order
-    from tracker.usecases.enqueue import provider_by_name
-    from tracker.usecases.views import order_detail
+    from tracker.providers.registry import provider_by_name
+    from tracker.orders.views import order_detail
 
     try:
         external_id = parse_order_id(args.order_id)
@@ -203,7 +203,7 @@ def _order(args: argparse.Namespace) -> int:
 
 
 def _reopen(args: argparse.Namespace) -> int:
-    from tracker.usecases.reopen import reopen_by_status, reopen_orders
+    from tracker.orders.reopen import reopen_by_status, reopen_orders
 
     if bool(args.ids) == bool(args.status):
         raise CLIError("give the order IDs to reopen, or --status 'Not found', not both", 2)

@@ -11,7 +11,7 @@ from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _add(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from tracker.db.models import Provider
-    from tracker.usecases.providers import ProviderSpec, upsert_provider
+    from tracker.providers.registry import ProviderSpec, upsert_provider
 
     with database() as session:
         exists = session.scalar(select(Provider.id).where(Provider.name == args.name)) is not None
@@ -91,7 +91,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def provider_view(provider: Provider, services: int) -> dict[str, Any]:
-    from tracker.usecases.views import iso, money
+    from tracker.orders.views import iso, money
 
     return {
         "name": provider.name,
@@ -162,9 +162,9 @@ def _state(view: dict[str, Any]) -> str:
 
 def _sync(args: argparse.Namespace) -> int:
     from tracker.provider.client import ProviderClient
-    from tracker.usecases.catalog import distinct_services, store_balance, store_catalog
-    from tracker.usecases.enqueue import provider_by_name
-    from tracker.usecases.gateway import ProviderAccess, refuse_plain_http
+    from tracker.providers.catalog import distinct_services, store_balance, store_catalog
+    from tracker.providers.registry import provider_by_name
+    from tracker.providers.gateway import ProviderAccess, refuse_plain_http
 
     settings = get_settings()
     with database() as session:

@@ -8,7 +8,7 @@ from typing import Any
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import get_settings
 
 
@@ -63,7 +63,7 @@ def register(commands: Any) -> None:
 
 
 def _report_drop(args: argparse.Namespace) -> int:
-    from tracker.usecases.refills import UnknownOrder, report_drop
+    from tracker.refills.lifecycle import UnknownOrder, report_drop
 
     try:
         with database() as session:
@@ -79,9 +79,9 @@ def _report_drop(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from tracker.ratelimit import RateLimiter
-    from tracker.usecases.cancel import ACCEPTED, cancel_orders
-    from tracker.usecases.gateway import Gateway
+    from tracker.providers.ratelimit import RateLimiter
+    from tracker.orders.cancel import ACCEPTED, cancel_orders
+    from tracker.providers.gateway import Gateway
 
     settings = get_settings()
     # The workers' shared rate limit applies to the operator's calls too.
@@ -134,7 +134,8 @@ def _refill_policy(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from tracker.db.models import Service
-    from tracker.usecases.enqueue import parse_positive, provider_by_name
+    from tracker.orders.enqueue import parse_positive
+    from tracker.providers.registry import provider_by_name
 
     days_given, days = _override(args.refill_days, "--refill-days", int)
     hours_given, hours = _override(args.auto_refill_hours, "--auto-refill-hours", float)

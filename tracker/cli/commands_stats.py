@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracker.cli.db import database
 from tracker.cli.output import print_json, print_table
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tracker.usecases.stats import provider_stats
+    from tracker.ops.stats import provider_stats
 
     settings = get_settings()
     metrics = call_metrics(settings)

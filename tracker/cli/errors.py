@@ -14,9 +14,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
     from tracker.config import ConfigError
     from tracker.provider.errors import ProviderError
-    from tracker.secrets import SecretKeyError
-    from tracker.usecases.enqueue import UnknownProvider
-    from tracker.usecases.providers import ProviderConfigError
+    from tracker.providers.secrets import SecretKeyError
+    from tracker.providers.registry import ProviderConfigError, UnknownProvider
 
     return (
         ConfigError,

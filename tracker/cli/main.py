@@ -7,7 +7,7 @@ rule keeps it so, in every ``commands_*`` module:
 
 - at the top of the module, only what ``register()`` needs: the standard library and
   the light tracker modules (``tracker.cli.errors``/``output``/``db``/``progress``,
-  ``tracker.config``, ``tracker.clock``, ``tracker.domain.*``);
+  ``tracker.config``, ``tracker.core.clock``, ``tracker.core.*``);
 - every handler (and helper) imports its heavy dependencies (SQLAlchemy, the models,
   ``tracker.usecases.*``, Redis, the provider client, ``tracker.ops.*``) in its first
   lines; names needed only in annotations come under ``if TYPE_CHECKING:``.

@@ -74,7 +74,7 @@ class Provider(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     api_url: Mapped[str] = mapped_column(String(2048))
-    # Fernet token; see tracker.secrets. The plain key never touches the database.
+    # Fernet token; see tracker.providers.secrets. The plain key never touches the database.
     api_key_encrypted: Mapped[str] = mapped_column(Text)
     key_hint: Mapped[str] = mapped_column(String(16))
     batch_size: Mapped[int] = mapped_column(Integer, default=100)
@@ -101,7 +101,7 @@ class Provider(Base):
     # None: TRACKER_REFILL_COOLDOWN_HOURS decides.
     refill_cooldown_hours: Mapped[float | None] = mapped_column(Real)
     # Set only while the provider is paused because it rejected the API key: when its key
-    # is next probed (see tracker.usecases.key_probe). NULL for any other pause, which
+    # is next probed (see tracker.providers.key_probe). NULL for any other pause, which
     # therefore never ends by itself.
     key_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Probes rejected since the pause: the back-off's exponent.

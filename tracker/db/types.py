@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, DateTime, Dialect, Float, Integer, Numeric, S
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from tracker.domain.money import MONEY_PRECISION, MONEY_SCALE
+from tracker.core.money import MONEY_PRECISION, MONEY_SCALE
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -51,7 +51,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Money(TypeDecorator[Decimal]):
     """Exact decimals. SQLite would store NUMERIC as a float, so there it is text.
 
-    The scale is ``tracker.domain.money``'s, which the parser rounds answers to.
+    The scale is ``tracker.core.money``'s, which the parser rounds answers to.
     """
 
     impl = Numeric

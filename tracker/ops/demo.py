@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from sqlalchemy import func, select
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db import migrate
 from tracker.db.models import Drop, Order, OrderEvent, Refill, RefillEvent, RefillRequest, Service
@@ -38,7 +38,7 @@ from tracker.ops.demo_view import NOT_POLLED, DemoSnapshot, ProviderView, live_t
 from tracker.ops.runner import Child, beat_command, first_exited, spawn, start_broker, stop_children, worker_command
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL, SERVICE_LIKES_PLAIN, SERVICE_VIEWS_REFILL
 from tracker.sim.server import SimServer
-from tracker.usecases.providers import ProviderSpec, upsert_provider
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 DIALECTS = ("standard", "singles", "promobox")
 # (service, share of the orders): two services with refill, one without.

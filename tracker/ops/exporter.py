@@ -29,14 +29,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.health import CircuitState
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.health import CircuitState
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.metrics import CallMetrics, CallTotals
-from tracker.usecases.stats import (
+from tracker.ops.stats import (
     NOT_POLLED_YET,
     lag_limit,
     outbox_counts,

@@ -39,12 +39,12 @@ from tracker.config import Settings
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
-from tracker.domain.health import CircuitState, batches_per_tick
+from tracker.core.health import CircuitState, batches_per_tick
 from tracker.polling.capacity import CallBudgets, FreshBudgets
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
-from tracker.ratelimit import ARRIVAL_MARGIN
-from tracker.usecases.provider_health import base_interval, health_of
+from tracker.providers.ratelimit import ARRIVAL_MARGIN
+from tracker.providers.health import base_interval, health_of
 
 # Share of the poll interval by which a batch may poll rows early to fill itself up.
 FILL_HORIZON_SHARE = 0.2

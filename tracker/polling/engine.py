@@ -34,21 +34,21 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.events import NewEvent
-from tracker.domain.scheduling import draw_jitter, poll_delay
+from tracker.core.events import NewEvent
+from tracker.core.scheduling import draw_jitter, poll_delay
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import ProviderError, ProviderForgot
 from tracker.provider.types import ItemError
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_events, sink_configured
-from tracker.usecases.provider_health import base_interval, record_success, retry_delay_after
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.gateway import Gateway, ProviderAccess
+from tracker.outbox.delivery import record_events, sink_configured
+from tracker.providers.health import base_interval, record_success, retry_delay_after
 
 log = logging.getLogger("tracker.poll")
 

@@ -1,7 +1,7 @@
 """Orders as a polled kind: ``status`` calls with up to 100 IDs (``orders=``).
 
 The claimed rows are read with their state in one SELECT (Core, no ORM objects: this is
-the hot path), and judged by the pure state machine ``tracker.domain.tracking``.
+the hot path), and judged by the pure state machine ``tracker.core.tracking``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.bulk import id_in
 from tracker.db.models import Order, OrderEvent, Provider
-from tracker.domain.events import order_transition
-from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
-from tracker.domain.tracking import OrderState, apply_observation
+from tracker.core.events import order_transition
+from tracker.core.status import COMPLETION_STATUSES, OrderStatus
+from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.engine import ClaimedRow, Fetched, Observation
 from tracker.provider.client import ProviderClient
-from tracker.usecases.gateway import ProviderAccess
+from tracker.providers.gateway import ProviderAccess
 
 _orders = cast(Table, Order.__table__)
 

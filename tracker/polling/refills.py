@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.bulk import id_in
 from tracker.db.models import Order, Provider, Refill, RefillEvent
-from tracker.domain.events import refill_transition
-from tracker.domain.refills import RefillState, apply_refill_observation
-from tracker.domain.status import RefillStatus
+from tracker.core.events import refill_transition
+from tracker.core.refills import RefillState, apply_refill_observation
+from tracker.core.status import RefillStatus
 from tracker.polling.engine import ClaimedRow, Fetched, Observation
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import (
@@ -35,8 +35,8 @@ from tracker.provider.errors import (
     UnexpectedShape,
 )
 from tracker.provider.types import ItemError
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.gateway import ProviderAccess
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.gateway import ProviderAccess
 
 log = logging.getLogger("tracker.poll")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from tracker.domain.refills import AttemptOutcome
+from tracker.core.refills import AttemptOutcome
 from tracker.provider.errors import (
     IncorrectRequest,
     InsecureProviderURL,

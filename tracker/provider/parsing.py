@@ -20,7 +20,7 @@ or raises:
 What is tolerated, because real providers do it: numbers as JSON numbers or strings
 (``"157"``/``157``, ``"0.27819"``/``0.27819``; ``""`` and ``null`` are ``None``); money is
 parsed straight into ``Decimal`` (``parse_float=Decimal``), never through a float; status
-spellings (see ``tracker.domain.status``); a missing ``currency``; a negative ``remains``
+spellings (see ``tracker.core.status``); a missing ``currency``; a negative ``remains``
 (kept: the domain decides what it means); refill IDs as ``1`` or ``"1"`` (always ``"1"``);
 ``refill_status`` answered as ``{"status": ...}`` or ``{"refill": ...}``; batch answers as
 an object keyed by ID or as a list of objects carrying the ID; errors nested in batch
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from tracker.domain.money import MONEY_LIMIT, to_stored_scale
-from tracker.domain.status import (
+from tracker.core.money import MONEY_LIMIT, to_stored_scale
+from tracker.core.status import (
     OrderStatus,
     RefillStatus,
     CURRENCY_MAX_LENGTH,

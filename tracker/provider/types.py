@@ -12,8 +12,8 @@ from decimal import Decimal
 
 # The reports are the domain's: its state machines read them. Re-exported here, where the
 # rest of a call's results live.
-from tracker.domain.reports import OrderReport as OrderReport
-from tracker.domain.reports import RefillReport as RefillReport
+from tracker.core.reports import OrderReport as OrderReport
+from tracker.core.reports import RefillReport as RefillReport
 from tracker.provider.messages import means_not_found
 
 

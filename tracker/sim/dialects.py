@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.sim.catalog import ServiceSpec
 from tracker.sim.model import SimOrderState
 

@@ -41,7 +41,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import NamedTuple
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.sim.catalog import ServiceSpec
 
 MONEY_QUANTUM = Decimal("0.00001")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 from tracker.sim import dialects as msg
 from tracker.sim.catalog import DEFAULT_CATALOG, ServiceSpec, catalog_by_id
 from tracker.sim.clock import SimClock

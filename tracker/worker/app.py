@@ -95,11 +95,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 app = Celery("tracker")
 app.conf.update(build_config())
+# Each slice keeps its tasks beside its code; listed in the pipeline's order.
 app.conf.include = [
-    "tracker.worker.tasks",
-    "tracker.worker.refill_tasks",
-    "tracker.worker.dispatch_tasks",
-    "tracker.worker.health_tasks",
+    "tracker.orders.tasks",
+    "tracker.polling.tasks",
+    "tracker.refills.tasks",
+    "tracker.providers.tasks",
+    "tracker.outbox.tasks",
 ]
 
 import tracker.worker.signals  # noqa: F401 - registers the worker hooks

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tracker.domain.scheduling import failure_backoff
-from tracker.domain.status import FINAL_ORDER_STATUSES, OrderStatus
-from tracker.domain.tracking import Transition
+from tracker.core.scheduling import failure_backoff
+from tracker.core.status import FINAL_ORDER_STATUSES, OrderStatus
+from tracker.core.tracking import Transition
 
 REFUNDABLE = frozenset({OrderStatus.PARTIAL, OrderStatus.CANCELED})
 MONEY_PLACES = Decimal("0.00000001")

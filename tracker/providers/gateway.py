@@ -22,9 +22,9 @@ from tracker.logs import register_secret
 from tracker.metrics import CallMetrics
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import InsecureProviderURL
-from tracker.ratelimit import RateLimiter
-from tracker.secrets import decrypt_api_key
-from tracker.usecases.providers import plain_http_refusal
+from tracker.providers.ratelimit import RateLimiter
+from tracker.providers.secrets import decrypt_api_key
+from tracker.providers.registry import plain_http_refusal
 
 
 log = logging.getLogger("tracker.gateway")
@@ -134,3 +134,21 @@ class Gateway:
             for _, client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+_shared_lock = threading.Lock()
+_shared: Gateway | None = None
+
+
+def shared_gateway(settings: Settings) -> Gateway:
+    """This process's gateway: one client pool per provider and the Redis rate limit,
+    shared by every task the process runs."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Gateway(
+                settings,
+                RateLimiter.from_url(settings.broker_url),
+                CallMetrics.from_url(settings.broker_url),
+            )
+        return _shared

@@ -21,18 +21,18 @@ import redis
 from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Order, Service
 from tracker.db.session import unit_of_work, write_with_retries
-from tracker.domain.ids import parse_order_ids
+from tracker.core.ids import parse_order_ids
 from tracker.provider.client import MAX_IDS_PER_CALL
 from tracker.provider.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
 from tracker.provider.types import CancelAccepted, CancelResult
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.enqueue import provider_by_name
-from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.provider_health import record_call
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.registry import provider_by_name
+from tracker.providers.gateway import Gateway, ProviderAccess
+from tracker.providers.health import record_call
 
 ACCEPTED = "accepted"
 REFUSED = "refused"

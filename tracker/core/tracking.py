@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from tracker.domain.reports import OrderReport, PerIdError
-from tracker.domain.status import FINAL_ORDER_STATUSES, OrderStatus
+from tracker.core.reports import OrderReport, PerIdError
+from tracker.core.status import FINAL_ORDER_STATUSES, OrderStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from tracker.domain.scheduling import doubling
+from tracker.core.scheduling import doubling
 
 OPEN_BASE_SECONDS = 30.0
 OPEN_CAP_SECONDS = 1800.0

@@ -12,17 +12,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Order, Provider
-from tracker.domain.ids import parse_order_id, parse_order_ids
+from tracker.core.ids import parse_order_id, parse_order_ids
+from tracker.providers.registry import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 INSERT_CHUNK = 2000
-
-
-class UnknownProvider(LookupError):
-    def __init__(self, name: str, known: Sequence[str]) -> None:
-        listing = ", ".join(sorted(known)) or "none yet; add one with `tracker provider add`"
-        super().__init__(f"unknown provider {name!r} (known providers: {listing})")
-        self.name = name
 
 
 @dataclass(slots=True)
@@ -41,15 +35,6 @@ class TrackResult:
         if self.duplicates:
             text += f", {self.duplicates} duplicates ignored"
         return text
-
-
-def provider_by_name(session: Session, name: object) -> Provider:
-    if not isinstance(name, str) or not name.strip():
-        raise UnknownProvider(repr(name), session.scalars(select(Provider.name)).all())
-    provider = session.scalar(select(Provider).where(Provider.name == name.strip()))
-    if provider is None:
-        raise UnknownProvider(name, session.scalars(select(Provider.name)).all())
-    return provider
 
 
 def parse_positive(name: str, raw: object) -> int | None:

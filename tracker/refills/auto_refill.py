@@ -17,8 +17,8 @@ from sqlalchemy import or_, select
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.refills import auto_refill_hours, next_auto_refill, window_days
-from tracker.usecases.refills import (
+from tracker.core.refills import auto_refill_hours, next_auto_refill, window_days
+from tracker.refills.lifecycle import (
     completed_orders,
     eligibility_of,
     open_request,

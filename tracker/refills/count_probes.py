@@ -21,13 +21,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.refills import expected_count, window_days
-from tracker.probes import CountProbe, ProbeTarget, load_count_probe
-from tracker.usecases.refills import (
+from tracker.core.refills import expected_count, window_days
+from tracker.refills.count_source import CountProbe, ProbeTarget, load_count_probe
+from tracker.refills.lifecycle import (
     completed_orders,
     eligibility_of,
     max_remains_seen,

@@ -17,9 +17,9 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Order, OrderEvent
-from tracker.domain.ids import parse_order_ids
-from tracker.domain.status import OrderStatus
-from tracker.usecases.enqueue import provider_by_name
+from tracker.core.ids import parse_order_ids
+from tracker.core.status import OrderStatus
+from tracker.providers.registry import provider_by_name
 
 REOPENABLE = OrderStatus.NOT_FOUND
 

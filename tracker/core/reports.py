@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from tracker.domain.status import OrderStatus, RefillStatus
+from tracker.core.status import OrderStatus, RefillStatus
 
 
 @dataclass(frozen=True, slots=True)

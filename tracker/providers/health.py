@@ -11,22 +11,22 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
-from tracker.domain.health import (
+from tracker.core.health import (
     Health,
     after_failure,
     after_rate_limited,
     key_probe_delay,
     rate_limit_wait,
 )
-from tracker.domain.scheduling import failure_backoff
+from tracker.core.scheduling import failure_backoff
 from tracker.provider.errors import (
     InvalidKey,
     ProviderError,
     ProviderRejected,
     RateLimited,
 )
-from tracker.ratelimit import RateLimitBusy, RateLimiter
-from tracker.usecases.outbox import record_provider_alert
+from tracker.providers.ratelimit import RateLimitBusy, RateLimiter
+from tracker.outbox.delivery import record_provider_alert
 
 log = logging.getLogger("tracker.health")
 
@@ -119,7 +119,7 @@ def _pause_for_rejected_key(
     session: Session, provider: Provider, error: InvalidKey, now: datetime, settings: Settings
 ) -> None:
     """Pause the provider and schedule the first probe of its key (see
-    ``tracker.usecases.key_probe``): some panels reject a good key for a moment."""
+    ``tracker.providers.key_probe``): some panels reject a good key for a moment."""
     provider.paused = True
     provider.paused_reason = KEY_PAUSE_REASON
     provider.key_probe_failures = 0

@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from tracker.domain.reports import PerIdError, RefillReport
-from tracker.domain.scheduling import failure_backoff
-from tracker.domain.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
+from tracker.core.reports import PerIdError, RefillReport
+from tracker.core.scheduling import failure_backoff
+from tracker.core.status import COMPLETION_STATUSES, FINAL_REFILL_STATUSES, OrderStatus, RefillStatus
 
 
 # --- eligibility ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tracker.db.models import (
     RefillEvent,
     RefillRequest,
 )
-from tracker.domain.refills import AMBIGUOUS_OUTCOMES
+from tracker.core.refills import AMBIGUOUS_OUTCOMES
 
 
 def iso(moment: datetime | None) -> str | None:

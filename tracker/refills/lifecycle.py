@@ -38,7 +38,7 @@ from sqlalchemy import Select, Table, false, func, or_, select, union
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tracker.clock import utcnow
+from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.clock import database_clock
 from tracker.db.models import (
@@ -52,8 +52,8 @@ from tracker.db.models import (
     Service,
 )
 from tracker.db.session import unit_of_work, write_with_retries
-from tracker.domain.ids import parse_order_id
-from tracker.domain.refills import (
+from tracker.core.ids import parse_order_id
+from tracker.core.refills import (
     ANSWER_UNKNOWN,
     SENT_OUTCOMES,
     Accepted,
@@ -70,13 +70,13 @@ from tracker.domain.refills import (
     refill_eligibility,
     window_days,
 )
-from tracker.domain.status import COMPLETION_STATUSES, OrderStatus
+from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.provider.errors import ProviderError, RateLimited
 from tracker.provider.messages import outcome_of_error
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.enqueue import provider_by_name
-from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.provider_health import record_call
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.registry import provider_by_name
+from tracker.providers.gateway import Gateway, ProviderAccess
+from tracker.providers.health import record_call
 
 log = logging.getLogger("tracker.refills")
 

@@ -3,7 +3,7 @@
 ``record_events`` is called inside the transaction that records the change, so an event
 exists if and only if its change was committed. Delivery happens later, from beat:
 ``claim_due_events`` leases due rows (the same claim pattern as polling), and
-``deliver_claimed`` POSTs each event, signed (see ``tracker.webhooks``), to
+``deliver_claimed`` POSTs each event, signed (see ``tracker.outbox.webhooks``), to
 TRACKER_WEBHOOK_URL, and/or sends it as a Celery task named TRACKER_EVENT_TASK. A 2xx
 marks it delivered; anything else retries with exponential back-off until
 TRACKER_WEBHOOK_RETRY_FOR after the event was recorded (see ``next_delivery_attempt``),
@@ -37,9 +37,9 @@ from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import unit_of_work
-from tracker.domain.events import NewEvent, next_delivery_attempt, provider_alert
+from tracker.core.events import NewEvent, next_delivery_attempt, provider_alert
 from tracker.provider.redact import excerpt
-from tracker.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger("tracker.outbox")
 

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillRequest
-from tracker.domain.health import CircuitState
+from tracker.core.health import CircuitState
 from tracker.metrics import CallCounts, CallMetrics
-from tracker.usecases.provider_health import base_interval, health_of
-from tracker.usecases.views import iso, money
+from tracker.providers.health import base_interval, health_of
+from tracker.orders.views import iso, money
 
 
 # How an order (or refill) the provider has not answered for yet is counted.

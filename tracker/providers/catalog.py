@@ -17,10 +17,10 @@ from tracker.db.models import Provider, Service
 from tracker.db.session import unit_of_work
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import Balance, CatalogService
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_provider_alert
-from tracker.usecases.provider_health import record_call
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.gateway import Gateway, ProviderAccess
+from tracker.outbox.delivery import record_provider_alert
+from tracker.providers.health import record_call
 
 log = logging.getLogger("tracker.catalog")
 

@@ -1,7 +1,7 @@
 """Probing the key of a provider paused because it rejected the API key.
 
 Some panels answer "Invalid API key" for a moment when their own database hiccups, so a
-rejected key pauses the provider (see ``tracker.usecases.provider_health``) but does not
+rejected key pauses the provider (see ``tracker.providers.health``) but does not
 stop it for good: when ``providers.key_probe_at`` is due, one ``balance`` call tries the
 stored key. It works: the provider resumes. "Invalid API key" again: the next probe waits
 twice as long (``key_probe_delay``), so a really bad key costs one call per probe
@@ -30,11 +30,11 @@ from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
 from tracker.provider.errors import InvalidKey, ProviderError
 from tracker.provider.types import Balance
-from tracker.ratelimit import RateLimitBusy
-from tracker.usecases.catalog import store_balance
-from tracker.usecases.gateway import Gateway, ProviderAccess
-from tracker.usecases.outbox import record_provider_alert
-from tracker.usecases.provider_health import next_probe_at
+from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.catalog import store_balance
+from tracker.providers.gateway import Gateway, ProviderAccess
+from tracker.outbox.delivery import record_provider_alert
+from tracker.providers.health import next_probe_at
 
 log = logging.getLogger("tracker.health")
 

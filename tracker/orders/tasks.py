@@ -1,0 +1,37 @@
+"""The shop's entry point: ``tracker.track_orders``, sent by name from any language.
+
+Thin, like every task: check the arguments, call ``enqueue.track_orders`` in one unit of
+work, log what was rejected. Arguments are IDs only (Flower shows them), never keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from tracker.core.clock import utcnow
+from tracker.db.session import unit_of_work
+from tracker.orders import enqueue
+from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+
+log = logging.getLogger("tracker.tasks")
+
+
+@shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS)
+def track_orders(
+    provider: str, order_ids: list[int | str], service: int | None = None, quantity: int | None = None
+) -> dict[str, Any]:
+    if not isinstance(order_ids, list | tuple):
+        raise InvalidTaskInput(
+            f"order_ids must be a list of order IDs, got {type(order_ids).__name__}"
+        )
+    with unit_of_work() as session:
+        result = enqueue.track_orders(
+            session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
+        )
+    for given, reason in result.rejected[:20]:
+        log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})
+    log.info("track_orders %s", result.describe(), extra={"provider": result.provider})
+    return {"added": result.added, "already_tracked": result.already_tracked, "rejected": len(result.rejected)}

@@ -1,0 +1,44 @@
+"""Outbox tasks: claim due events after their commit, then deliver each claimed batch.
+
+Arguments are row IDs only; the payloads stay in the database (Flower shows arguments).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import current_app, shared_task
+
+from tracker.config import get_settings
+from tracker.core.clock import utcnow
+from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
+from tracker.tasks import TrackerTask, enqueue_committed
+
+_sinks_lock = threading.Lock()
+_sinks: Sinks | None = None
+
+
+def sinks() -> Sinks:
+    """This process's sinks (the webhook session, the shop's event task)."""
+    global _sinks
+    with _sinks_lock:
+        if _sinks is None:
+            _sinks = Sinks(
+                get_settings(),
+                lambda name, args, queue: current_app.send_task(name, args=args, queue=queue),
+            )
+        return _sinks
+
+
+@shared_task(base=TrackerTask, name="tracker.dispatch_outbox")
+def dispatch_outbox() -> int:
+    return enqueue_committed(
+        claim_due_events(get_settings(), utcnow()),
+        lambda claim: deliver_events.delay(claim.claim_id, claim.row_ids),
+    )
+
+
+@shared_task(base=TrackerTask, name="tracker.deliver_events")
+def deliver_events(claim_id: int, event_ids: list[int]) -> dict[str, int]:
+    summary = deliver_claimed(claim_id, event_ids, sinks(), utcnow)
+    return {"delivered": summary.delivered, "retrying": summary.retrying, "failed": summary.failed}
