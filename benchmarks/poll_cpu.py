@@ -114,7 +114,7 @@ def one_round(database_url: str, fresh: bool, profiler: cProfile.Profile | None)
     from tracker.polling.engine import poll_batch
     from tracker.polling.orders import ORDERS
     from tracker.polling.dispatch import PollWork, claim_all
-    from tracker.worker.tasks import gateway
+    from tracker.providers.gateway import shared_gateway
 
     engine = get_engine(database_url)
     with engine.begin() as connection:
@@ -132,7 +132,7 @@ def one_round(database_url: str, fresh: bool, profiler: cProfile.Profile | None)
     claim_cpu = time.thread_time() - claim_cpu_before
     db_claim = backend_cpu(database_url) - db_before
     orders = sum(len(piece.claim.row_ids) for piece in work)
-    gate = gateway()
+    gate = shared_gateway(settings)
     db_before = backend_cpu(database_url)
     cpu_before = time.thread_time()
     if profiler is not None:
