@@ -62,3 +62,24 @@ def test_a_service_listed_twice_is_stored_once_as_its_last_listing(
             gateway.close()
         assert stored(SERVICE_FOLLOWERS_REFILL_CANCEL) == [("Instagram Sale", Decimal("0.70"))]
         assert result.services == 5, "services counts distinct services, not listings"
+
+
+def test_the_operators_sync_calls_through_the_workers_gateway(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tracker provider sync`` is the same sync as beat's: its calls are counted and go
+    through the shared rate limit (it once built a bare client that did neither)."""
+    import redis
+
+    from tracker.cli.main import main as tracker_cli
+    from tracker.metrics import OK, CallMetrics
+
+    with SimServer(dialect="standard", speed=1.0, seed=7) as sim:
+        add_provider("panel", sim.url, monkeypatch)
+        assert tracker_cli(["provider", "sync", "panel"]) == 0
+    with unit_of_work() as session:
+        provider_id = session.scalars(select(Provider.id).where(Provider.name == "panel")).one()
+    broker_url = get_settings().broker_url
+    totals = CallMetrics.from_url(broker_url).totals([provider_id])[provider_id]
+    assert totals.calls == {("services", OK): 1, ("balance", OK): 1}
+    assert redis.Redis.from_url(broker_url).exists(f"tracker:rate:{provider_id}")

@@ -161,33 +161,27 @@ def _state(view: dict[str, Any]) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from tracker.provider.client import ProviderClient
-    from tracker.providers.catalog import distinct_services, store_balance, store_catalog
+    from tracker.cli.gateway import operator_gateway
+    from tracker.providers.catalog import sync_catalog
+    from tracker.providers.gateway import ProviderAccess
     from tracker.providers.registry import provider_by_name
-    from tracker.providers.gateway import ProviderAccess, refuse_plain_http
 
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
-    refuse_plain_http(access, settings, "services")
     # Three steps: a big catalog takes a while to download, and longer to store.
-    with progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
-        with ProviderClient(access.api_url, access.api_key) as client:
-            bar.update(detail="fetching the services catalog")
-            entries = client.services()
-            bar.update(advance=1, detail="fetching the balance")
-            balance = client.balance()
-        bar.update(advance=1, detail=f"storing {len(entries)} services")
-        with database() as session:
-            provider = provider_by_name(session, args.name)
-            added = store_catalog(session, provider, entries, utcnow())
-            store_balance(session, settings, provider, balance, utcnow())
+    with operator_gateway(settings) as gateway, progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
+        steps = 0
+
+        def on_step(detail: str) -> None:
+            nonlocal steps
+            bar.update(advance=min(steps, 1), detail=detail)
+            steps += 1
+
+        result = sync_catalog(access, settings, gateway, utcnow(), on_step)
         bar.update(advance=1, detail="done")
-    entries = distinct_services(entries)[0]
-    with_refill = sum(1 for entry in entries if entry.refill)
-    with_cancel = sum(1 for entry in entries if entry.cancel)
     print(
-        f"{access.name}: {len(entries)} services ({added} new, {with_refill} with refill, "
-        f"{with_cancel} with cancel); balance {balance.amount} {balance.currency or ''}".rstrip()
+        f"{access.name}: {result.services} services ({result.added} new, {result.with_refill} with refill, "
+        f"{result.with_cancel} with cancel); balance {result.balance} {result.currency or ''}".rstrip()
     )
     return 0

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.core.clock import utcnow
 from tracker.config import get_settings
+
+if TYPE_CHECKING:
+    from tracker.refills.policy import Keep
+
+N = TypeVar("N", int, float)
 
 
 def register(commands: Any) -> None:
@@ -79,19 +85,12 @@ def _report_drop(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from tracker.providers.ratelimit import RateLimiter
+    from tracker.cli.gateway import operator_gateway
     from tracker.orders.cancel import ACCEPTED, cancel_orders
-    from tracker.providers.gateway import Gateway
 
     settings = get_settings()
-    # The workers' shared rate limit applies to the operator's calls too.
-    gateway = Gateway(settings, RateLimiter.from_url(settings.broker_url))
-    try:
-        lines = cancel_orders(
-            args.provider, args.ids, settings=settings, gateway=gateway
-        )
-    finally:
-        gateway.close()
+    with operator_gateway(settings) as gateway:
+        lines = cancel_orders(args.provider, args.ids, settings=settings, gateway=gateway)
     if args.json:
         print_json(
             [
@@ -111,14 +110,14 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0 if all(line.outcome == ACCEPTED for line in lines) else 1
 
 
-def _override(
-    text: str | None, name: str, parse: type[int | float]
-) -> tuple[bool, int | float | None]:
-    """(given, value): value None means 'inherit'."""
+def _override(text: str | None, name: str, parse: Callable[[str], N]) -> N | None | Keep:
+    """What an option asks for: KEEP when it was not given, None for 'inherit'."""
+    from tracker.refills.policy import KEEP
+
     if text is None:
-        return False, None
+        return KEEP
     if text.strip().lower() == "inherit":
-        return True, None
+        return None
     try:
         value = parse(text)
     except ValueError:
@@ -127,32 +126,25 @@ def _override(
         ) from None
     if value < 0:
         raise CLIError(f"{name} cannot be negative", 2)
-    return True, value
+    return value
 
 
 def _refill_policy(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from tracker.db.models import Service
+    from tracker.core.refills import window_days
     from tracker.orders.enqueue import parse_positive
-    from tracker.providers.registry import provider_by_name
+    from tracker.refills.policy import PolicyChange, UnknownService, set_provider_policy, set_service_policy
 
-    days_given, days = _override(args.refill_days, "--refill-days", int)
-    hours_given, hours = _override(args.auto_refill_hours, "--auto-refill-hours", float)
-    cooldown_given, cooldown = _override(args.cooldown_hours, "--cooldown-hours", float)
+    change = PolicyChange(
+        refill_days=_override(args.refill_days, "--refill-days", int),
+        auto_refill_hours=_override(args.auto_refill_hours, "--auto-refill-hours", float),
+        refill_cooldown_hours=_override(args.cooldown_hours, "--cooldown-hours", float),
+    )
     with database() as session:
-        provider = provider_by_name(session, args.provider)
         if args.service is None:
-            if days_given:
-                if days is None:
-                    raise CLIError(
-                        "a provider's --refill-days cannot inherit: give a number", 2
-                    )
-                provider.refill_days = int(days)
-            if hours_given:
-                provider.auto_refill_hours = hours
-            if cooldown_given:
-                provider.refill_cooldown_hours = cooldown
+            try:
+                provider = set_provider_policy(session, args.provider, change)
+            except ValueError as error:
+                raise CLIError(str(error), 2) from None
             print(
                 f"{provider.name}: guarantee window {provider.refill_days} days, auto-refill "
                 f"{_hours(provider.auto_refill_hours, 'TRACKER_AUTO_REFILL_HOURS')}, refill cool-down "
@@ -163,29 +155,15 @@ def _refill_policy(args: argparse.Namespace) -> int:
             service_id = parse_positive("service", args.service)
         except ValueError as error:
             raise CLIError(str(error), 2) from None
-        service = session.scalar(
-            select(Service).where(
-                Service.provider_id == provider.id, Service.service_id == service_id
-            )
-        )
-        if service is None:
-            raise CLIError(
-                f"service {service_id} is not in {provider.name}'s catalog (run `tracker provider sync`)"
-            )
-        if days_given:
-            service.refill_days = None if days is None else int(days)
-        if hours_given:
-            service.auto_refill_hours = hours
-        if cooldown_given:
-            service.refill_cooldown_hours = cooldown
-        window = (
-            service.refill_days
-            if service.refill_days is not None
-            else provider.refill_days
-        )
+        assert service_id is not None  # args.service is not None
+        try:
+            provider, service = set_service_policy(session, args.provider, service_id, change)
+        except UnknownService as error:
+            raise CLIError(str(error)) from None
         print(
             f"{provider.name} service {service.service_id}: refill {'yes' if service.refill else 'no'}, "
-            f"guarantee window {window} days, auto-refill {_hours(service.auto_refill_hours, 'the provider')}, "
+            f"guarantee window {window_days(service.refill_days, provider.refill_days)} days, "
+            f"auto-refill {_hours(service.auto_refill_hours, 'the provider')}, "
             f"refill cool-down {_cooldown(service.refill_cooldown_hours, 'the provider')}"
         )
     return 0

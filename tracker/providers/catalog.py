@@ -4,7 +4,7 @@ sync``) and from beat, about once per ``TRACKER_CATALOG_SYNC_INTERVAL``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -164,33 +164,50 @@ def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> li
         ]
     results: list[SyncResult] = []
     for access in due:
-        error: ProviderError | None = None
         try:
-            client = gateway.client(access)
-            entries = client.services()
-            balance = client.balance()
+            results.append(sync_catalog(access, settings, gateway, now))
         except RateLimitBusy:
             continue
         except ProviderError as failure:
-            error = failure
             log.warning("catalog sync failed: %s", failure, extra={"provider": access.name})
-        with unit_of_work() as session:
-            record_call(session, access.id, error, now, settings, gateway.rate_limiter)
-            if error is not None:
-                continue
-            provider = session.get_one(Provider, access.id)
-            added = store_catalog(session, provider, entries, now)
-            store_balance(session, settings, provider, balance, now)
-        entries = distinct_services(entries)[0]
-        results.append(
-            SyncResult(
-                provider=access.name,
-                services=len(entries),
-                added=added,
-                with_refill=sum(1 for entry in entries if entry.refill),
-                with_cancel=sum(1 for entry in entries if entry.cancel),
-                balance=balance.amount,
-                currency=balance.currency,
-            )
-        )
     return results
+
+
+def sync_catalog(
+    access: ProviderAccess,
+    settings: Settings,
+    gateway: Gateway,
+    now: datetime,
+    on_step: Callable[[str], None] = lambda _step: None,
+) -> SyncResult:
+    """Refresh one provider's catalog and balance through the gateway (shared rate limit,
+    call counting, the operator's timeouts): the one sync behind ``tracker provider sync``
+    and beat's ``tracker.sync_catalogs``. A provider's failure is recorded in its health
+    and raised (``ProviderError``); ``RateLimitBusy`` is raised with nothing recorded.
+    ``on_step`` hears each step by name (a big catalog takes a while to fetch and store)."""
+    try:
+        client = gateway.client(access)
+        on_step("fetching the services catalog")
+        entries = client.services()
+        on_step("fetching the balance")
+        balance = client.balance()
+    except ProviderError as failure:
+        with unit_of_work() as session:
+            record_call(session, access.id, failure, now, settings, gateway.rate_limiter)
+        raise
+    on_step(f"storing {len(entries)} services")
+    with unit_of_work() as session:
+        record_call(session, access.id, None, now, settings, gateway.rate_limiter)
+        provider = session.get_one(Provider, access.id)
+        added = store_catalog(session, provider, entries, now)
+        store_balance(session, settings, provider, balance, now)
+    unique = distinct_services(entries)[0]
+    return SyncResult(
+        provider=access.name,
+        services=len(unique),
+        added=added,
+        with_refill=sum(1 for entry in unique if entry.refill),
+        with_cancel=sum(1 for entry in unique if entry.cancel),
+        balance=balance.amount,
+        currency=balance.currency,
+    )

@@ -1,0 +1,43 @@
+"""The gateway for an operator's own provider calls (``tracker provider sync``,
+``tracker cancel``): the same client settings, shared Redis rate limit and call counting
+as the workers' calls, so an operator's command cannot push a provider over its limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from tracker.cli.errors import CLIError
+
+if TYPE_CHECKING:
+    from tracker.config import Settings
+    from tracker.providers.gateway import Gateway
+
+
+@contextmanager
+def operator_gateway(settings: Settings) -> Iterator[Gateway]:
+    import redis
+
+    from tracker.metrics import CallMetrics
+    from tracker.providers.gateway import Gateway
+    from tracker.providers.ratelimit import RateLimitBusy, RateLimiter
+
+    gateway = Gateway(
+        settings, RateLimiter.from_url(settings.broker_url), CallMetrics.from_url(settings.broker_url)
+    )
+    try:
+        yield gateway
+    except redis.RedisError as error:
+        # The URL may hold a password: name the setting, not its value.
+        raise CLIError(
+            f"cannot reach Redis at TRACKER_BROKER_URL ({type(error).__name__}); the shared "
+            "rate limit lives there: start Redis, or run the tracker with `tracker run`"
+        ) from None
+    except RateLimitBusy as error:
+        raise CLIError(
+            f"the provider's rate limit is taken by the workers for {error.wait_seconds:.0f} s; "
+            "try again in a moment"
+        ) from None
+    finally:
+        gateway.close()
