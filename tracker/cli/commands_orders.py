@@ -147,7 +147,7 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _orders(args: argparse.Namespace) -> int:
-    from tracker.providers.registry import provider_by_name
+    from tracker.providers.lookup import provider_by_name
     from tracker.orders.views import list_orders
 
     with database(read_only=True) as session:
@@ -172,7 +172,7 @@ def _order(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from tracker.db.models import Order
-    from tracker.providers.registry import provider_by_name
+    from tracker.providers.lookup import provider_by_name
     from tracker.orders.views import order_detail
 
     try:

@@ -164,7 +164,7 @@ def _sync(args: argparse.Namespace) -> int:
     from tracker.cli.gateway import operator_gateway
     from tracker.providers.catalog import sync_catalog
     from tracker.providers.gateway import ProviderAccess
-    from tracker.providers.registry import provider_by_name
+    from tracker.providers.lookup import provider_by_name
 
     settings = get_settings()
     with database() as session:

@@ -50,7 +50,7 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tracker.ops.stats import provider_stats
+    from tracker.orders.stats import provider_stats
 
     settings = get_settings()
     metrics = call_metrics(settings)

@@ -15,7 +15,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from tracker.config import ConfigError
     from tracker.provider.errors import ProviderError
     from tracker.providers.secrets import SecretKeyError
-    from tracker.providers.registry import ProviderConfigError, UnknownProvider
+    from tracker.providers.registry import ProviderConfigError
+    from tracker.providers.lookup import UnknownProvider
 
     return (
         ConfigError,

@@ -36,7 +36,7 @@ from tracker.db.session import unit_of_work
 from tracker.core.health import CircuitState
 from tracker.core.status import OrderStatus, RefillStatus
 from tracker.metrics import CallMetrics, CallTotals
-from tracker.ops.stats import (
+from tracker.orders.stats import (
     NOT_POLLED_YET,
     lag_limit,
     outbox_counts,

@@ -30,7 +30,7 @@ from tracker.provider.client import MAX_IDS_PER_CALL
 from tracker.provider.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
 from tracker.provider.types import CancelAccepted, CancelResult
 from tracker.providers.ratelimit import RateLimitBusy
-from tracker.providers.registry import provider_by_name
+from tracker.providers.lookup import provider_by_name
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.providers.health import record_call
 

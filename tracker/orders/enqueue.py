@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from tracker.db.models import Order, Provider
 from tracker.core.ids import parse_order_id, parse_order_ids
-from tracker.providers.registry import provider_by_name
+from tracker.providers.lookup import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 INSERT_CHUNK = 2000

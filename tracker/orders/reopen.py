@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tracker.db.models import Order, OrderEvent
 from tracker.core.ids import parse_order_ids
 from tracker.core.status import OrderStatus
-from tracker.providers.registry import provider_by_name
+from tracker.providers.lookup import provider_by_name
 
 REOPENABLE = OrderStatus.NOT_FOUND
 

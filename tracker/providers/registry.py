@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -142,19 +141,3 @@ def upsert_provider(session: Session, spec: ProviderSpec, settings: Settings, no
     provider.updated_at = now
     session.flush()
     return provider, created
-
-
-class UnknownProvider(LookupError):
-    def __init__(self, name: str, known: Sequence[str]) -> None:
-        listing = ", ".join(sorted(known)) or "none yet; add one with `tracker provider add`"
-        super().__init__(f"unknown provider {name!r} (known providers: {listing})")
-        self.name = name
-
-
-def provider_by_name(session: Session, name: object) -> Provider:
-    if not isinstance(name, str) or not name.strip():
-        raise UnknownProvider(repr(name), session.scalars(select(Provider.name)).all())
-    provider = session.scalar(select(Provider).where(Provider.name == name.strip()))
-    if provider is None:
-        raise UnknownProvider(name, session.scalars(select(Provider.name)).all())
-    return provider

@@ -74,7 +74,7 @@ from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.provider.errors import ProviderError, RateLimited
 from tracker.provider.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
-from tracker.providers.registry import provider_by_name
+from tracker.providers.lookup import provider_by_name
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.providers.health import record_call
 

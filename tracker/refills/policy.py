@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Provider, Service
-from tracker.providers.registry import provider_by_name
+from tracker.providers.lookup import provider_by_name
 
 
 class Keep(Enum):
