@@ -9,7 +9,7 @@ rule keeps it so, in every ``commands_*`` module:
   the light tracker modules (``tracker.cli.errors``/``output``/``db``/``progress``,
   ``tracker.config``, ``tracker.core.clock``, ``tracker.core.*``);
 - every handler (and helper) imports its heavy dependencies (SQLAlchemy, the models,
-  ``tracker.usecases.*``, Redis, the provider client, ``tracker.ops.*``) in its first
+  the slices, Redis, the provider client, ``tracker.ops.*``) in its first
   lines; names needed only in annotations come under ``if TYPE_CHECKING:``.
 
 ``tracker.cli.db`` and ``tracker.cli.progress`` are light to import for the same reason:
