@@ -1,9 +1,14 @@
 """The gateway for an operator's own provider calls (``tracker provider sync``,
 ``tracker cancel``): the same client settings, shared Redis rate limit and call counting
-as the workers' calls, so an operator's command cannot push a provider over its limit."""
+as the workers' calls, so an operator's command cannot push a provider over its limit.
+
+When the broker's Redis does not answer, no worker can be calling providers either (it
+is their broker too), so the command goes ahead without the shared limit and says so.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -14,6 +19,8 @@ if TYPE_CHECKING:
     from tracker.config import Settings
     from tracker.providers.gateway import Gateway
 
+REDIS_TIMEOUT_SECONDS = 5.0
+
 
 @contextmanager
 def operator_gateway(settings: Settings) -> Iterator[Gateway]:
@@ -23,9 +30,19 @@ def operator_gateway(settings: Settings) -> Iterator[Gateway]:
     from tracker.providers.gateway import Gateway
     from tracker.providers.ratelimit import RateLimitBusy, RateLimiter
 
-    gateway = Gateway(
-        settings, RateLimiter.from_url(settings.broker_url), CallMetrics.from_url(settings.broker_url)
+    client = redis.Redis.from_url(
+        settings.broker_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
     )
+    try:
+        client.ping()
+        gateway = Gateway(settings, RateLimiter(client), CallMetrics(client))
+    except redis.RedisError:
+        print(
+            "tracker: note: Redis (TRACKER_BROKER_URL) does not answer, so no worker is calling "
+            "providers; these calls are not counted against the shared rate limit",
+            file=sys.stderr,
+        )
+        gateway = Gateway(settings, rate_limiter=None)
     try:
         yield gateway
     except redis.RedisError as error:
