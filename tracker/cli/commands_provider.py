@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
@@ -13,9 +13,6 @@ from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar
 from tracker.core.clock import utcnow
 from tracker.config import get_settings
-
-if TYPE_CHECKING:
-    from tracker.db.models import Provider
 
 SYNC_STEPS = 3
 
@@ -90,44 +87,11 @@ def _add(args: argparse.Namespace) -> int:
     return 0
 
 
-def provider_view(provider: Provider, services: int) -> dict[str, Any]:
-    from tracker.orders.views import iso, money
-
-    return {
-        "name": provider.name,
-        "url": provider.api_url,
-        "key": provider.key_hint,
-        "batch_size": provider.batch_size,
-        "rate_limit": provider.rate_limit,
-        "poll_interval": provider.poll_interval,
-        "refill_days": provider.refill_days,
-        "paused": provider.paused,
-        "paused_reason": provider.paused_reason,
-        # Paused over a rejected key: when the key is probed next (None for other pauses).
-        "key_probe_at": iso(provider.key_probe_at),
-        "consecutive_failures": provider.consecutive_failures,
-        "circuit_open_until": iso(provider.circuit_open_until),
-        "services": services,
-        "balance": money(provider.balance),
-        "currency": provider.balance_currency,
-        "balance_checked_at": iso(provider.balance_checked_at),
-        "catalog_synced_at": iso(provider.catalog_synced_at),
-    }
-
-
 def _list(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from tracker.db.models import Provider, Service
+    from tracker.providers.views import provider_views
 
     with database() as session:
-        counts = dict(
-            session.execute(select(Service.provider_id, func.count()).group_by(Service.provider_id)).all()
-        )
-        views = [
-            provider_view(provider, counts.get(provider.id, 0))
-            for provider in session.scalars(select(Provider).order_by(Provider.name))
-        ]
+        views = provider_views(session)
     if args.json:
         print_json(views)
         return 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from tracker.core.scheduling import failure_backoff
 from tracker.core.status import FINAL_ORDER_STATUSES, OrderStatus
+from tracker.core.rendering import iso
 from tracker.core.tracking import Transition
 
 REFUNDABLE = frozenset({OrderStatus.PARTIAL, OrderStatus.CANCELED})
@@ -57,10 +58,6 @@ def next_delivery_attempt(
         return None
     delay = failure_backoff(attempts, base=DELIVERY_RETRY_BASE, cap=DELIVERY_RETRY_CAP, rng=rng)
     return min(now + timedelta(seconds=delay), deadline)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
 def refund_share(

@@ -20,7 +20,7 @@ from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillReques
 from tracker.core.health import CircuitState
 from tracker.metrics import CallCounts, CallMetrics
 from tracker.providers.health import base_interval, health_of
-from tracker.orders.views import iso, money
+from tracker.core.rendering import iso, money
 
 
 # How an order (or refill) the provider has not answered for yet is counted.

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -23,14 +21,7 @@ from tracker.db.models import (
     RefillRequest,
 )
 from tracker.core.refills import AMBIGUOUS_OUTCOMES
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-
-def money(amount: Decimal | None) -> str | None:
-    return str(amount) if amount is not None else None
+from tracker.core.rendering import iso, money
 
 
 def order_summary(order: Order, provider_name: str) -> dict[str, Any]:
