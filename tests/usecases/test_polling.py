@@ -6,12 +6,9 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from tests.usecases.conftest import API_KEY, track
+from tests.usecases.conftest import API_KEY, poll_due, track
 from tracker.config import Settings
 from tracker.db.models import Order, OrderEvent
-from tracker.polling.dispatch import PollWork, claim_all
-from tracker.polling.engine import PollSummary, poll_batch
-from tracker.polling.orders import ORDERS
 from tracker.providers.gateway import Gateway
 from tracker.testing import (
     InMemoryCallMetrics,
@@ -26,19 +23,6 @@ from tracker.testing import (
 )
 
 ORDER_IDS = [101, 102, 103]
-
-
-def poll_due(db: MemoryDatabase, settings: Settings, gateway: Gateway, clock: SettableClock) -> list[PollSummary]:
-    """What a tick and its poll tasks do: claim every due order, poll each claim."""
-    work = claim_all(settings, clock(), unit_of_work=db.unit_of_work)
-    return [
-        poll_batch(
-            ORDERS, piece.provider_id, piece.claim.claim_id, piece.claim.row_ids,
-            settings=settings, gateway=gateway, clock=clock, unit_of_work=db.unit_of_work,
-        )
-        for piece in work
-        if isinstance(piece, PollWork)
-    ]
 
 
 def statuses(db: MemoryDatabase) -> dict[int, str | None]:
