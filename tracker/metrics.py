@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
@@ -70,6 +70,13 @@ class CallCounts:
     ids: int = 0
     # Successful calls whose answer had PHP notices before its JSON.
     noisy: int = 0
+
+
+class CallRecorder(Protocol):
+    """Where the gateway counts each provider call: ``CallMetrics`` here,
+    ``tracker.testing.InMemoryCallMetrics`` in use-case tests."""
+
+    def record(self, provider_id: int, call: CallRecord) -> None: ...
 
 
 class CallMetrics:

@@ -54,6 +54,9 @@ RANKS: dict[str, int] = {
     # 8: the `tracker` command; the root package (lazily exposes the Celery app); and two
     # public paths kept from before the slices (`tracker.webhooks`, `tracker.probes`).
     "cli": 8,
+    # testing: in-memory stand-ins for use-case tests (tests/usecases); the tracker never
+    # imports it.
+    "testing": 8,
     "tracker": 8,
     "webhooks": 8,
     "probes": 8,

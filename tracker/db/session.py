@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
@@ -36,7 +36,14 @@ READ_ONLY = "tracker_read_only"
 _QUERY_ONLY = "tracker_query_only"
 
 
-def _configure_sqlite(engine: Engine) -> None:
+class UnitOfWork(Protocol):
+    """What use cases open their transactions with: ``unit_of_work`` in production,
+    ``unit_of_work_on(engine)`` for another engine (``tracker.testing``'s in-memory one)."""
+
+    def __call__(self, *, read_only: bool = False) -> AbstractContextManager[Session]: ...
+
+
+def configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see on_begin).
@@ -88,7 +95,7 @@ def make_engine(url: str) -> Engine:
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
-        _configure_sqlite(engine)
+        configure_sqlite(engine)
         return engine
     if is_mysql_url(url):
         engine = create_engine(
@@ -146,7 +153,28 @@ def unit_of_work(url: str | None = None, *, read_only: bool = False) -> Iterator
 
     ``read_only``: for work that writes nothing (views, stats, reading claimed rows).
     """
-    with session_factory(url, read_only=read_only)() as session:
+    with _transaction(session_factory(url, read_only=read_only)) as session:
+        yield session
+
+
+def unit_of_work_on(engine: Engine) -> UnitOfWork:
+    """``unit_of_work`` for a given engine instead of TRACKER_DATABASE_URL's."""
+    factories = {
+        False: sessionmaker(engine, expire_on_commit=False),
+        True: sessionmaker(_read_only(engine), expire_on_commit=False),
+    }
+
+    @contextmanager
+    def on_engine(*, read_only: bool = False) -> Iterator[Session]:
+        with _transaction(factories[read_only]) as session:
+            yield session
+
+    return on_engine
+
+
+@contextmanager
+def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session:
         transaction = session.begin()
         try:
             yield session

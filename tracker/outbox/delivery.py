@@ -36,7 +36,7 @@ from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import OutboxEvent, Provider
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.events import NewEvent, next_delivery_attempt, provider_alert
 from tracker.provider.redact import excerpt
 from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -117,7 +117,9 @@ def delivery_lease(settings: Settings) -> float:
     return max(settings.lease_seconds, 2 * post_budget(settings))
 
 
-def claim_due_events(settings: Settings, now: datetime, max_batches: int = 4) -> list[Claim]:
+def claim_due_events(
+    settings: Settings, now: datetime, max_batches: int = 4, *, unit_of_work: UnitOfWork = unit_of_work
+) -> list[Claim]:
     with unit_of_work() as session:
         claims = claim_due(
             session,
@@ -201,7 +203,14 @@ class _Held:
     lease_until: datetime
 
 
-def deliver_claimed(claim_id: int, event_row_ids: Sequence[int], sinks: Sinks, now: Callable[[], datetime]) -> DeliverySummary:
+def deliver_claimed(
+    claim_id: int,
+    event_row_ids: Sequence[int],
+    sinks: Sinks,
+    now: Callable[[], datetime],
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
+) -> DeliverySummary:
     with unit_of_work() as session:
         rows = [
             _Held(*row)
@@ -218,9 +227,9 @@ def deliver_claimed(claim_id: int, event_row_ids: Sequence[int], sinks: Sinks, n
     delivered = retrying = failed = 0
     for index, row in enumerate(rows):
         if now() + budget > row.lease_until:
-            _release(claim_id, rows[index:], now())
+            _release(claim_id, rows[index:], now(), unit_of_work)
             break
-        if _wait_for_earlier(claim_id, row, now()):
+        if _wait_for_earlier(claim_id, row, now(), unit_of_work):
             continue
         error = _deliver(sinks, row)
         moment = now()
@@ -267,14 +276,14 @@ def _deliver(sinks: Sinks, row: _Held) -> str | None:
     return None
 
 
-def _release(claim_id: int, rows: Sequence[_Held], moment: datetime) -> None:
+def _release(claim_id: int, rows: Sequence[_Held], moment: datetime, unit_of_work: UnitOfWork) -> None:
     """Hand back events this task has no time left for: due now, for the next tick."""
     with unit_of_work() as session:
         release_claimed(session, _table, claim_id, [row.id for row in rows], due_at=moment, due_column="next_attempt_at")
     log.info("released %d events: their lease ends before another delivery could finish", len(rows))
 
 
-def _wait_for_earlier(claim_id: int, row: _Held, moment: datetime) -> bool:
+def _wait_for_earlier(claim_id: int, row: _Held, moment: datetime, unit_of_work: UnitOfWork) -> bool:
     """True (and the event handed back, to wait) while an earlier event of its order is
     neither delivered nor failed."""
     if row.order_id is None:

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.health import CircuitState, batches_per_tick
 from tracker.polling.capacity import CallBudgets, FreshBudgets
 from tracker.polling.orders import ORDERS
@@ -124,6 +124,8 @@ def claim_rounds(
     now: datetime,
     share: SlotShare | None = None,
     budgets: CallBudgets | None = None,
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> Iterator[list[Work]]:
     """Claim due work of every provider, a round at a time (see the module docstring)."""
     calls_left: dict[int, int] = {}
@@ -188,9 +190,17 @@ def _has_unfinished_rows(session: Session, provider_id: int) -> bool:
     return False
 
 
-def claim_all(settings: Settings, now: datetime) -> list[Work]:
+def claim_all(
+    settings: Settings,
+    now: datetime,
+    share: SlotShare | None = None,
+    budgets: CallBudgets | None = None,
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
+) -> list[Work]:
     """Every piece of work one tick may claim: all rounds at once (tests, one-off runs)."""
-    return [piece for work in claim_rounds(settings, now) for piece in work]
+    rounds = claim_rounds(settings, now, share, budgets, unit_of_work=unit_of_work)
+    return [piece for work in rounds for piece in work]
 
 
 def _most_saved(provider: Provider, per_tick: int, now: datetime) -> int:

@@ -39,7 +39,7 @@ from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.events import NewEvent
 from tracker.core.scheduling import draw_jitter, poll_delay
 from tracker.provider.client import ProviderClient
@@ -173,11 +173,13 @@ def poll_batch(
     gateway: Gateway,
     clock: Callable[[], datetime] | None = None,
     done_calling: Callable[[], None] | None = None,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> PollSummary:
     """``clock``: by default the database's (see ``tracker.db.clock``), so answers are
     ordered the same way whichever worker's wall clock ran ahead. ``done_calling``: told
     when the task has no call left to make, before it writes (its provider slot may go
-    to the next task while this one writes)."""
+    to the next task while this one writes). ``unit_of_work``: where its transactions
+    are opened (tests pass ``tracker.testing``'s)."""
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
     started = time.monotonic()
     with unit_of_work(read_only=True) as session:
@@ -213,10 +215,10 @@ def poll_batch(
     if done_calling is not None:
         done_calling()
     try:
-        summary = _apply(kind, access, claim_id, calls, interval, settings, clock())
+        summary = _apply(kind, access, claim_id, calls, interval, settings, clock(), unit_of_work)
     finally:
         if calls.unasked:
-            _release_unasked(kind, access, claim_id, calls, interval, settings, gateway, clock())
+            _release_unasked(kind, access, claim_id, calls, interval, settings, gateway, clock(), unit_of_work)
     if calls.unexpected is not None:
         # Answers received were applied and the rest given back; now let it be seen.
         raise calls.unexpected
@@ -386,6 +388,7 @@ def _apply(
     interval: float,
     settings: Settings,
     now: datetime,
+    unit_of_work: UnitOfWork,
 ) -> PollSummary:
     asked = len(calls.answered) + len(calls.unasked)
     error = type(calls.error).__name__ if calls.error is not None else None
@@ -471,6 +474,7 @@ def _release_unasked(
     settings: Settings,
     gateway: Gateway,
     now: datetime,
+    unit_of_work: UnitOfWork,
 ) -> None:
     """Leave unasked rows' data untouched: after a provider's failure they are due again
     after its back-off; after something unexpected, after one interval; after running

@@ -15,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+import requests
+from requests.adapters import BaseAdapter
 
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.logs import register_secret
-from tracker.metrics import CallMetrics
+from tracker.metrics import CallMetrics, CallRecorder
 from tracker.provider.client import CallRecord, ProviderClient
 from tracker.provider.errors import InsecureProviderURL
-from tracker.providers.ratelimit import RateLimiter
+from tracker.providers.ratelimit import CallLimiter, RateLimiter
 from tracker.providers.secrets import decrypt_api_key
 from tracker.providers.registry import plain_http_refusal
 
@@ -69,17 +71,26 @@ def refuse_plain_http(access: ProviderAccess, settings: Settings, action: str) -
 
 
 class Gateway:
+    """``transport``: a requests adapter that every client's calls go through instead of
+    the network (``tracker.testing.ScriptedPanel``); None, the default, for real HTTP."""
+
     def __init__(
-        self, settings: Settings, rate_limiter: RateLimiter | None, metrics: CallMetrics | None = None
+        self,
+        settings: Settings,
+        rate_limiter: CallLimiter | None,
+        metrics: CallRecorder | None = None,
+        *,
+        transport: BaseAdapter | None = None,
     ) -> None:
         self._settings = settings
         self._rate_limiter = rate_limiter
         self._metrics = metrics
+        self._transport = transport
         self._clients: dict[int, tuple[str, ProviderClient]] = {}
         self._lock = threading.Lock()
 
     @property
-    def rate_limiter(self) -> RateLimiter | None:
+    def rate_limiter(self) -> CallLimiter | None:
         return self._rate_limiter
 
     def client(self, access: ProviderAccess) -> ProviderClient:
@@ -98,9 +109,19 @@ class Gateway:
                 max_ids_per_call=access.batch_size,
                 before_call=self._throttle(access),
                 after_call=self._count(access),
+                session=self._transported_session(),
             )
             self._clients[access.id] = (access.fingerprint, client)
             return client
+
+    def _transported_session(self) -> requests.Session | None:
+        if self._transport is None:
+            return None
+        session = requests.Session()
+        session.trust_env = False
+        session.mount("https://", self._transport)
+        session.mount("http://", self._transport)
+        return session
 
     def _throttle(self, access: ProviderAccess) -> Callable[[str], None]:
         limiter = self._rate_limiter

@@ -25,7 +25,7 @@ from tracker.provider.errors import (
     ProviderRejected,
     RateLimited,
 )
-from tracker.providers.ratelimit import RateLimitBusy, RateLimiter
+from tracker.providers.ratelimit import CallLimiter, RateLimitBusy
 from tracker.outbox.delivery import record_provider_alert
 
 log = logging.getLogger("tracker.health")
@@ -66,7 +66,7 @@ def record_failure(
     error: ProviderError,
     now: datetime,
     settings: Settings,
-    rate_limiter: RateLimiter | None,
+    rate_limiter: CallLimiter | None,
 ) -> Health:
     """Update the provider's health for one failed call and return it."""
     provider = session.get(Provider, provider_id, with_for_update=True)
@@ -146,7 +146,7 @@ def record_call(
     error: ProviderError | None,
     now: datetime,
     settings: Settings,
-    rate_limiter: RateLimiter | None,
+    rate_limiter: CallLimiter | None,
 ) -> Health | None:
     """Record how one call went; the provider's health after a failure, None after a
     success. A well-formed refusal (``{"error": ...}``) is the provider working as it
@@ -163,7 +163,7 @@ def retry_delay_after(
     error: ProviderError | RateLimitBusy | None,
     interval: float,
     settings: Settings,
-    rate_limiter: RateLimiter | None,
+    rate_limiter: CallLimiter | None,
     now: datetime,
     *,
     refusal_is_failure: bool = False,

@@ -18,7 +18,7 @@ cool-down key that blocks every worker until it expires.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -53,6 +53,15 @@ class RateLimitBusy(RuntimeError):
     def __init__(self, provider_id: int, wait_seconds: float) -> None:
         super().__init__(f"provider {provider_id}: rate limit busy for {wait_seconds:.1f}s")
         self.wait_seconds = wait_seconds
+
+
+class CallLimiter(Protocol):
+    """What the gateway and provider health need of a rate limit: ``RateLimiter`` here,
+    ``tracker.testing.InMemoryRateLimiter`` in use-case tests."""
+
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float: ...
+
+    def cool_down(self, provider_id: int, seconds: float) -> None: ...
 
 
 class RateLimiter:

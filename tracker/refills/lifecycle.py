@@ -51,7 +51,7 @@ from tracker.db.models import (
     RefillRequest,
     Service,
 )
-from tracker.db.session import unit_of_work, write_with_retries
+from tracker.db.session import UnitOfWork, unit_of_work, write_with_retries
 from tracker.core.ids import parse_order_id
 from tracker.core.refills import (
     ANSWER_UNKNOWN,
@@ -418,16 +418,18 @@ def attempt_refill(
     clock: Callable[[], datetime] | None = None,
     rng: random.Random | None = None,
     checkpoint: Callable[[str], None] = lambda step: None,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> AttemptReport:
     """``clock``: by default the database's, which the dispatcher's leases and every
     worker's cool-downs are measured by. ``checkpoint`` is called at each step with
     ``"before_call"``, ``"after_call"`` (before each try of the write) and
-    ``"after_write"``: tests kill the process or fail the database there."""
+    ``"after_write"``: tests kill the process or fail the database there.
+    ``unit_of_work``: where its transactions are opened (tests pass ``tracker.testing``'s)."""
     if clock is None:
         with unit_of_work(read_only=True) as session:
             clock = database_clock(session, utcnow)
     try:
-        taken = _take(request_id, claim_id, settings, clock())
+        taken = _take(request_id, claim_id, settings, clock(), unit_of_work)
     except DBAPIError as failure:
         # Its transaction rolled back: no attempt was written and nothing went out.
         raise NothingSent(f"refill request {request_id}: {type(failure).__name__} before the call") from failure
@@ -487,7 +489,9 @@ def attempt_refill(
     return report
 
 
-def _take(request_id: int, claim_id: int, settings: Settings, now: datetime) -> _Taken | AttemptReport:
+def _take(
+    request_id: int, claim_id: int, settings: Settings, now: datetime, unit_of_work: UnitOfWork
+) -> _Taken | AttemptReport:
     """Everything before the call, committed before it: the request is still ours and
     eligible, no refill may be running or cooling down, and the attempt is written."""
     with unit_of_work() as session:

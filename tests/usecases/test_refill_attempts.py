@@ -1,0 +1,106 @@
+"""A refill attempt: its intent is written before the call, and a call whose answer was
+not seen is never made again."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.usecases.conftest import poll_due, track
+from tracker.config import Settings
+from tracker.db.models import RefillAttempt, RefillRequest, Service
+from tracker.polling.dispatch import AttemptWork, claim_all
+from tracker.providers.gateway import Gateway
+from tracker.refills.lifecycle import AttemptReport, attempt_refill, report_drop
+from tracker.testing import MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting
+
+ORDER = 501
+SERVICE = 7
+
+
+class WorkerKilled(BaseException):
+    """Stands for kill -9 at a checkpoint: nothing after it runs."""
+
+
+@pytest.fixture
+def drop_reported(db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, provider_id: int) -> int:
+    """A completed order whose drop the shop reported: one refill request, due now."""
+    with db.unit_of_work() as session:
+        session.add(Service(provider_id=provider_id, service_id=SERVICE, name="Followers", refill=True, updated_at=clock()))
+    track(db, clock, [ORDER], service=SERVICE)
+    panel.set_order(ORDER, "Completed", start_count=100)
+    poll_due(db, settings, gateway, clock)
+    clock.advance(3600)
+    with db.unit_of_work() as session:
+        report = report_drop(session, "panel", ORDER, settings=settings, now=clock())
+    assert report.request_id is not None
+    return report.request_id
+
+
+def attempt_due(db: MemoryDatabase, settings: Settings, gateway: Gateway, clock: SettableClock, **options: object) -> list[AttemptReport]:
+    work = claim_all(settings, clock(), unit_of_work=db.unit_of_work)
+    return [
+        attempt_refill(
+            piece.request_id, piece.claim_id, settings=settings, gateway=gateway, clock=clock,
+            unit_of_work=db.unit_of_work, **options,  # type: ignore[arg-type]
+        )
+        for piece in work
+        if isinstance(piece, AttemptWork)
+    ]
+
+
+def attempts(db: MemoryDatabase, request_id: int) -> list[str]:
+    with db.unit_of_work(read_only=True) as session:
+        return list(session.scalars(select(RefillAttempt.outcome).where(RefillAttempt.request_id == request_id)))
+
+
+def test_the_attempt_is_written_before_the_call_goes_out(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, drop_reported: int,
+) -> None:
+    seen_before_call: list[list[str]] = []
+
+    def checkpoint(step: str) -> None:
+        if step == "before_call":
+            assert panel.refills_made == []
+            seen_before_call.append(attempts(db, drop_reported))
+
+    [report] = attempt_due(db, settings, gateway, clock, checkpoint=checkpoint)
+    assert seen_before_call == [["sent"]]
+    assert report.state == "accepted"
+    assert panel.refills_made == [ORDER]
+    assert attempts(db, drop_reported) == ["accepted"]
+
+
+def test_a_call_cut_off_after_the_panel_acted_is_not_made_again(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, drop_reported: int,
+) -> None:
+    panel.script(cut_after_acting())
+    attempt_due(db, settings, gateway, clock)
+    assert panel.refills_made == [ORDER]
+    # Long past every retry, lease and cool-down: later ticks send nothing more.
+    for _ in range(5):
+        clock.advance(2 * 86400)
+        attempt_due(db, settings, gateway, clock)
+    assert panel.actions().count("refill") == 1
+    assert panel.refills_made == [ORDER]
+
+
+def test_a_worker_killed_before_writing_the_answer_leaves_the_refill_unsent_again(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, drop_reported: int,
+) -> None:
+    def killed_after_the_call(step: str) -> None:
+        if step == "after_call":
+            raise WorkerKilled
+
+    with pytest.raises(WorkerKilled):
+        attempt_due(db, settings, gateway, clock, checkpoint=killed_after_the_call)
+    assert attempts(db, drop_reported) == ["sent"]
+
+    # The next tick after the lease: the answer is counted as lost, nothing is sent.
+    clock.advance(settings.lease_seconds + 1)
+    [report] = attempt_due(db, settings, gateway, clock)
+    assert report.outcome == "answer_lost"
+    assert panel.actions().count("refill") == 1
+    with db.unit_of_work(read_only=True) as session:
+        request = session.get_one(RefillRequest, drop_reported)
+        assert request.final and request.state == "gave_up"
