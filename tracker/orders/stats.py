@@ -50,7 +50,7 @@ def provider_stats(
         .scalar_subquery()
     )
     views = []
-    for provider, due_since in session.execute(select(Provider, oldest_due).order_by(Provider.name)).tuples():
+    for provider, due_since in session.execute(select(Provider, oldest_due).order_by(Provider.name)):
         state = health_of(provider).state(now)
         lag = max(0.0, (now - due_since).total_seconds()) if due_since is not None else 0.0
         calls = _calls(metrics, provider.id)

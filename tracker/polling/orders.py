@@ -84,7 +84,7 @@ class OrderKind:
             select(*(_orders.c[name] for name in _CLAIMED_COLUMNS))
             .where(id_in(session, _orders.c.id, row_ids), _orders.c.claim_id == claim_id, _orders.c.final == false())
             .order_by(_orders.c.id)
-        ).tuples().all()
+        ).all()
         # Plain tuples, fetched at once and unpacked by position: a poll reads up to 1,000
         # rows, and fetching them one at a time or reading a Row's attributes by name cost
         # more than the rest of building the state.

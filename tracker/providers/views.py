@@ -13,7 +13,7 @@ from tracker.db.models import Provider, Service
 
 def provider_views(session: Session) -> list[dict[str, Any]]:
     """Every provider by name, with how many services its catalog lists."""
-    counts = dict(session.execute(select(Service.provider_id, func.count()).group_by(Service.provider_id)).tuples().all())
+    counts = dict(session.execute(select(Service.provider_id, func.count()).group_by(Service.provider_id)).all())
     return [
         provider_view(provider, counts.get(provider.id, 0))
         for provider in session.scalars(select(Provider).order_by(Provider.name))
