@@ -41,7 +41,8 @@ from tracker.orders.enqueue import track_orders
 from tracker.providers.ratelimit import RateLimiter
 from tracker.providers.gateway import Gateway
 from tracker.providers.registry import ProviderSpec, upsert_provider
-from tracker.refills.lifecycle import AnswerNotRecorded, attempt_refill, report_drop
+from tracker.refills.attempts import AnswerNotRecorded, attempt_refill
+from tracker.refills.drops import report_drop
 
 pytestmark = pytest.mark.integration
 

@@ -78,7 +78,8 @@ from tracker.sim.server import SimServer
 from tracker.orders.enqueue import track_orders
 from tracker.providers.gateway import Gateway
 from tracker.providers.registry import ProviderSpec, upsert_provider
-from tracker.refills.lifecycle import AttemptReport, attempt_refill, report_drop
+from tracker.refills.attempts import AttemptReport, attempt_refill
+from tracker.refills.drops import report_drop
 from tracker.orders.views import order_detail
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
-from tracker.refills.lifecycle import NothingSent
+from tracker.refills.attempts import NothingSent
 from tracker.worker.app import app
 from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, enqueue_committed
 

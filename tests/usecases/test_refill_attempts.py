@@ -11,7 +11,8 @@ from tracker.config import Settings
 from tracker.db.models import RefillAttempt, RefillRequest, Service
 from tracker.polling.dispatch import AttemptWork, claim_all
 from tracker.providers.gateway import Gateway
-from tracker.refills.lifecycle import AttemptReport, attempt_refill, report_drop
+from tracker.refills.attempts import AttemptReport, attempt_refill
+from tracker.refills.drops import report_drop
 from tracker.testing import MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting
 
 ORDER = 501

@@ -69,7 +69,7 @@ def register(commands: Any) -> None:
 
 
 def _report_drop(args: argparse.Namespace) -> int:
-    from tracker.refills.lifecycle import UnknownOrder, report_drop
+    from tracker.refills.drops import UnknownOrder, report_drop
 
     try:
         with database() as session:

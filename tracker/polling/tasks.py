@@ -32,7 +32,7 @@ from tracker.polling.engine import poll_batch
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.providers.gateway import shared_gateway
-from tracker.refills.lifecycle import NothingSent, attempt_refill
+from tracker.refills.attempts import NothingSent, attempt_refill
 from tracker.tasks import TrackerTask, enqueue_committed
 
 log = logging.getLogger("tracker.tasks")

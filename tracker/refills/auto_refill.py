@@ -18,7 +18,7 @@ from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.core.refills import auto_refill_hours, next_auto_refill, window_days
-from tracker.refills.lifecycle import (
+from tracker.refills.drops import (
     completed_orders,
     eligibility_of,
     open_request,

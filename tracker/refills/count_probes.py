@@ -27,7 +27,7 @@ from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.core.refills import expected_count, window_days
 from tracker.refills.count_source import CountProbe, ProbeTarget, load_count_probe
-from tracker.refills.lifecycle import (
+from tracker.refills.drops import (
     completed_orders,
     eligibility_of,
     max_remains_seen,

@@ -17,7 +17,7 @@ from tracker.config import get_settings
 from tracker.core.clock import utcnow
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
-from tracker.refills import auto_refill, count_probes, lifecycle
+from tracker.refills import auto_refill, count_probes, drops
 from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
 
 log = logging.getLogger("tracker.tasks")
@@ -29,7 +29,7 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     try:
         with unit_of_work() as session:
             # The database's clock: cool-downs are compared with times other workers wrote.
-            report = lifecycle.report_drop(session, provider, order_id, settings=get_settings(), now=database_now(session))
+            report = drops.report_drop(session, provider, order_id, settings=get_settings(), now=database_now(session))
     except ValueError as exc:
         # parse_order_id says what is wrong, not with what: name the value given.
         raise InvalidTaskInput(f"order ID {order_id!r} {exc}") from None

@@ -1,14 +1,6 @@
-"""Drops and refill requests: record a drop, open a request, make one refill attempt.
+"""One refill attempt: the only code that sends ``refill`` to a provider.
 
-A drop is always recorded, eligible or not, with the reason when it is not. An eligible
-drop opens a refill request, unless the order already has one open: at most one per
-order, which a partial unique index on ``refill_requests`` also enforces. A drop
-reported while a refill of the order is running, or within the refill cool-down after
-the last refill sent (``TRACKER_REFILL_COOLDOWN_HOURS``, per provider and per service),
-opens one request due when the cool-down ends; further reports until then add nothing.
-So a shop that reports the same drop twice, or five times, gets one refill.
-
-One attempt never holds a transaction across the HTTP call, and never repeats a call
+An attempt never holds a transaction across the HTTP call, and never repeats a call
 whose answer it did not see:
 
 1. take the claimed request: re-check eligibility and the cool-down, then write the
@@ -28,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import cast
 
 import redis
-from sqlalchemy import Select, Table, false, func, or_, select, union
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -42,329 +33,45 @@ from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.clock import database_clock
 from tracker.db.models import (
-    Drop,
     Order,
-    OrderEvent,
     Provider,
     Refill,
     RefillAttempt,
     RefillRequest,
-    Service,
 )
 from tracker.db.session import UnitOfWork, unit_of_work, write_with_retries
-from tracker.core.ids import parse_order_id
 from tracker.core.refills import (
     ANSWER_UNKNOWN,
-    SENT_OUTCOMES,
     Accepted,
     GIVE_UP_REASONS,
     AttemptOutcome,
     Decision,
-    Eligibility,
     GiveUp,
-    RefillTerms,
     RetryPolicy,
-    cooldown_hours,
     decide_after_attempt,
-    may_send_refill_at,
-    refill_eligibility,
-    window_days,
 )
-from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.provider.errors import ProviderError, RateLimited
 from tracker.provider.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
-from tracker.providers.lookup import provider_by_name
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.providers.health import record_call
+
+from tracker.refills.drops import (
+    ACCEPTED,
+    GAVE_UP,
+    PENDING,
+    cooldown_message,
+    eligibility_of,
+    next_refill_allowed_at,
+)
 
 log = logging.getLogger("tracker.refills")
 
 # Waits up to this long stay in a Celery countdown (far below the broker's 900 s
 # visibility timeout); longer ones go to the database.
 COUNTDOWN_LIMIT = 60.0
+# The longest provider message kept on an attempt.
 MESSAGE_LIMIT = 500
-
-PENDING = "pending"
-ACCEPTED = "accepted"
-GAVE_UP = "gave_up"
-
-
-class UnknownOrder(LookupError):
-    pass
-
-
-# --- eligibility and drops -----------------------------------------------------------------
-
-
-def terms_of(provider: Provider, service: Service) -> RefillTerms:
-    return RefillTerms(
-        service.service_id,
-        service.refill,
-        window_days(service.refill_days, provider.refill_days),
-    )
-
-
-def refill_terms(
-    session: Session, provider: Provider, service_id: int | None
-) -> RefillTerms | None:
-    if service_id is None:
-        return None
-    service = session.scalar(
-        select(Service).where(
-            Service.provider_id == provider.id, Service.service_id == service_id
-        )
-    )
-    return terms_of(provider, service) if service is not None else None
-
-
-def refill_services(session: Session, provider: Provider) -> dict[int, Service]:
-    """The provider's services whose catalog entry says ``refill: true``."""
-    services = session.scalars(
-        select(Service).where(
-            Service.provider_id == provider.id, Service.refill.is_(True)
-        )
-    )
-    return {service.service_id: service for service in services}
-
-
-def completed_orders(
-    provider_id: int, service_ids: Sequence[int], completed_since: datetime
-) -> Select[Order]:
-    """Orders of these services completed since the cutoff that the provider has not
-    declared non-refillable: the candidates of the periodic refill scans."""
-    return select(Order).where(
-        Order.provider_id == provider_id,
-        Order.service_id.in_(service_ids),
-        Order.status.in_([status.value for status in COMPLETION_STATUSES]),
-        Order.completed_at >= completed_since,
-        or_(Order.refillable.is_(None), Order.refillable.is_(True)),
-    )
-
-
-def eligibility_of(
-    session: Session,
-    provider: Provider,
-    order: Order,
-    now: datetime,
-    *,
-    terms: RefillTerms | None = None,
-) -> Eligibility:
-    """``terms``: the order's service terms when the caller has them already."""
-    return refill_eligibility(
-        service_id=order.service_id,
-        terms=terms
-        if terms is not None
-        else refill_terms(session, provider, order.service_id),
-        status=OrderStatus(order.status) if order.status is not None else None,
-        completed_at=order.completed_at,
-        refillable=order.refillable,
-        now=now,
-    )
-
-
-def find_order(
-    session: Session, provider_name: object, raw_order_id: object
-) -> tuple[Provider, Order]:
-    """The tracked order, locked for this transaction on PostgreSQL, so two drops of one
-    order reported at once open one request."""
-    provider = provider_by_name(session, provider_name)
-    external_id = parse_order_id(raw_order_id)
-    order = session.scalar(
-        select(Order)
-        .where(Order.provider_id == provider.id, Order.external_id == external_id)
-        .with_for_update()
-    )
-    if order is None:
-        raise UnknownOrder(f"order {external_id} of {provider.name} is not tracked")
-    return provider, order
-
-
-@dataclass(frozen=True, slots=True)
-class DropReport:
-    provider: str
-    order_id: int
-    drop_id: int
-    eligible: bool
-    reason: str | None
-    request_id: int | None = None
-
-    def describe(self) -> str:
-        head = f"{self.provider} order {self.order_id}: drop recorded"
-        if not self.eligible:
-            return f"{head}, no refill: {self.reason}"
-        if self.request_id is None:
-            return f"{head}; {self.reason}"
-        if self.reason:
-            return f"{head}; refill request {self.request_id}: {self.reason}"
-        return f"{head}; refill request {self.request_id} opened"
-
-
-# --- what the request path asks in bulk -----------------------------------------------------
-
-_requests = cast(Table, RefillRequest.__table__)
-_refills = cast(Table, Refill.__table__)
-
-
-def orders_with_refill_in_flight(session: Session, order_ids: Sequence[int]) -> set[int]:
-    """Orders that have an open refill request or a refill not yet final."""
-    if not order_ids:
-        return set()
-    pending = select(_requests.c.order_id).where(_requests.c.order_id.in_(order_ids), _requests.c.final == false())
-    running = select(_refills.c.order_id).where(_refills.c.order_id.in_(order_ids), _refills.c.final == false())
-    return set(session.scalars(select(union(pending, running).subquery().c.order_id)))
-
-
-def last_refill_sent_at(session: Session, order_id: int) -> datetime | None:
-    """When the last ``refill`` call for this order went out that may have created a
-    refill (accepted, or its answer lost): the start of its cool-down."""
-    return session.scalar(
-        select(func.max(RefillAttempt.at))
-        .join(RefillRequest, RefillRequest.id == RefillAttempt.request_id)
-        .where(
-            RefillRequest.order_id == order_id,
-            RefillAttempt.outcome.in_([outcome.value for outcome in SENT_OUTCOMES]),
-        )
-    )
-
-
-def max_remains_seen(session: Session, order_ids: Sequence[int]) -> dict[int, int]:
-    """The largest ``remains`` each order ever reported: its quantity, when the tracker saw
-    it before delivery started, and a lower bound of it otherwise."""
-    if not order_ids:
-        return {}
-    rows = session.execute(
-        select(OrderEvent.order_id, func.max(OrderEvent.remains))
-        .where(OrderEvent.order_id.in_(order_ids), OrderEvent.remains.is_not(None))
-        .group_by(OrderEvent.order_id)
-    ).all()
-    return {order_id: remains for order_id, remains in rows if remains is not None}
-
-
-def refill_cooldown_of(session: Session, provider: Provider, service_id: int | None, settings: Settings) -> float:
-    service_hours = None
-    if service_id is not None:
-        service_hours = session.scalar(
-            select(Service.refill_cooldown_hours).where(
-                Service.provider_id == provider.id, Service.service_id == service_id
-            )
-        )
-    return cooldown_hours(service_hours, provider.refill_cooldown_hours, settings.refill_cooldown_hours)
-
-
-def next_refill_allowed_at(session: Session, provider: Provider, order: Order, settings: Settings, now: datetime) -> datetime:
-    """When a ``refill`` for this order may go out, by the cool-down and the refill in flight."""
-    running = session.scalar(
-        select(func.count()).where(_refills.c.order_id == order.id, _refills.c.final == false())
-    )
-    return may_send_refill_at(
-        last_sent_at=last_refill_sent_at(session, order.id),
-        cooldown_hours=refill_cooldown_of(session, provider, order.service_id, settings),
-        refill_in_flight=bool(running),
-        now=now,
-        recheck=timedelta(seconds=settings.refill_retry_base),
-    )
-
-
-# --- drops ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    request: RefillRequest | None
-    # Why no request was opened, or why the one opened waits.
-    reason: str | None = None
-
-
-def open_request(
-    session: Session,
-    provider: Provider,
-    order: Order,
-    *,
-    trigger: str,
-    settings: Settings,
-    now: datetime,
-    drop_id: int | None = None,
-) -> Opened:
-    """A new pending request, due when a refill may go out (at once, or when the cool-down
-    ends); no request when the order already has one open."""
-    open_id = session.scalar(
-        select(RefillRequest.id).where(RefillRequest.order_id == order.id, RefillRequest.final == false())
-    )
-    if open_id is not None:
-        return Opened(None, f"refill request {open_id} of this order is already open; no new request")
-    due_at = next_refill_allowed_at(session, provider, order, settings, now)
-    request = RefillRequest(
-        provider_id=order.provider_id,
-        order_id=order.id,
-        drop_id=drop_id,
-        trigger=trigger,
-        state=PENDING,
-        final=False,
-        attempts=0,
-        next_attempt_at=due_at,
-        created_at=now,
-        updated_at=now,
-    )
-    if due_at > now:
-        request.last_message = _cooldown_message(due_at)
-    session.add(request)
-    session.flush()
-    return Opened(request, request.last_message)
-
-
-def _cooldown_message(due_at: datetime) -> str:
-    return (
-        "a refill of this order was sent recently (or is still running): this request "
-        f"waits for the refill cool-down and goes out at {due_at.isoformat()}"
-    )
-
-
-def record_drop(
-    session: Session,
-    provider: Provider,
-    order: Order,
-    *,
-    source: str,
-    settings: Settings,
-    now: datetime,
-    observed: int | None = None,
-    expected: int | None = None,
-) -> DropReport:
-    eligibility = eligibility_of(session, provider, order, now)
-    drop = Drop(
-        order_id=order.id,
-        source=source,
-        detected_at=now,
-        observed_count=observed,
-        expected_count=expected,
-        eligible=eligibility.eligible,
-        reason=eligibility.reason,
-    )
-    session.add(drop)
-    session.flush()
-    if not eligibility.eligible:
-        log.info("drop recorded, no refill: %s", eligibility.reason, extra={"provider": provider.name})
-        return DropReport(provider.name, order.external_id, drop.id, False, eligibility.reason)
-    opened = open_request(session, provider, order, trigger="drop", settings=settings, now=now, drop_id=drop.id)
-    drop.reason = opened.reason
-    request_id = opened.request.id if opened.request is not None else None
-    return DropReport(provider.name, order.external_id, drop.id, True, opened.reason, request_id)
-
-
-def report_drop(
-    session: Session,
-    provider_name: object,
-    raw_order_id: object,
-    *,
-    settings: Settings,
-    now: datetime,
-) -> DropReport:
-    """The shop says this order dropped (task ``tracker.report_drop``, ``tracker
-    report-drop``). Raises ``UnknownProvider``, ``UnknownOrder`` or ``ValueError``."""
-    provider, order = find_order(session, provider_name, raw_order_id)
-    return record_drop(session, provider, order, source="shop", settings=settings, now=now)
-
 
 # --- one attempt ----------------------------------------------------------------------------
 
@@ -526,7 +233,7 @@ def _take(
             request.next_attempt_at = max(allowed_at, now + timedelta(seconds=settings.tick_interval))
             request.claim_id = None
             if allowed_at > now:
-                request.last_message = _cooldown_message(allowed_at)
+                request.last_message = cooldown_message(allowed_at)
             return AttemptReport(request_id, "deferred", PENDING)
         # Hold the request through the call and the write after it, however late the task
         # started; a run that finds this attempt still "sent" after that treats it as lost.
