@@ -20,7 +20,7 @@ from tracker.core.clock import utcnow
 from tracker.config import get_settings, reset_settings
 from tracker.db.models import Order, OutboxEvent
 from tracker.db.session import unit_of_work
-from tracker.core.events import NewEvent
+from tracker.core.outbox_events import NewEvent
 from tracker.orders.enqueue import track_orders
 from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed, record_events
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from tracker.core.events import DELIVERY_RETRY_CAP, next_delivery_attempt
+from tracker.core.outbox_events import DELIVERY_RETRY_CAP, next_delivery_attempt
 
 CREATED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 THREE_DAYS = timedelta(days=3)

@@ -40,7 +40,7 @@ from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
-from tracker.core.events import NewEvent
+from tracker.core.outbox_events import NewEvent
 from tracker.core.scheduling import draw_jitter, poll_delay
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import ProviderError, ProviderForgot

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.bulk import id_in
 from tracker.db.models import Order, OrderEvent, Provider
-from tracker.core.events import order_transition
+from tracker.core.outbox_events import order_transition
 from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.engine import ClaimedRow, Fetched, Observation

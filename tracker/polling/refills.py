@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.bulk import id_in
 from tracker.db.models import Order, Provider, Refill, RefillEvent
-from tracker.core.events import refill_transition
+from tracker.core.outbox_events import refill_transition
 from tracker.core.refills import RefillState, apply_refill_observation
 from tracker.core.status import RefillStatus
 from tracker.polling.engine import ClaimedRow, Fetched, Observation

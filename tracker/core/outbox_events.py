@@ -1,4 +1,7 @@
-"""Events for the shop, as plain data: built from transitions, no I/O.
+"""Outbox events, the messages for the shop, as plain data: built from transitions, no I/O.
+
+(Not the history: ``order_events`` and ``refill_events`` rows are the append-only record
+of transitions; an outbox event is what the shop is told about one.)
 
 Every event has a stable ``id`` (a UUID made once, when the transition is recorded), a
 ``type`` and ``created_at``; the rest depends on the type. Money is a decimal string.

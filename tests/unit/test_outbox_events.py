@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from tracker.core.events import order_transition, refund_share
+from tracker.core.outbox_events import order_transition, refund_share
 from tracker.core.status import OrderStatus
 from tracker.core.tracking import Transition
 from tracker.outbox.webhooks import sign, verify_signature
