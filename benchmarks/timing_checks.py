@@ -30,10 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.rate_limit_load import status_calls_through_two_limiters  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
 from tracker.provider.client import ProviderClient  # noqa: E402
 from tracker.provider.errors import ProviderTimeout  # noqa: E402
-from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter  # noqa: E402
+from tracker.providers.ratelimit import ARRIVAL_MARGIN  # noqa: E402
 from tracker.sim import SimAdmin, SimServer  # noqa: E402
 
 KEY = "bench-key-timing-7c1e"
@@ -44,31 +45,17 @@ CALLS = 70
 def rate_limit_run(broker_url: str, provider_id: int) -> tuple[float, int]:
     with SimServer(dialect="standard", api_key=KEY, seed=11) as sim:
         ids = sim.seed_orders(count=100, service=1)
-        limiters = [RateLimiter.from_url(broker_url), RateLimiter.from_url(broker_url)]
-        remaining = [CALLS]
-        lock = threading.Lock()
-
-        def caller(limiter: RateLimiter) -> None:
-            def throttle(_action: str) -> None:
-                limiter.acquire(provider_id, RATE)
-
-            client = ProviderClient(sim.url, KEY, before_call=throttle)
-            try:
-                while True:
-                    with lock:
-                        if remaining[0] == 0:
-                            return
-                        remaining[0] -= 1
-                    client.status_multi(ids)
-            finally:
-                client.close()
-
-        threads = [threading.Thread(target=caller, args=(limiter,)) for limiter in limiters for _ in range(4)]
         started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        status_calls_through_two_limiters(
+            provider_url=sim.url,
+            api_key=KEY,
+            order_ids=ids,
+            broker_url=broker_url,
+            provider_id=provider_id,
+            rate=RATE,
+            calls=CALLS,
+            join_timeout=120,
+        )
         elapsed = time.monotonic() - started
         stats = sim.stats()["actions"]["status"]
     return elapsed, int(stats["max_calls_in_any_1s_window"])

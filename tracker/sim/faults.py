@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -109,25 +108,6 @@ class FaultRule:
             "seconds": self.seconds,
             "skip": self.skip,
         }
-
-
-def fault_spec(
-    kind: str,
-    count: int | None = None,
-    probability: float | None = None,
-    actions: Sequence[str] | None = None,
-    seconds: float | None = None,
-    skip: int = 0,
-) -> dict[str, Any]:
-    """The admin JSON body of one rule: what ``POST /admin/faults`` takes."""
-    return {
-        "kind": kind,
-        "count": count,
-        "probability": probability,
-        "actions": list(actions) if actions is not None else None,
-        "seconds": seconds,
-        "skip": skip,
-    }
 
 
 def parse_rule(spec: dict[str, Any]) -> FaultRule:
