@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.rate_limit_load import status_calls_through_two_limiters  # noqa: E402
+from tests.support.rate_limit_load import rate_limited_status_calls  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
 from tracker.provider.client import ProviderClient  # noqa: E402
 from tracker.provider.errors import ProviderTimeout  # noqa: E402
@@ -43,22 +43,8 @@ CALLS = 70
 
 
 def rate_limit_run(broker_url: str, provider_id: int) -> tuple[float, int]:
-    with SimServer(dialect="standard", api_key=KEY, seed=11) as sim:
-        ids = sim.seed_orders(count=100, service=1)
-        started = time.monotonic()
-        status_calls_through_two_limiters(
-            provider_url=sim.url,
-            api_key=KEY,
-            order_ids=ids,
-            broker_url=broker_url,
-            provider_id=provider_id,
-            rate=RATE,
-            calls=CALLS,
-            join_timeout=120,
-        )
-        elapsed = time.monotonic() - started
-        stats = sim.stats()["actions"]["status"]
-    return elapsed, int(stats["max_calls_in_any_1s_window"])
+    result = rate_limited_status_calls(KEY, broker_url, provider_id, RATE, CALLS, join_timeout=120)
+    return result.seconds, int(result.status_stats["max_calls_in_any_1s_window"])
 
 
 def seed_million_run() -> float:

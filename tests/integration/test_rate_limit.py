@@ -11,9 +11,8 @@ import pytest
 import redis
 
 from tests.conftest import TEST_API_KEY
-from tests.support.rate_limit_load import status_calls_through_two_limiters
+from tests.support.rate_limit_load import rate_limited_status_calls
 from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter
-from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration
 
@@ -23,19 +22,7 @@ PROVIDER_ID = 1
 
 
 def test_many_threads_in_two_processes_never_exceed_the_rate_in_any_second(broker_url: str) -> None:
-    with SimServer(dialect="standard", api_key=TEST_API_KEY, seed=11) as sim:
-        ids = sim.seed_orders(count=100, service=1)
-        status_calls_through_two_limiters(
-            provider_url=sim.url,
-            api_key=TEST_API_KEY,
-            order_ids=ids,
-            broker_url=broker_url,
-            provider_id=PROVIDER_ID,
-            rate=RATE,
-            calls=CALLS,
-            join_timeout=60,
-        )
-        stats = sim.stats()["actions"]["status"]
+    stats = rate_limited_status_calls(TEST_API_KEY, broker_url, PROVIDER_ID, RATE, CALLS, join_timeout=60).status_stats
 
     assert stats["calls"] == CALLS
     assert stats["max_calls_in_any_1s_window"] <= RATE
