@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
@@ -40,6 +40,19 @@ def register_sim_orders(sim: SimServer, count: int, name: str = "panel", **seed:
         upsert_provider(session, spec, get_settings(), utcnow())
         track_orders(session, name, ids, now=utcnow())
     return ids
+
+
+def cli_runner(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``run(*arguments)``: runs the tracker command in process; its exit code and what it
+    printed (out, err), without what was printed before."""
+
+    def run(*arguments: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = tracker_cli(list(arguments))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 def add_provider(name: str, url: str, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
