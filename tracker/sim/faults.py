@@ -282,7 +282,7 @@ _PHP_NOTICE_TEXT = (
 )
 
 
-def _codeigniter_block(severity: str) -> bytes:
+def codeigniter_error_block(severity: str) -> bytes:
     """CodeIgniter 3's errors/html/error_php.php (it prints E_DEPRECATED as 8192)."""
     return (
         '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
@@ -300,8 +300,8 @@ def _codeigniter_block(severity: str) -> bytes:
     ).encode()
 
 
-_CODEIGNITER_NOTICE = _codeigniter_block("Notice") + b"\n" + _codeigniter_block("8192")
-_CODEIGNITER_WARNING = _codeigniter_block("Warning")
+_CODEIGNITER_NOTICE = codeigniter_error_block("Notice") + b"\n" + codeigniter_error_block("8192")
+_CODEIGNITER_WARNING = codeigniter_error_block("Warning")
 
 _LARAVEL_DEPRECATION = (
     b'<div class="exception-summary">\n'
