@@ -23,13 +23,13 @@ import argparse
 import http.server
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.http_server import serving  # noqa: E402
 from tests.support.rate_limit_load import rate_limited_status_calls  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
 from tracker.provider.client import ProviderClient  # noqa: E402
@@ -75,20 +75,13 @@ class _LateHandler(http.server.BaseHTTPRequestHandler):
 def read_timeout_run() -> float:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LateHandler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = ProviderClient(f"http://127.0.0.1:{server.server_address[1]}/api/v2", KEY, timeout=(1.0, 0.2), retries=0)
-    try:
+    with serving(server) as base_url, ProviderClient(f"{base_url}/api/v2", KEY, timeout=(1.0, 0.2), retries=0) as client:
         started = time.monotonic()
         try:
             client.status(1)
         except ProviderTimeout:
             return time.monotonic() - started
         raise RuntimeError("expected a ProviderTimeout")
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
 
 
 def median_of(runs: int, measure: Callable[[], float]) -> float:
