@@ -29,12 +29,12 @@ from pathlib import Path
 
 import psycopg
 import requests
-from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.databases import create_postgres_database, drop_postgres_database  # noqa: E402
+from tests.support.deployment import deployment_settings  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, redis_reachable, release_database  # noqa: E402
 from tracker.config import reset_settings  # noqa: E402
 from tracker.db import migrate  # noqa: E402
@@ -178,13 +178,7 @@ def main() -> int:
         return 2
     database_url = create_postgres_database()
     redis_number = claim_database(REDIS_BASE_URL)
-    env = {
-        **os.environ,
-        "TRACKER_DATABASE_URL": database_url,
-        "TRACKER_BROKER_URL": f"{REDIS_BASE_URL}/{redis_number}",
-        "TRACKER_SECRET_KEY": Fernet.generate_key().decode(),
-        "TRACKER_MODE": "production",
-    }
+    env = {**os.environ, **deployment_settings(database_url, f"{REDIS_BASE_URL}/{redis_number}")}
     exporter: subprocess.Popen[bytes] | None = None
     try:
         os.environ.update(env)

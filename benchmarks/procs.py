@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psycopg
 
+from tests.support.observe import tcp_sockets
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PG_SHARED_PROCESSES = ("checkpointer", "background writer", "walwriter")
 
@@ -110,17 +112,7 @@ def pss_kb(pid: int) -> int:
 def established_to_port(port: int) -> int:
     """Established TCP connections whose local end is ``port`` (the server's side)."""
     wanted = f":{port:04X}"
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 3 and parts[3] == "01" and parts[1].endswith(wanted):
-                count += 1
-    return count
+    return sum(1 for columns in tcp_sockets() if len(columns) > 3 and columns[3] == "01" and columns[1].endswith(wanted))
 
 
 class DatabaseCpu:

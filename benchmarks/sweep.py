@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import requests
-from cryptography.fernet import Fernet
 from sqlalchemy import Table, func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +79,7 @@ from tests.support.databases import (  # noqa: E402
     drop_mysql_database,
     drop_postgres_database,
 )
+from tests.support.deployment import deployment_settings  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, redis_reachable, release_database  # noqa: E402
 from tracker.config import reset_settings  # noqa: E402
 from tracker.db import migrate  # noqa: E402
@@ -331,10 +331,7 @@ def benchmark_settings(database_url: str, broker_url: str, state_dir: Path) -> d
     """The tracker's settings for one measured sweep: production mode, and nothing due
     twice while we measure."""
     return {
-        "TRACKER_DATABASE_URL": database_url,
-        "TRACKER_BROKER_URL": broker_url,
-        "TRACKER_SECRET_KEY": Fernet.generate_key().decode(),
-        "TRACKER_MODE": "production",
+        **deployment_settings(database_url, broker_url),
         "TRACKER_POLL_INTERVAL": "86400",
         "TRACKER_TICK_INTERVAL": "1",
         "TRACKER_STATE_DIR": str(state_dir),

@@ -23,17 +23,18 @@ import argparse
 import http.server
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.http_server import serving  # noqa: E402
+from tests.support.rate_limit_load import rate_limited_status_calls  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
 from tracker.provider.client import ProviderClient  # noqa: E402
 from tracker.provider.errors import ProviderTimeout  # noqa: E402
-from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter  # noqa: E402
+from tracker.providers.ratelimit import ARRIVAL_MARGIN  # noqa: E402
 from tracker.sim import SimAdmin, SimServer  # noqa: E402
 
 KEY = "bench-key-timing-7c1e"
@@ -42,36 +43,8 @@ CALLS = 70
 
 
 def rate_limit_run(broker_url: str, provider_id: int) -> tuple[float, int]:
-    with SimServer(dialect="standard", api_key=KEY, seed=11) as sim:
-        ids = sim.seed_orders(count=100, service=1)
-        limiters = [RateLimiter.from_url(broker_url), RateLimiter.from_url(broker_url)]
-        remaining = [CALLS]
-        lock = threading.Lock()
-
-        def caller(limiter: RateLimiter) -> None:
-            def throttle(_action: str) -> None:
-                limiter.acquire(provider_id, RATE)
-
-            client = ProviderClient(sim.url, KEY, before_call=throttle)
-            try:
-                while True:
-                    with lock:
-                        if remaining[0] == 0:
-                            return
-                        remaining[0] -= 1
-                    client.status_multi(ids)
-            finally:
-                client.close()
-
-        threads = [threading.Thread(target=caller, args=(limiter,)) for limiter in limiters for _ in range(4)]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        elapsed = time.monotonic() - started
-        stats = sim.stats()["actions"]["status"]
-    return elapsed, int(stats["max_calls_in_any_1s_window"])
+    result = rate_limited_status_calls(KEY, broker_url, provider_id, RATE, CALLS, join_timeout=120)
+    return result.seconds, int(result.status_stats["max_calls_in_any_1s_window"])
 
 
 def seed_million_run() -> float:
@@ -102,20 +75,13 @@ class _LateHandler(http.server.BaseHTTPRequestHandler):
 def read_timeout_run() -> float:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LateHandler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = ProviderClient(f"http://127.0.0.1:{server.server_address[1]}/api/v2", KEY, timeout=(1.0, 0.2), retries=0)
-    try:
+    with serving(server) as base_url, ProviderClient(f"{base_url}/api/v2", KEY, timeout=(1.0, 0.2), retries=0) as client:
         started = time.monotonic()
         try:
             client.status(1)
         except ProviderTimeout:
             return time.monotonic() - started
         raise RuntimeError("expected a ProviderTimeout")
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
 
 
 def median_of(runs: int, measure: Callable[[], float]) -> float:

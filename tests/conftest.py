@@ -3,27 +3,23 @@ test's own, the simulated provider over HTTP, and real Celery worker/beat proces
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from tests.support.databases import (
-    create_mysql_database,
-    create_postgres_database,
-    drop_mysql_database,
-    drop_postgres_database,
+    ALL_DATABASES,
     drop_stale_mysql_databases,
     drop_stale_postgres_databases,
     mysql_required,
     mysql_unavailable_reason,
     postgres_required,
     postgres_unavailable_reason,
+    server_database,
 )
+from tests.support.deployment import applied_settings, settings_under_test
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, redis_reachable, release_database
-from tracker.config import reset_settings
 from tracker.db import migrate
 from tracker.db.session import dispose_engines
 from tracker.ops.bundled_redis import BundledRedis
@@ -43,36 +39,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def postgres_available() -> bool:
-    reason = postgres_unavailable_reason()
+def _server_available(
+    name: str, reason: str | None, required: bool, drop_stale: Callable[[], object]
+) -> bool:
     if reason is None:
         # Once a session, before its first database: what crashed runs left behind.
-        drop_stale_postgres_databases()
+        drop_stale()
         return True
-    if postgres_required():
-        pytest.fail(f"{reason} (PostgreSQL tests are required in CI)")
+    if required:
+        pytest.fail(f"{reason} ({name} tests are required in CI)")
     return False
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    return _server_available(
+        "PostgreSQL", postgres_unavailable_reason(), postgres_required(), drop_stale_postgres_databases
+    )
 
 
 @pytest.fixture(scope="session")
 def mysql_available() -> bool:
-    reason = mysql_unavailable_reason()
-    if reason is None:
-        drop_stale_mysql_databases()
-        return True
-    if mysql_required():
-        pytest.fail(f"{reason} (MariaDB tests are required in CI)")
-    return False
+    return _server_available("MariaDB", mysql_unavailable_reason(), mysql_required(), drop_stale_mysql_databases)
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mysql),
-    ]
-)
+@pytest.fixture(params=ALL_DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database, on each backend in turn."""
     if request.param == "sqlite":
@@ -81,14 +72,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         dispose_engines()
         return
-    if request.param == "mariadb":
-        if not request.getfixturevalue("mysql_available"):
-            pytest.skip(mysql_unavailable_reason() or "MariaDB unavailable")
-        create, drop = create_mysql_database, drop_mysql_database
-    else:
-        if not request.getfixturevalue("postgres_available"):
-            pytest.skip(postgres_unavailable_reason() or "PostgreSQL unavailable")
-        create, drop = create_postgres_database, drop_postgres_database
+    create, drop = server_database(request, str(request.param))
     url = create()
     try:
         migrate.upgrade(url)
@@ -126,24 +110,5 @@ def tracker_env(
 ) -> Iterator[dict[str, str]]:
     """The environment of a tracker deployment under test, applied to this process too
     (for direct database access) and returned for subprocesses."""
-    values = {
-        "TRACKER_DATABASE_URL": database_url,
-        "TRACKER_BROKER_URL": broker_url,
-        "TRACKER_SECRET_KEY": Fernet.generate_key().decode(),
-        "TRACKER_POLL_INTERVAL": "1",
-        "TRACKER_TICK_INTERVAL": "1",
-        "TRACKER_MAX_POLL_BACKOFF": "2",
-        "TRACKER_NOT_FOUND_AFTER": "3",
-        # Short leases, so work lost with the broker comes back within the test's patience.
-        "TRACKER_LEASE_SECONDS": "10",
-        "TRACKER_STATE_DIR": str(tmp_path / "state"),
-        "TRACKER_MODE": "production",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    reset_settings()
-    dispose_engines()
-    env = dict(os.environ)
-    yield env
-    reset_settings()
-    dispose_engines()
+    with applied_settings(settings_under_test(database_url, broker_url, tmp_path / "state"), monkeypatch) as env:
+        yield env

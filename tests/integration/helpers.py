@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
@@ -18,13 +18,41 @@ from sqlalchemy import func, select
 from tests.conftest import TEST_API_KEY
 from tests.support import processes
 from tracker.cli.main import main as tracker_cli
-from tracker.config import Settings
+from tracker.config import Settings, get_settings
+from tracker.core.clock import utcnow
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.polling.dispatch import AttemptWork, PollWork, claim_all
 from tracker.polling.engine import PollSummary, poll_batch
 from tracker.polling.orders import ORDERS
+from tracker.orders.enqueue import track_orders
 from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
+from tracker.sim.server import SimServer
+
+
+def register_sim_orders(sim: SimServer, count: int, name: str = "panel", **seed: object) -> list[int]:
+    """``count`` new sim orders (``seed``: the rest of ``SimServer.seed_orders``'s arguments),
+    tracked by provider ``name``, registered for the sim; their IDs."""
+    ids = sim.seed_orders(count=count, service=1, **seed)  # type: ignore[arg-type]
+    with unit_of_work() as session:
+        spec = ProviderSpec(name=name, url=sim.url, api_key=TEST_API_KEY, rate_limit=100)
+        upsert_provider(session, spec, get_settings(), utcnow())
+        track_orders(session, name, ids, now=utcnow())
+    return ids
+
+
+def cli_runner(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``run(*arguments)``: runs the tracker command in process; its exit code and what it
+    printed (out, err), without what was printed before."""
+
+    def run(*arguments: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = tracker_cli(list(arguments))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 def add_provider(name: str, url: str, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:

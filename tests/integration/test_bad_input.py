@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.integration.helpers import add_provider, count_orders, print_figures, shop_client
+from tests.integration.helpers import add_provider, cli_runner, count_orders, print_figures, shop_client
 from tests.support.databases import SERVER_DATABASES
 from tests.support.cluster import Cluster
 from tests.support.integrity import first_problems, truth_problems
 from tests.support.observe import run_measuring_memory
 from tests.support.processes import wait_until
-from tracker.cli.main import main as tracker_cli
 from tracker.db.models import Drop, Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.core.ids import MAX_ORDER_ID
@@ -133,11 +132,7 @@ def test_malformed_tasks_fail_clearly_and_the_worker_keeps_going(
 def test_bad_cli_input_is_refused_clearly(
     tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run(*arguments: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = tracker_cli(list(arguments))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+    run = cli_runner(capsys)
 
     with SimServer(dialect="standard", speed=1.0, seed=32) as sim:
         add_provider("panel", sim.url, monkeypatch)

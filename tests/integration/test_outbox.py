@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.integration.helpers import add_provider, print_figures, running_tracker
+from tests.integration.helpers import add_provider, cli_runner, print_figures, running_tracker
 from tests.support.processes import wait_until
 from tests.support.shop_endpoint import ShopEndpoint
-from tracker.cli.main import main as tracker_cli
 from tracker.core.clock import utcnow
 from tracker.config import get_settings, reset_settings
 from tracker.db.models import Order, OutboxEvent
@@ -126,11 +125,7 @@ def test_one_orders_events_reach_the_shop_in_order(
 def test_events_resend_puts_ended_events_back(
     tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run(*arguments: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = tracker_cli(list(arguments))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+    run = cli_runner(capsys)
 
     with ShopEndpoint() as shop:
         use_shop(monkeypatch, shop)

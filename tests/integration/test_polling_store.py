@@ -11,8 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_API_KEY
-from tests.integration.helpers import order_polls, poll_orders
+from tests.integration.helpers import order_polls, poll_orders, register_sim_orders
 from tests.support.processes import wait_until
 from tracker.polling.dispatch import PollWork
 from tracker.core.clock import utcnow
@@ -23,7 +22,6 @@ from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
 from tracker.orders.enqueue import track_orders
 from tracker.providers.gateway import Gateway
-from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +33,8 @@ def sim() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture
-def gateway(tracker_env: dict[str, str]) -> Iterator[Gateway]:
-    gateway = Gateway(get_settings(), rate_limiter=None)
-    yield gateway
-    gateway.close()
-
-
 def register(sim: SimServer, count: int, name: str = "panel", **seed: object) -> list[int]:
-    ids = sim.seed_orders(count=count, service=1, age_s=400, **seed)  # type: ignore[arg-type]
-    with unit_of_work() as session:
-        upsert_provider(session, ProviderSpec(name=name, url=sim.url, api_key=TEST_API_KEY, rate_limit=100), get_settings(), utcnow())
-        track_orders(session, name, ids, now=utcnow())
-    return ids
+    return register_sim_orders(sim, count, name, age_s=400, **seed)
 
 
 def event_count() -> int:

@@ -36,7 +36,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.helpers import add_provider, count_orders, print_figures, shop_client
-from tests.support.deployment import SERVER_DATABASES_ONLY, module_deployment
+from tests.support.databases import SERVER_DATABASES
+from tests.support.deployment import module_deployment
 from tests.support.cluster import Cluster
 from tests.support.integrity import event_problems, first_problems, truth_problems
 from tests.support.observe import SimCallLog, gaps
@@ -154,7 +155,7 @@ class Scenario:
 
 # The server databases only keep the runtime modest (the circuit stays open 30 s):
 # PostgreSQL and MariaDB, where workers update provider health under row locks. Every other fault file runs SQLite too.
-@pytest.fixture(scope="module", params=SERVER_DATABASES_ONLY)
+@pytest.fixture(scope="module", params=SERVER_DATABASES)
 def scenario(
     request: pytest.FixtureRequest, redis_base_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scenario]:

@@ -20,8 +20,7 @@ from datetime import datetime, timedelta, tzinfo
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import TEST_API_KEY
-from tests.integration.helpers import order_polls, poll_orders
+from tests.integration.helpers import order_polls, poll_orders, register_sim_orders
 import tracker.core.clock
 from tracker.cli.main import main as tracker_cli
 from tracker.core.clock import utcnow
@@ -31,7 +30,6 @@ from tracker.db.session import unit_of_work
 from tracker.sim.server import SimServer
 from tracker.orders.enqueue import track_orders
 from tracker.providers.gateway import Gateway
-from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +39,6 @@ def sim() -> Iterator[SimServer]:
     # speed ~0: the sim's clock moves only when the test advances it.
     with SimServer(dialect="standard", speed=1e-6, seed=11) as server:
         yield server
-
-
-@pytest.fixture
-def gateway(tracker_env: dict[str, str]) -> Iterator[Gateway]:
-    gateway = Gateway(get_settings(), rate_limiter=None)
-    yield gateway
-    gateway.close()
-
-
-def register(sim: SimServer, count: int, **seed: object) -> list[int]:
-    ids = sim.seed_orders(count=count, service=1, **seed)  # type: ignore[arg-type]
-    with unit_of_work() as session:
-        upsert_provider(
-            session, ProviderSpec(name="panel", url=sim.url, api_key=TEST_API_KEY, rate_limit=100), get_settings(), utcnow()
-        )
-        track_orders(session, "panel", ids, now=utcnow())
-    return ids
 
 
 def poll_all_due(gateway: Gateway) -> None:
@@ -81,7 +62,7 @@ def statuses() -> list[str | None]:
 
 
 def test_a_provider_that_forgets_every_order_is_failing_not_each_order(sim: SimServer, gateway: Gateway) -> None:
-    register(sim, 40, pending_s=10**6)
+    register_sim_orders(sim, 40, pending_s=10**6)
     poll_all_due(gateway)
     assert statuses() == ["Pending"] * 40
     # The panel's database is restored from an old backup: it knows none of them.
@@ -97,7 +78,7 @@ def test_a_provider_that_forgets_every_order_is_failing_not_each_order(sim: SimS
 
 
 def test_orders_the_provider_never_knew_still_end_not_found(sim: SimServer, gateway: Gateway) -> None:
-    register(sim, 10, pending_s=10**6)
+    register_sim_orders(sim, 10, pending_s=10**6)
     with unit_of_work() as session:
         # Typos by the shop: IDs the panel never had, never answered for.
         track_orders(session, "panel", [900001, 900002, 900003], now=utcnow())
@@ -110,7 +91,7 @@ def test_orders_the_provider_never_knew_still_end_not_found(sim: SimServer, gate
 def test_reopen_puts_not_found_orders_back_into_polling(
     sim: SimServer, gateway: Gateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ids = register(sim, 5, pending_s=10**6)
+    ids = register_sim_orders(sim, 5, pending_s=10**6)
     poll_all_due(gateway)
     with unit_of_work() as session:
         # As the old tracker left them after a provider-wide "Incorrect order ID": ended
@@ -146,7 +127,7 @@ class _HourAhead(datetime):
 def test_a_worker_whose_clock_runs_ahead_freezes_nothing(
     sim: SimServer, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = register(sim, 20, pending_s=60, progress_s=10**6)
+    ids = register_sim_orders(sim, 20, pending_s=60, progress_s=10**6)
     with monkeypatch.context() as skewed:
         skewed.setattr(tracker.core.clock, "datetime", _HourAhead)
         poll_all_due(gateway)
@@ -161,7 +142,7 @@ def test_a_worker_whose_clock_runs_ahead_freezes_nothing(
 
 
 def test_a_reopened_order_is_not_ended_again_by_one_not_found_answer(sim: SimServer, gateway: Gateway) -> None:
-    ids = register(sim, 3, pending_s=10**6)
+    ids = register_sim_orders(sim, 3, pending_s=10**6)
     poll_all_due(gateway)
     for _ in range(get_settings().not_found_after):
         # Too few orders for a provider-wide verdict: each answer counts for its order.

@@ -7,15 +7,12 @@ The sim counts arrivals in every sliding one-second window.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import redis
 
 from tests.conftest import TEST_API_KEY
-from tracker.provider.client import ProviderClient
+from tests.support.rate_limit_load import rate_limited_status_calls
 from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter
-from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration
 
@@ -25,33 +22,7 @@ PROVIDER_ID = 1
 
 
 def test_many_threads_in_two_processes_never_exceed_the_rate_in_any_second(broker_url: str) -> None:
-    with SimServer(dialect="standard", api_key=TEST_API_KEY, seed=11) as sim:
-        ids = sim.seed_orders(count=100, service=1)
-        limiters = [RateLimiter.from_url(broker_url), RateLimiter.from_url(broker_url)]
-        remaining = [CALLS]
-        lock = threading.Lock()
-
-        def caller(limiter: RateLimiter) -> None:
-            def throttle(_action: str) -> None:
-                limiter.acquire(PROVIDER_ID, RATE)
-
-            client = ProviderClient(sim.url, TEST_API_KEY, before_call=throttle)
-            try:
-                while True:
-                    with lock:
-                        if remaining[0] == 0:
-                            return
-                        remaining[0] -= 1
-                    client.status_multi(ids)
-            finally:
-                client.close()
-
-        threads = [threading.Thread(target=caller, args=(limiter,)) for limiter in limiters for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        stats = sim.stats()["actions"]["status"]
+    stats = rate_limited_status_calls(TEST_API_KEY, broker_url, PROVIDER_ID, RATE, CALLS, join_timeout=60).status_stats
 
     assert stats["calls"] == CALLS
     assert stats["max_calls_in_any_1s_window"] <= RATE

@@ -46,7 +46,8 @@ from tests.integration.helpers import (
     shop_client,
 )
 from tests.support import processes
-from tests.support.deployment import ALL_DATABASES, module_deployment
+from tests.support.databases import ALL_DATABASES
+from tests.support.deployment import module_deployment
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
 from tracker.core.clock import utcnow

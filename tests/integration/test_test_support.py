@@ -24,6 +24,7 @@ from tests.support.databases import (
     drop_stale_mysql_databases,
     drop_stale_postgres_databases,
     is_stale,
+    mysql_admin_execute,
 )
 from tests.support.redis_db import CLAIM_KEY, CLAIM_SECONDS, USED_KEY, _take
 
@@ -122,29 +123,13 @@ def test_stale_mariadb_databases_are_dropped(mysql_available: bool) -> None:
     if not mysql_available:
         pytest.skip("MariaDB unavailable")
     stale = _stale_name()
-    connection = databases._mysql_connect(autocommit=True)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE `{stale}`")
-    finally:
-        connection.close()
+    mysql_admin_execute(f"CREATE DATABASE `{stale}`")
     fresh = create_mysql_database()
     try:
         assert stale in drop_stale_mysql_databases()
-        connection = databases._mysql_connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
-                names = {str(row[0]) for row in cursor.fetchall()}
-        finally:
-            connection.close()
+        names = {str(row[0]) for row in mysql_admin_execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")}
         assert stale not in names
         assert fresh.rpartition("/")[2] in names
     finally:
         drop_mysql_database(fresh)
-        connection = databases._mysql_connect(autocommit=True)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{stale}`")
-        finally:
-            connection.close()
+        mysql_admin_execute(f"DROP DATABASE IF EXISTS `{stale}`")

@@ -9,37 +9,28 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
 
 from tests.support import processes
 from tests.support.processes import Proc
 
 
-class Cluster:
+class Cluster(ExitStack):
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        super().__init__()
         self.env = env
         self.log_dir = log_dir
         self.procs: list[Proc] = []
 
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop_all()
-
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        """Stops every process started so far, the latest first, as the block's end does."""
+        self.close()
 
     def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Proc:
         proc = processes.start(name, command, env or self.env, self.log_dir)
         self.procs.append(proc)
+        self.callback(proc.stop)
         return proc
 
     def workers(self, *names: str, concurrency: int = 4) -> list[Proc]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -159,15 +160,21 @@ def mysql_unavailable_reason() -> str | None:
         return f"MariaDB/MySQL not reachable at {MYSQL_ADMIN_URL}: {str(exc).strip()[:200]}"
 
 
-def create_mysql_database() -> str:
-    name = new_database_name()
+def mysql_admin_execute(statement: str) -> list[tuple[Any, ...]]:
+    """Runs one statement as the admin user, outside any database; the rows it returned."""
     connection = _mysql_connect(autocommit=True)
     try:
         with connection.cursor() as cursor:
-            # The server's default collation, as a shop's database has: the migrations set their own.
-            cursor.execute(f"CREATE DATABASE `{name}`")
+            cursor.execute(statement)
+            return list(cursor.fetchall())
     finally:
         connection.close()
+
+
+def create_mysql_database() -> str:
+    name = new_database_name()
+    # The server's default collation, as a shop's database has: the migrations set their own.
+    mysql_admin_execute(f"CREATE DATABASE `{name}`")
     return make_url(MYSQL_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
@@ -188,6 +195,22 @@ SERVER_DATABASES = [
     pytest.param("postgresql", marks=pytest.mark.postgres),
     pytest.param("mariadb", marks=pytest.mark.mysql),
 ]
+# For tests that run on every database.
+ALL_DATABASES = ["sqlite", *SERVER_DATABASES]
+
+
+def server_database(
+    request: pytest.FixtureRequest, kind: str
+) -> tuple[Callable[[], str], Callable[[str], None]]:
+    """How to create and drop a throw-away database of ``kind`` ("postgresql" or "mariadb");
+    skips the test (or fails it, where CI requires the server) when the server is unavailable."""
+    if kind == "mariadb":
+        if not request.getfixturevalue("mysql_available"):
+            pytest.skip(mysql_unavailable_reason() or "MariaDB unavailable")
+        return create_mysql_database, drop_mysql_database
+    if not request.getfixturevalue("postgres_available"):
+        pytest.skip(postgres_unavailable_reason() or "PostgreSQL unavailable")
+    return create_postgres_database, drop_postgres_database
 
 
 def connect_mysql(url: str) -> pymysql.connections.Connection[Any]:

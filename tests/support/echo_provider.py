@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tests.support.http_server import BackgroundServer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -63,30 +63,17 @@ class _EchoServer(ThreadingHTTPServer):
     variants: itertools.cycle[int]
 
 
-class EchoProvider:
+class EchoProvider(BackgroundServer):
     def __init__(self) -> None:
-        self._server = _EchoServer(("127.0.0.1", 0), _Handler)
-        self._server.variants = itertools.cycle(range(3))
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        server = _EchoServer(("127.0.0.1", 0), _Handler)
+        server.variants = itertools.cycle(range(3))
+        super().__init__(server)
+        self._echo_server = server
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/api/v2"
+        return f"{self.base_url}/api/v2"
 
     @property
     def requests(self) -> int:
-        return self._server.requests
-
-    def __enter__(self) -> EchoProvider:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        return self._echo_server.requests

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,21 +89,26 @@ def _address_of(hex_address: str) -> tuple[str, int]:
     return host, int(port_hex, 16)
 
 
-def listening_addresses(pid: int) -> list[tuple[str, int]]:
-    """(host, port) of every TCP socket the process listens on, from /proc."""
-    inodes = _socket_inodes(pid)
-    found: list[tuple[str, int]] = []
+def tcp_sockets() -> Iterator[list[str]]:
+    """The columns of every row of /proc/net/tcp and /proc/net/tcp6 (local address at 1,
+    state at 3, inode at 9); nothing from a table this system lacks."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            columns = line.split()
-            local, state, inode = columns[1], columns[3], columns[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                found.append(_address_of(local))
-    return found
+            yield line.split()
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(host, port) of every TCP socket the process listens on, from /proc."""
+    inodes = _socket_inodes(pid)
+    return [
+        _address_of(columns[1])
+        for columns in tcp_sockets()
+        if columns[3] == "0A" and columns[9] in inodes  # 0A: LISTEN
+    ]
 
 
 def wait_for_listening(pid: int, timeout: float) -> list[tuple[str, int]]:

@@ -12,9 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
+from tests.support.http_server import BackgroundServer
 from tracker.outbox.webhooks import EVENT_ID_HEADER
 
 
@@ -59,35 +59,26 @@ class _Server(ThreadingHTTPServer):
     state: _State
 
 
-class ShopEndpoint:
+class ShopEndpoint(BackgroundServer):
     def __init__(self, *, delay_s: float = 0.0, refuse: dict[str, int] | None = None) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.state = _State(delay_s, Counter(refuse or {}))
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.state = _State(delay_s, Counter(refuse or {}))
+        super().__init__(server)
+        self._shop_server = server
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/tracker"
+        return f"{self.base_url}/hooks/tracker"
 
     def refuse(self, event_id: str, times: int = 1) -> None:
-        with self._server.state.lock:
-            self._server.state.refuse[event_id] += times
+        with self._shop_server.state.lock:
+            self._shop_server.state.refuse[event_id] += times
 
     @property
     def posts(self) -> list[Post]:
-        with self._server.state.lock:
-            return list(self._server.state.posts)
+        with self._shop_server.state.lock:
+            return list(self._shop_server.state.posts)
 
     def accepted_ids(self) -> list[str]:
         """Event IDs answered 2xx, in the order the endpoint answered them."""
         return [post.event_id for post in self.posts if post.accepted]
-
-    def __enter__(self) -> ShopEndpoint:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()

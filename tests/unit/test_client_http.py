@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from tests.support.http_server import serving
 from tracker.core.status import OrderStatus, RefillStatus
 from tracker.provider.client import CallRecord, ProviderClient, parse_retry_after
 from tracker.provider.errors import (
@@ -103,13 +104,9 @@ def provider() -> Iterator[FakeProvider]:
     fake = FakeProvider()
     server = _Server(("127.0.0.1", 0), _Handler)
     server.provider = fake
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/api/v2"
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(server, poll_interval=0.02) as base_url:
+        fake.url = f"{base_url}/api/v2"
+        yield fake
 
 
 def client_for(

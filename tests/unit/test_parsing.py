@@ -31,6 +31,7 @@ from tracker.provider.types import (
     OrderReport,
     RefillReport,
 )
+from tracker.sim.faults import codeigniter_error_block
 
 SEEDS = Path(__file__).resolve().parent.parent / "fixtures" / "seeds"
 KEY = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -498,18 +499,8 @@ PLAIN_NOTICE = "Notice: Undefined offset: 1 in /var/www/panel/api.php on line 7\
 
 
 def codeigniter(severity: str) -> str:
-    """CodeIgniter 3's error_php.php view; E_DEPRECATED has no name there, so 8192."""
-    return (
-        '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
-        "<h4>A PHP Error was encountered</h4>\n\n"
-        f"<p>Severity: {severity}</p>\n"
-        "<p>Message:  Undefined index: currency</p>\n"
-        "<p>Filename: controllers/Api.php</p>\n"
-        "<p>Line Number: 42</p>\n\n"
-        "\t<p>Backtrace:</p>\n\t\n\t\t<p style=\"margin-left:10px\">\n"
-        "\t\tFile: /var/www/application/controllers/Api.php<br />\n"
-        "\t\tLine: 42<br />\n\t\tFunction: _error_handler\t\t\t</p>\n\n</div>"
-    )
+    """CodeIgniter 3's error_php.php view, as the sim serves it."""
+    return codeigniter_error_block(severity).decode()
 
 
 def laravel(title: str) -> str:

@@ -8,12 +8,12 @@ same admin methods, with the same signatures and results, as the in-process
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import requests
 
-from tracker.sim.faults import fault_spec
+from tracker.sim.admin_methods import SimAdminMethods
 
 _IDS_PER_QUERY = 1000
 
@@ -25,23 +25,19 @@ class SimAdminError(ValueError):
     """
 
 
-class SimAdmin:
+class SimAdmin(SimAdminMethods):
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         """``base_url``: ``http://HOST:PORT``; an ``.../api/v2`` URL is accepted too."""
         base = base_url.rstrip("/")
         for suffix in ("/api/v2", "/admin"):
             base = base.removesuffix(suffix)
-        self.base_url = base
+        self._base_url = base
         self.timeout = timeout
         self._session = requests.Session()
 
     @property
-    def url(self) -> str:
-        return f"{self.base_url}/api/v2"
-
-    @property
-    def admin_url(self) -> str:
-        return f"{self.base_url}/admin"
+    def base_url(self) -> str:
+        return self._base_url
 
     def close(self) -> None:
         self._session.close()
@@ -68,38 +64,9 @@ class SimAdmin:
                     raise
                 time.sleep(0.05)
 
-    def seed_orders(
-        self,
-        count: int = 1,
-        service: int = 1,
-        quantity: int | None = None,
-        outcome: str | None = None,
-        pending_s: float | None = None,
-        progress_s: float | None = None,
-        link: str = "https://example.com/sim-target",
-        age_s: float = 0.0,
-        start_count: int | None = None,
-        natural_drop: bool | None = None,
-    ) -> list[int]:
-        reply = self._call(
-            "POST",
-            "/admin/orders",
-            {
-                "count": count,
-                "service": service,
-                "quantity": quantity,
-                "outcome": outcome,
-                "pending_s": pending_s,
-                "progress_s": progress_s,
-                "link": link,
-                "age_s": age_s,
-                "start_count": start_count,
-                "natural_drop": natural_drop,
-                # Seeded ids are consecutive: the range is enough, however many there are.
-                "return_ids": False,
-            },
-        )
-        return list(range(reply["first"], reply["last"] + 1))
+    def _seed(self, body: dict[str, Any]) -> tuple[int, int]:
+        reply = self._call("POST", "/admin/orders", {**body, "return_ids": False})
+        return int(reply["first"]), int(reply["last"])
 
     def _by_id(self, path: str, field: str, ids: Iterable[int]) -> dict[int, Any]:
         # Ids travel in the query string; chunks keep the request line short.
@@ -124,16 +91,8 @@ class SimAdmin:
     def reset_stats(self) -> None:
         self._call("POST", "/admin/stats/reset")
 
-    def inject_fault(
-        self,
-        kind: str,
-        count: int | None = None,
-        probability: float | None = None,
-        actions: Sequence[str] | None = None,
-        seconds: float | None = None,
-        skip: int = 0,
-    ) -> None:
-        self._call("POST", "/admin/faults", fault_spec(kind, count, probability, actions, seconds, skip))
+    def _add_fault(self, body: dict[str, Any]) -> None:
+        self._call("POST", "/admin/faults", body)
 
     def clear_faults(self) -> int:
         cleared: int = self._call("DELETE", "/admin/faults")["cleared"]

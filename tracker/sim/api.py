@@ -7,7 +7,7 @@ The request forms each dialect accepts are described in ``tracker.sim.dialects``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from tracker.sim import dialects as msg
 from tracker.sim.dialects import MAX_IDS_PER_CALL, Dialect
@@ -15,6 +15,7 @@ from tracker.sim.provider import SimProvider
 
 Params = Mapping[str, str]
 Answer = Any
+R = TypeVar("R")
 
 # The parameter that carries a list of IDs, per action.
 _MULTI_PARAM = {
@@ -57,6 +58,24 @@ def count_ids(params: Params) -> tuple[str, int]:
 
 def _error(message: str) -> dict[str, str]:
     return {"error": message}
+
+
+def _id_list_error(tokens: list[str]) -> dict[str, str] | None:
+    """What a list of IDs is refused with before any of them is looked up: none, or too many."""
+    if not tokens:
+        return _error(msg.ERR_INCORRECT_REQUEST)
+    if len(tokens) > MAX_IDS_PER_CALL:
+        return _error(msg.ERR_TOO_MANY_IDS)
+    return None
+
+
+def _per_id(tokens: list[str], answer: Callable[[int], R], not_an_id: R) -> list[tuple[int | str, R]]:
+    """(each ID as the dialect echoes it, its answer), ``not_an_id`` for a token that is none."""
+    results: list[tuple[int | str, R]] = []
+    for token in tokens:
+        parsed = parse_id(token)
+        results.append((_id_key(token), answer(parsed) if parsed is not None else not_an_id))
+    return results
 
 
 def _services(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
@@ -105,10 +124,9 @@ def _status(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
     currency = provider.currency
     if "orders" in params:
         tokens = split_ids(params["orders"])
-        if not tokens:
-            return _error(msg.ERR_INCORRECT_REQUEST)
-        if len(tokens) > MAX_IDS_PER_CALL:
-            return _error(msg.ERR_TOO_MANY_IDS)
+        refused = _id_list_error(tokens)
+        if refused is not None:
+            return refused
         if len(tokens) == 1 and provider.config.single_id_orders_as_order:
             return _status(provider, dialect, {"order": tokens[0]})
         t = provider.now()
@@ -147,20 +165,12 @@ def _refill(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
             if len(tokens) != 1:
                 return _error(msg.ERR_INCORRECT_REQUEST)
             return _refill_one(provider, dialect, tokens[0])
-        if not dialect.multi_refill or not tokens:
+        if not dialect.multi_refill:
             return _error(msg.ERR_INCORRECT_REQUEST)
-        if len(tokens) > MAX_IDS_PER_CALL:
-            return _error(msg.ERR_TOO_MANY_IDS)
-        items: list[tuple[int | str, int | str]] = []
-        for token in tokens:
-            order_id = parse_id(token)
-            result = (
-                provider.request_refill(order_id)
-                if order_id is not None
-                else msg.ERR_ORDER_NOT_FOUND
-            )
-            items.append((_id_key(token), result))
-        return dialect.refill_created_multi(items)
+        refused = _id_list_error(tokens)
+        if refused is not None:
+            return refused
+        return dialect.refill_created_multi(_per_id(tokens, provider.request_refill, msg.ERR_ORDER_NOT_FOUND))
     if "order" in params:
         return _refill_one(provider, dialect, params["order"])
     return _error(msg.ERR_INCORRECT_REQUEST)
@@ -170,16 +180,13 @@ def _refill_status(provider: SimProvider, dialect: Dialect, params: Params) -> A
     t = provider.now()
     if "refills" in params:
         tokens = split_ids(params["refills"])
-        if not dialect.multi_refill_status or not tokens:
+        if not dialect.multi_refill_status:
             return _error(msg.ERR_INCORRECT_REQUEST)
-        if len(tokens) > MAX_IDS_PER_CALL:
-            return _error(msg.ERR_TOO_MANY_IDS)
-        items = []
-        for token in tokens:
-            refill_id = parse_id(token)
-            status = provider.refill_status(refill_id, t) if refill_id is not None else None
-            items.append((_id_key(token), status))
-        return dialect.refill_status_multi(items)
+        refused = _id_list_error(tokens)
+        if refused is not None:
+            return refused
+        statuses = _per_id(tokens, lambda refill_id: provider.refill_status(refill_id, t), None)
+        return dialect.refill_status_multi(statuses)
     if "refill" in params:
         refill_id = parse_id(params["refill"].strip())
         status = provider.refill_status(refill_id, t) if refill_id is not None else None
@@ -194,18 +201,10 @@ def _cancel(provider: SimProvider, dialect: Dialect, params: Params) -> Answer:
         return _error(msg.ERR_INCORRECT_REQUEST)
     text = params.get("orders", params.get("order"))
     tokens = split_ids(text) if text is not None else []
-    if not tokens:
-        return _error(msg.ERR_INCORRECT_REQUEST)
-    if len(tokens) > MAX_IDS_PER_CALL:
-        return _error(msg.ERR_TOO_MANY_IDS)
-    items: list[tuple[int | str, str | None]] = []
-    for token in tokens:
-        order_id = parse_id(token)
-        error = (
-            provider.request_cancel(order_id) if order_id is not None else msg.ERR_ORDER_NOT_FOUND
-        )
-        items.append((_id_key(token), error))
-    return dialect.cancel_multi(items)
+    refused = _id_list_error(tokens)
+    if refused is not None:
+        return refused
+    return dialect.cancel_multi(_per_id(tokens, provider.request_cancel, msg.ERR_ORDER_NOT_FOUND))
 
 
 _ACTIONS: dict[str, Callable[[SimProvider, Dialect, Params], Answer]] = {

@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -109,25 +108,6 @@ class FaultRule:
             "seconds": self.seconds,
             "skip": self.skip,
         }
-
-
-def fault_spec(
-    kind: str,
-    count: int | None = None,
-    probability: float | None = None,
-    actions: Sequence[str] | None = None,
-    seconds: float | None = None,
-    skip: int = 0,
-) -> dict[str, Any]:
-    """The admin JSON body of one rule: what ``POST /admin/faults`` takes."""
-    return {
-        "kind": kind,
-        "count": count,
-        "probability": probability,
-        "actions": list(actions) if actions is not None else None,
-        "seconds": seconds,
-        "skip": skip,
-    }
 
 
 def parse_rule(spec: dict[str, Any]) -> FaultRule:
@@ -302,7 +282,7 @@ _PHP_NOTICE_TEXT = (
 )
 
 
-def _codeigniter_block(severity: str) -> bytes:
+def codeigniter_error_block(severity: str) -> bytes:
     """CodeIgniter 3's errors/html/error_php.php (it prints E_DEPRECATED as 8192)."""
     return (
         '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
@@ -320,8 +300,8 @@ def _codeigniter_block(severity: str) -> bytes:
     ).encode()
 
 
-_CODEIGNITER_NOTICE = _codeigniter_block("Notice") + b"\n" + _codeigniter_block("8192")
-_CODEIGNITER_WARNING = _codeigniter_block("Warning")
+_CODEIGNITER_NOTICE = codeigniter_error_block("Notice") + b"\n" + codeigniter_error_block("8192")
+_CODEIGNITER_WARNING = codeigniter_error_block("Warning")
 
 _LARAVEL_DEPRECATION = (
     b'<div class="exception-summary">\n'

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import replace
 from decimal import Decimal
 from http import HTTPStatus
@@ -23,9 +23,10 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from tracker.sim.admin_api import handle_admin
+from tracker.sim.admin_methods import SimAdminMethods
 from tracker.sim.api import KNOWN_ACTIONS, OTHER_ACTION, count_ids, handle_api
 from tracker.sim.dialects import MAX_IDS_PER_CALL
-from tracker.sim.faults import FaultKind, canned_reply, damage_body, fault_spec
+from tracker.sim.faults import FaultKind, canned_reply, damage_body
 from tracker.sim.provider import AdminError, SimConfig, SimProvider
 
 API_PATHS = frozenset({"/api/v2", "/api/v2/"})
@@ -213,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, payload)
 
 
-class SimServer:
+class SimServer(SimAdminMethods):
     """The simulated provider on a background thread, plus direct admin access.
 
     ``with SimServer(dialect="singles", speed=60) as sim: ...`` starts it on a free port;
@@ -296,44 +297,12 @@ class SimServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def url(self) -> str:
-        return f"{self.base_url}/api/v2"
-
-    @property
-    def admin_url(self) -> str:
-        return f"{self.base_url}/admin"
 
     # -- admin, in process -------------------------------------------------------------------
 
-    def seed_orders(
-        self,
-        count: int = 1,
-        service: int = 1,
-        quantity: int | None = None,
-        outcome: str | None = None,
-        pending_s: float | None = None,
-        progress_s: float | None = None,
-        link: str = "https://example.com/sim-target",
-        age_s: float = 0.0,
-        start_count: int | None = None,
-        natural_drop: bool | None = None,
-    ) -> list[int]:
-        batch = self.provider.seed_orders(
-            {
-                "count": count,
-                "service": service,
-                "quantity": quantity,
-                "outcome": outcome,
-                "pending_s": pending_s,
-                "progress_s": progress_s,
-                "link": link,
-                "age_s": age_s,
-                "start_count": start_count,
-                "natural_drop": natural_drop,
-            }
-        )
-        return list(range(batch.first_id, batch.last_id + 1))
+    def _seed(self, body: dict[str, Any]) -> tuple[int, int]:
+        batch = self.provider.seed_orders(body)
+        return batch.first_id, batch.last_id
 
     def truth(self, ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
         orders = self.provider.truth(ids)["orders"]
@@ -350,17 +319,8 @@ class SimServer:
         self.provider.stats.reset()
         self.provider.faults.reset_counts()
 
-    def inject_fault(
-        self,
-        kind: str,
-        count: int | None = None,
-        probability: float | None = None,
-        actions: Sequence[str] | None = None,
-        seconds: float | None = None,
-        skip: int = 0,
-    ) -> None:
-        spec = fault_spec(kind, count, probability, actions, seconds, skip)
-        status, payload = handle_admin(self.provider, "POST", "/admin/faults", {}, spec)
+    def _add_fault(self, body: dict[str, Any]) -> None:
+        status, payload = handle_admin(self.provider, "POST", "/admin/faults", {}, body)
         if status != 200:
             raise ValueError(payload["error"])
 
