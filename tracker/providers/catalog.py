@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider, Service
@@ -117,19 +117,24 @@ def store_balance(session: Session, settings: Settings, provider: Provider, bala
         )
 
 
-def check_balances(settings: Settings, gateway: Gateway, now: datetime) -> int:
-    """Fetch the balance of every active provider not checked for a balance interval."""
-    checked_before = now - timedelta(seconds=settings.balance_check_interval)
+def _active_providers_older_than(
+    settings: Settings, last_done: InstrumentedAttribute[datetime | None], before: datetime
+) -> list[ProviderAccess]:
+    """Active providers whose ``last_done`` moment is before ``before``, or never was."""
     with unit_of_work() as session:
-        due = [
+        return [
             ProviderAccess.of(provider, settings)
             for provider in session.scalars(
-                select(Provider).where(
-                    Provider.paused.is_(False),
-                    or_(Provider.balance_checked_at.is_(None), Provider.balance_checked_at < checked_before),
-                )
+                select(Provider).where(Provider.paused.is_(False), or_(last_done.is_(None), last_done < before))
             )
         ]
+
+
+def check_balances(settings: Settings, gateway: Gateway, now: datetime) -> int:
+    """Fetch the balance of every active provider not checked for a balance interval."""
+    due = _active_providers_older_than(
+        settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval)
+    )
     checked = 0
     for access in due:
         try:
@@ -151,17 +156,9 @@ def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> li
     """Refresh the catalog and balance of every active provider whose catalog is older
     than ``catalog_sync_interval`` (or was never fetched). A failing provider is logged
     and skipped; the others are still refreshed."""
-    stale_before = now - timedelta(seconds=settings.catalog_sync_interval)
-    with unit_of_work() as session:
-        due = [
-            ProviderAccess.of(provider, settings)
-            for provider in session.scalars(
-                select(Provider).where(
-                    Provider.paused.is_(False),
-                    or_(Provider.catalog_synced_at.is_(None), Provider.catalog_synced_at < stale_before),
-                )
-            )
-        ]
+    due = _active_providers_older_than(
+        settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval)
+    )
     results: list[SyncResult] = []
     for access in due:
         try:
