@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Table, update
@@ -93,6 +94,52 @@ class Observation:
     event: dict[str, Any] | None = None
     # The shop's event for that change, when the shop listens.
     shop_event: NewEvent | None = None
+
+
+class PolledState(Protocol):
+    """What every kind's state machine keeps about one row (``db.models.Polled``)."""
+
+    @property
+    def status(self) -> Enum | None: ...
+    @property
+    def raw_status(self) -> str | None: ...
+    @property
+    def final(self) -> bool: ...
+    @property
+    def last_observed_at(self) -> datetime | None: ...
+    @property
+    def consecutive_not_found(self) -> int: ...
+
+
+class PolledTransition(Protocol):
+    @property
+    def from_status(self) -> Enum | None: ...
+    @property
+    def to_status(self) -> Enum: ...
+    @property
+    def raw_status(self) -> str | None: ...
+
+
+def polled_columns(state: PolledState) -> dict[str, Any]:
+    """The state columns every polled kind has; a kind adds its own."""
+    return {
+        "status": state.status.value if state.status is not None else None,
+        "raw_status": state.raw_status,
+        "final": state.final,
+        "last_observed_at": state.last_observed_at,
+        "consecutive_not_found": state.consecutive_not_found,
+    }
+
+
+def history_row(owner_column: str, row_id: int, transition: PolledTransition) -> dict[str, Any]:
+    """The history row every polled kind appends for a transition; a kind adds its own
+    columns."""
+    return {
+        owner_column: row_id,
+        "from_status": transition.from_status.value if transition.from_status else None,
+        "to_status": transition.to_status.value,
+        "raw_status": transition.raw_status,
+    }
 
 
 RowT = TypeVar("RowT", bound=ClaimedRow)

@@ -20,7 +20,7 @@ from tracker.db.models import Order, OrderEvent, Provider
 from tracker.core.outbox_events import order_transition
 from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.core.tracking import OrderState, apply_observation
-from tracker.polling.engine import ClaimedRow, Fetched, Observation
+from tracker.polling.engine import ClaimedRow, Fetched, Observation, history_row, polled_columns
 from tracker.provider.client import ProviderClient
 from tracker.providers.gateway import ProviderAccess
 
@@ -134,16 +134,11 @@ class OrderKind:
     ) -> Observation:
         outcome = apply_observation(row.state, result, observed_at, not_found_after=settings.not_found_after)
         state = outcome.state
-        columns: dict[str, Any] = {
-            "status": state.status.value if state.status is not None else None,
-            "raw_status": state.raw_status,
+        columns = polled_columns(state) | {
             "remains": state.remains,
             "charge": state.charge,
             "start_count": state.start_count,
             "currency": state.currency,
-            "final": state.final,
-            "last_observed_at": state.last_observed_at,
-            "consecutive_not_found": state.consecutive_not_found,
             "completed_at": row.completed_at,
         }
         transition = outcome.transition
@@ -151,11 +146,7 @@ class OrderKind:
             return Observation(columns, state.unchanged_polls)
         if row.completed_at is None and transition.to_status in COMPLETION_STATUSES:
             columns["completed_at"] = observed_at
-        event = {
-            "order_id": row.id,
-            "from_status": transition.from_status.value if transition.from_status else None,
-            "to_status": transition.to_status.value,
-            "raw_status": transition.raw_status,
+        event = history_row("order_id", row.id, transition) | {
             "remains": transition.remains,
             "charge": transition.charge,
             "start_count": transition.start_count,

@@ -25,7 +25,7 @@ from tracker.db.models import Order, Provider, Refill, RefillEvent
 from tracker.core.outbox_events import refill_transition
 from tracker.core.refills import RefillState, apply_refill_observation
 from tracker.core.status import RefillStatus
-from tracker.polling.engine import ClaimedRow, Fetched, Observation
+from tracker.polling.engine import ClaimedRow, Fetched, Observation, history_row, polled_columns
 from tracker.provider.client import ProviderClient
 from tracker.provider.errors import (
     IncorrectRequest,
@@ -148,23 +148,11 @@ class RefillKind:
     ) -> Observation:
         outcome = apply_refill_observation(row.state, result, observed_at, not_found_after=settings.not_found_after)
         state = outcome.state
-        columns: dict[str, Any] = {
-            "status": state.status.value if state.status is not None else None,
-            "raw_status": state.raw_status,
-            "final": state.final,
-            "last_observed_at": state.last_observed_at,
-            "consecutive_not_found": state.consecutive_not_found,
-        }
+        columns = polled_columns(state)
         transition = outcome.transition
         if transition is None:
             return Observation(columns, state.unchanged_polls)
-        from_status = transition.from_status.value if transition.from_status else None
-        event = {
-            "refill_id": row.id,
-            "from_status": from_status,
-            "to_status": transition.to_status.value,
-            "raw_status": transition.raw_status,
-        }
+        event = history_row("refill_id", row.id, transition)
         shop_event = None
         if shop_listens:
             shop_event = refill_transition(
@@ -173,7 +161,7 @@ class RefillKind:
                 order_row_id=row.order_id,
                 external_order_id=row.external_order_id,
                 refill_id=row.external_id,
-                from_status=from_status,
+                from_status=event["from_status"],
                 to_status=transition.to_status.value,
                 raw_status=transition.raw_status,
                 at=observed_at,
