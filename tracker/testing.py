@@ -311,8 +311,9 @@ class PanelOrder:
 class ScriptedPanel(BaseAdapter):
     """An API v2 panel as a ``requests`` transport (``Gateway(..., transport=panel)``).
 
-    It answers ``status`` (single and ``orders=``), ``refill`` and ``refill_status`` from
-    ``orders`` and ``refill_states``, as JSON. ``script(...)`` queues one-off answers
+    It answers ``status`` (single and ``orders=``), ``refill``, ``refill_status`` and
+    ``cancel`` from ``orders`` and ``refill_states``, and ``balance`` and ``services``
+    from ``balance`` and ``services``, as JSON. ``script(...)`` queues one-off answers
     (``html_page()``, ``too_many_requests()``, ``broken_json()``, ``cut_after_acting()``)
     that the next calls get instead, whatever their action. Every call is kept in
     ``calls``, its key replaced by whether it matched ``api_key``."""
@@ -325,6 +326,10 @@ class ScriptedPanel(BaseAdapter):
         self.orders: dict[int, PanelOrder] = {}
         self.refill_states: dict[str, str] = {}
         self.refills_made: list[int] = []
+        self.cancels_made: list[int] = []
+        self.balance = "100.84"
+        # Catalog entries as the panel lists them (API v2's ``services`` objects).
+        self.services: list[dict[str, Any]] = []
         self.calls: list[PanelCall] = []
         self._script: deque[Scripted] = deque()
 
@@ -388,7 +393,23 @@ class ScriptedPanel(BaseAdapter):
             if "refills" in call.form:
                 return [self._refill_answer(refill_id) for refill_id in call.ids()]
             return {"status": self.refill_states.get(call.form.get("refill", ""), "Not found")}
+        if call.action == "cancel":
+            return [{"order": order_id, "cancel": self._cancel(order_id)} for order_id in call.ids()]
+        if call.action == "balance":
+            return {"balance": self.balance, "currency": "USD"}
+        if call.action == "services":
+            return self.services
         return {"error": "Incorrect request"}
+
+    def _cancel(self, order_id: str) -> int | dict[str, str]:
+        order = self.orders.get(int(order_id)) if order_id.isdigit() else None
+        if order is None:
+            return {"error": "Incorrect order ID"}
+        if order.status in ("Completed", "Partial", "Canceled"):
+            return {"error": "Order cannot be canceled"}
+        order.status = "Canceled"
+        self.cancels_made.append(int(order_id))
+        return 1
 
     def _order_answer(self, order_id: str) -> dict[str, Any]:
         order = self.orders.get(int(order_id)) if order_id.isdigit() else None

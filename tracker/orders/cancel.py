@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Order, Service
-from tracker.db.session import unit_of_work, write_with_retries
+from tracker.db.session import UnitOfWork, unit_of_work, write_with_retries
 from tracker.core.ids import parse_order_ids
 from tracker.provider.client import MAX_IDS_PER_CALL
 from tracker.provider.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
@@ -80,6 +80,7 @@ def cancel_orders(
     settings: Settings,
     gateway: Gateway,
     clock: Callable[[], datetime] = utcnow,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[CancelLine]:
     parsed = parse_order_ids(raw_ids)
     lines = [
@@ -139,6 +140,7 @@ def cancel_orders(
                 settings,
                 gateway,
                 clock,
+                unit_of_work,
             )
         )
     return lines
@@ -151,6 +153,7 @@ def _send(
     settings: Settings,
     gateway: Gateway,
     clock: Callable[[], datetime],
+    unit_of_work: UnitOfWork,
 ) -> list[CancelLine]:
     requested_at = clock()
     # The intent first, committed before the call: should the answer be lost (the process

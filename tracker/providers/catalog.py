@@ -14,7 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider, Service
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.provider.errors import ProviderError
 from tracker.provider.types import Balance, CatalogService
 from tracker.providers.ratelimit import RateLimitBusy
@@ -118,7 +118,7 @@ def store_balance(session: Session, settings: Settings, provider: Provider, bala
 
 
 def _active_providers_older_than(
-    settings: Settings, last_done: InstrumentedAttribute[datetime | None], before: datetime
+    settings: Settings, last_done: InstrumentedAttribute[datetime | None], before: datetime, unit_of_work: UnitOfWork
 ) -> list[ProviderAccess]:
     """Active providers whose ``last_done`` moment is before ``before``, or never was."""
     with unit_of_work() as session:
@@ -130,10 +130,12 @@ def _active_providers_older_than(
         ]
 
 
-def check_balances(settings: Settings, gateway: Gateway, now: datetime) -> int:
+def check_balances(
+    settings: Settings, gateway: Gateway, now: datetime, *, unit_of_work: UnitOfWork = unit_of_work
+) -> int:
     """Fetch the balance of every active provider not checked for a balance interval."""
     due = _active_providers_older_than(
-        settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval)
+        settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval), unit_of_work
     )
     checked = 0
     for access in due:
@@ -152,17 +154,19 @@ def check_balances(settings: Settings, gateway: Gateway, now: datetime) -> int:
     return checked
 
 
-def sync_due_catalogs(settings: Settings, gateway: Gateway, now: datetime) -> list[SyncResult]:
+def sync_due_catalogs(
+    settings: Settings, gateway: Gateway, now: datetime, *, unit_of_work: UnitOfWork = unit_of_work
+) -> list[SyncResult]:
     """Refresh the catalog and balance of every active provider whose catalog is older
     than ``catalog_sync_interval`` (or was never fetched). A failing provider is logged
     and skipped; the others are still refreshed."""
     due = _active_providers_older_than(
-        settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval)
+        settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval), unit_of_work
     )
     results: list[SyncResult] = []
     for access in due:
         try:
-            results.append(sync_catalog(access, settings, gateway, now))
+            results.append(sync_catalog(access, settings, gateway, now, unit_of_work=unit_of_work))
         except RateLimitBusy:
             continue
         except ProviderError as failure:
@@ -176,6 +180,8 @@ def sync_catalog(
     gateway: Gateway,
     now: datetime,
     on_step: Callable[[str], None] = lambda _step: None,
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> SyncResult:
     """Refresh one provider's catalog and balance through the gateway (shared rate limit,
     call counting, the operator's timeouts): the one sync behind ``tracker provider sync``

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.provider.errors import InvalidKey, ProviderError
 from tracker.provider.types import Balance
 from tracker.providers.ratelimit import RateLimitBusy
@@ -81,18 +81,27 @@ def claim_due_probes(session: Session, settings: Settings, now: datetime) -> lis
     return claims
 
 
-def probe_due_keys(settings: Settings, gateway: Gateway, clock: Callable[[], datetime]) -> dict[str, int]:
+def probe_due_keys(
+    settings: Settings, gateway: Gateway, clock: Callable[[], datetime], *, unit_of_work: UnitOfWork = unit_of_work
+) -> dict[str, int]:
     """Probe every due provider once; returns how many probes ended how."""
     with unit_of_work() as session:
         claims = claim_due_probes(session, settings, clock())
     outcomes: dict[str, int] = {}
     for claim in claims:
-        outcome = probe_key(claim, settings, gateway, clock)
+        outcome = probe_key(claim, settings, gateway, clock, unit_of_work=unit_of_work)
         outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
     return outcomes
 
 
-def probe_key(claim: ProbeClaim, settings: Settings, gateway: Gateway, clock: Callable[[], datetime]) -> ProbeOutcome:
+def probe_key(
+    claim: ProbeClaim,
+    settings: Settings,
+    gateway: Gateway,
+    clock: Callable[[], datetime],
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
+) -> ProbeOutcome:
     """One ``balance`` call with the stored key, and what it means for the pause."""
     balance: Balance | None = None
     error: ProviderError | RateLimitBusy | None = None

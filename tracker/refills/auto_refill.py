@@ -16,7 +16,7 @@ from sqlalchemy import or_, select
 
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.refills import auto_refill_hours, next_auto_refill, window_days
 from tracker.refills.drops import (
     completed_orders,
@@ -30,7 +30,7 @@ from tracker.refills.drops import (
 SCAN_LIMIT = 500
 
 
-def schedule_auto_refills(settings: Settings, now: datetime) -> int:
+def schedule_auto_refills(settings: Settings, now: datetime, *, unit_of_work: UnitOfWork = unit_of_work) -> int:
     """Open the scheduled refill requests that are due; returns how many were opened.
     They are due at once and the dispatcher's next tick claims them."""
     opened = 0

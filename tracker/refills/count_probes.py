@@ -24,7 +24,7 @@ from sqlalchemy import select
 from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
-from tracker.db.session import unit_of_work
+from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.refills import expected_count, window_days
 from tracker.refills.count_source import CountProbe, ProbeTarget, load_count_probe
 from tracker.refills.drops import (
@@ -61,12 +61,13 @@ def probe_counts(
     *,
     probe: CountProbe | None = None,
     clock: Callable[[], datetime] = utcnow,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> ProbeSummary:
     if probe is None:
         if settings.count_probe is None:
             return ProbeSummary()
         probe = load_count_probe(settings.count_probe)
-    planned = _plan(clock())
+    planned = _plan(clock(), unit_of_work)
     drops: list[tuple[_Planned, int]] = []
     for entry in planned:
         try:
@@ -103,7 +104,7 @@ def probe_counts(
     return ProbeSummary(len(planned), len(drops), requests)
 
 
-def _plan(now: datetime) -> list[_Planned]:
+def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
     planned: list[_Planned] = []
     with unit_of_work() as session:
         providers = session.scalars(
