@@ -1,7 +1,7 @@
 """tracker: keeps an SMM reseller shop's orders in sync with its upstream API v2 providers.
 
 `celery -A tracker ...` finds the Celery app here as ``tracker.app``. It is loaded lazily
-so that the CLI and the pure domain modules do not pay for importing Celery.
+so that the CLI and the pure rules in ``tracker.core`` do not pay for importing Celery.
 """
 
 from typing import Any

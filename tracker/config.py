@@ -169,7 +169,7 @@ class Settings:
     # hours inside the guarantee window. None: off.
     auto_refill_hours: float | None = None
     auto_refill_scan_interval: float = 60.0
-    # Dotted path of the count probe callable (see tracker.refills.count_source). None: no probe.
+    # Dotted path of the count probe callable (see tracker.refills.count_probe_plugins). None: no probe.
     count_probe: str | None = None
     count_probe_interval: float = 3600.0
     catalog_sync_interval: float = 86400.0

@@ -41,6 +41,7 @@ from sqlalchemy.pool import StaticPool
 
 from tracker.db import migrate
 from tracker.db.session import UnitOfWork, configure_sqlite, unit_of_work_on
+from tracker.polling.capacity import bucket_tokens, epoch
 from tracker.provider.client import CallRecord
 from tracker.providers.ratelimit import RateLimitBusy
 
@@ -132,35 +133,30 @@ class InMemoryCallMetrics:
 
 
 class InMemoryBudgets:
-    """``CallBudgets`` as ``tracker.polling.capacity.TokenBudgets`` keeps them, in a dict:
-    a token bucket per provider, refilled with ``per_tick`` tokens per ``tick_interval``."""
+    """``CallBudgets`` as ``tracker.polling.capacity.TokenBudgets`` keeps them (the same
+    ``bucket_tokens``), in a dict instead of Redis: a bucket is stored when it is spent."""
 
     def __init__(self, tick_interval: float) -> None:
         self._tick_interval = tick_interval
-        # provider id -> (tokens, at (epoch seconds), per_tick)
+        # provider id -> (tokens, at (epoch seconds), per_tick), as stored and as last seen
         self.buckets: dict[int, tuple[float, float, int]] = {}
+        self._seen: dict[int, tuple[float, float, int]] = {}
         self.spent: list[tuple[int, int]] = []
 
     def available(self, provider_id: int, per_tick: int, now: datetime, *, most: int) -> int:
-        at = now.timestamp()
-        stored = self.buckets.get(provider_id)
-        ceiling = float(max(most, per_tick))
-        if stored is None or stored[2] != per_tick:
-            tokens = ceiling
-        else:
-            earned = max(0.0, at - stored[1]) * per_tick / self._tick_interval
-            tokens = min(ceiling, stored[0] + earned)
-        self.buckets[provider_id] = (tokens, at, per_tick)
+        at = epoch(now)
+        tokens = bucket_tokens(self.buckets.get(provider_id), at, per_tick, most, self._tick_interval)
+        self._seen[provider_id] = (tokens, at, per_tick)
         return int(tokens)
 
     def spend(self, provider_id: int, calls: int) -> None:
-        tokens, at, per_tick = self.buckets[provider_id]
-        self.buckets[provider_id] = (tokens - calls, at, per_tick)
+        tokens, at, per_tick = self._seen[provider_id]
+        self._seen[provider_id] = self.buckets[provider_id] = (tokens - calls, at, per_tick)
         self.spent.append((provider_id, calls))
 
     def set_tokens(self, provider_id: int, tokens: float, per_tick: int, now: datetime) -> None:
         """A bucket as a previous run left it."""
-        self.buckets[provider_id] = (tokens, now.timestamp(), per_tick)
+        self.buckets[provider_id] = (tokens, epoch(now), per_tick)
 
 
 class InMemoryInFlight:

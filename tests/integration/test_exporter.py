@@ -145,8 +145,7 @@ def test_a_scrape_during_a_run_matches_the_database(
         add_provider("panel", sim.url, monkeypatch, "--rate-limit", "50")
         # The catalog (service 1 has refill) and the balance, as an operator starts.
         assert tracker_cli(["provider", "sync", "panel"]) == 0
-        # The CLI's own calls are not the workers': only these are counted in Redis.
-        sim.reset_stats()
+        # The operator's sync calls through the workers' gateway: Redis counts them too.
         ids = sim.seed_orders(count=ORDERS, service=1, pending_s=2, progress_s=8)
         shop = shop_client(broker_url)
         with running_tracker(tracker_env, tmp_path / "logs"), running_exporter(tracker_env, tmp_path / "logs") as url:

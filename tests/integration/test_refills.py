@@ -11,7 +11,7 @@ check below reads what it left, so one failed check does not hide the others:
 - a service without refill, and a closed guarantee window, get a drop record and no
   refill request (the CLI exits 1 with the reason);
 - a "too early" answer is retried (Celery countdown, back-off) and then accepted;
-- the count probe (``tracker.refills.count_source.sim_count_probe``) finds a drop nobody reported;
+- the count probe (``tracker.refills.count_probe_plugins.sim_count_probe``) finds a drop nobody reported;
 - refill_status calls carry at most 100 IDs (120 refills due at once go as 100 + 20);
 - a provider that only answers single refill_status calls is learned and polled so;
 - the scheduled policy (auto-refill) requests a refill by itself;
@@ -96,7 +96,7 @@ FINAL_REFILL = ("Completed", "Rejected", "Canceled", "Not found")
 REFILL_ENV = {
     "TRACKER_REFILL_RETRY_BASE": "1",
     "TRACKER_REFILL_RETRY_CAP": "2",
-    "TRACKER_COUNT_PROBE": "tracker.refills.count_source.sim_count_probe",
+    "TRACKER_COUNT_PROBE": "tracker.refills.count_probe_plugins.sim_count_probe",
     "TRACKER_COUNT_PROBE_INTERVAL": "1",
     "TRACKER_AUTO_REFILL_SCAN_INTERVAL": "1",
 }

@@ -1,4 +1,4 @@
-"""The task base (tracker.tasks): every tracker task retries database hiccups the
+"""The task base (tracker.task_base): every tracker task retries database hiccups the
 same way, the shop-facing ones turn bad input into ``InvalidTaskInput`` without a retry,
 and ``tracker.request_refill`` keeps its own retry rule. Tasks run eagerly (``apply``):
 no broker, and no database for the paths tested here."""
@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from tracker.refills.attempts import NothingSent
 from tracker.worker.app import app
-from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, enqueue_committed
+from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, enqueue_committed
 
 # Every task the worker registers, by its public name (docs and ../shared/CONTRACT.md).
 TASK_NAMES = {

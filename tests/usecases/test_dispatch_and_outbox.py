@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.usecases.conftest import poll_due, track
+from tests.usecases.helpers import poll_due, track
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed

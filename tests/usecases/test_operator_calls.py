@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from tests.usecases.conftest import track
+from tests.usecases.helpers import track
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Provider, Service
 from tracker.orders.cancel import ACCEPTED, REFUSED, UNKNOWN, cancel_orders

@@ -6,7 +6,7 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from tests.usecases.conftest import API_KEY, poll_due, track
+from tests.usecases.helpers import API_KEY, poll_due, track
 from tracker.config import Settings
 from tracker.db.models import Order, OrderEvent
 from tracker.providers.gateway import Gateway

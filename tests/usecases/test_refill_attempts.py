@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.usecases.conftest import poll_due, track
+from tests.usecases.helpers import poll_due, track
 from tracker.config import Settings
 from tracker.db.models import RefillAttempt, RefillRequest, Service
 from tracker.polling.dispatch import AttemptWork, claim_all

@@ -127,12 +127,15 @@ def _state(view: dict[str, Any]) -> str:
 def _sync(args: argparse.Namespace) -> int:
     from tracker.cli.gateway import operator_gateway
     from tracker.providers.catalog import sync_catalog
-    from tracker.providers.gateway import ProviderAccess
+    from tracker.providers.gateway import ProviderAccess, refuse_plain_http
     from tracker.providers.lookup import provider_by_name
 
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
+    # Refused here, before the gateway would count it as the provider's failure: the
+    # stored URL is the operator's to fix, not a sign the provider is down.
+    refuse_plain_http(access, settings, "services")
     # Three steps: a big catalog takes a while to download, and longer to store.
     with operator_gateway(settings) as gateway, progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
         steps = 0

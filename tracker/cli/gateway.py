@@ -2,13 +2,12 @@
 ``tracker cancel``): the same client settings, shared Redis rate limit and call counting
 as the workers' calls, so an operator's command cannot push a provider over its limit.
 
-When the broker's Redis does not answer, no worker can be calling providers either (it
-is their broker too), so the command goes ahead without the shared limit and says so.
+Without that Redis (the broker, ``TRACKER_BROKER_URL``) the command stops before any
+call: it cannot tell whether workers are calling the provider right now.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -33,17 +32,9 @@ def operator_gateway(settings: Settings) -> Iterator[Gateway]:
     client = redis.Redis.from_url(
         settings.broker_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
     )
+    gateway = Gateway(settings, RateLimiter(client), CallMetrics(client))
     try:
         client.ping()
-        gateway = Gateway(settings, RateLimiter(client), CallMetrics(client))
-    except redis.RedisError:
-        print(
-            "tracker: note: Redis (TRACKER_BROKER_URL) does not answer, so no worker is calling "
-            "providers; these calls are not counted against the shared rate limit",
-            file=sys.stderr,
-        )
-        gateway = Gateway(settings, rate_limiter=None)
-    try:
         yield gateway
     except redis.RedisError as error:
         # The URL may hold a password: name the setting, not its value.
@@ -53,8 +44,8 @@ def operator_gateway(settings: Settings) -> Iterator[Gateway]:
         ) from None
     except RateLimitBusy as error:
         raise CLIError(
-            f"the provider's rate limit is taken by the workers for {error.wait_seconds:.0f} s; "
-            "try again in a moment"
+            f"the provider's rate limit is busy, or cooling down after a 429, for "
+            f"{error.wait_seconds:.0f} s; try again then"
         ) from None
     finally:
         gateway.close()

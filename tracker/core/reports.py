@@ -1,9 +1,9 @@
 """What a provider said about one order or one refill, as the state machines read it.
 
 The provider builds these from its answers (``tracker.provider.types`` re-exports them);
-the domain owns them so that its rules depend on nothing outside the domain. A per-ID error
+``core`` owns them so that its rules depend on nothing outside ``core``. A per-ID error
 stays the provider's (``tracker.provider.types.ItemError``): reading its wording is the
-provider's job, and the domain only asks it whether the ID does not exist.
+provider's job, and ``core`` only asks it whether the ID does not exist.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A provider is unhealthy when it is paused, its circuit is open (or probing), or 
 oldest overdue order waits longer than ``max(60 s, 2 × its poll interval)``: then the
 workers are not keeping up, or are not running at all. Warnings do not make it unhealthy:
 answers salvaged from PHP notices (a panel left in debug mode) are one.
+
+It sits with the orders' other read views because what it mostly reads is the orders'
+progress (by status, and how late the oldest due one is); the provider's health and call
+counts it adds come from the providers slice and the metrics below it.
 """
 
 from __future__ import annotations

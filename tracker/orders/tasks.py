@@ -14,9 +14,9 @@ from celery import shared_task
 from tracker.core.clock import utcnow
 from tracker.db.session import unit_of_work
 from tracker.orders import enqueue
-from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
 
-log = logging.getLogger("tracker.tasks")
+log = logging.getLogger("tracker.task_base")
 
 
 @shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS)

@@ -12,7 +12,7 @@ from celery import current_app, shared_task
 from tracker.config import get_settings
 from tracker.core.clock import utcnow
 from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
-from tracker.tasks import TrackerTask, enqueue_committed
+from tracker.task_base import TrackerTask, enqueue_committed
 
 _sinks_lock = threading.Lock()
 _sinks: Sinks | None = None

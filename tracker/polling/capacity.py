@@ -58,6 +58,21 @@ class FreshBudgets:
         return None
 
 
+def bucket_tokens(
+    stored: tuple[float, float, int] | None, at: float, per_tick: int, most: int, tick_interval: float
+) -> float:
+    """The tokens in a provider's bucket at ``at`` (epoch seconds), from what was stored
+    as (tokens, at, per_tick): refilled with ``per_tick`` per tick, holding at most
+    ``max(most, per_tick)``."""
+    ceiling = float(max(most, per_tick))
+    if stored is None or stored[2] != per_tick:
+        # New, or the provider's allowance changed (rate edited, circuit moved): a full
+        # bucket (exactly one call for a half-open circuit's probe).
+        return ceiling
+    tokens, stored_at, _ = stored
+    return min(ceiling, tokens + max(0.0, at - stored_at) * per_tick / tick_interval)
+
+
 class TokenBudgets:
     """Token buckets in Redis, refilled with ``per_tick`` tokens per tick, holding ``most``."""
 
@@ -75,13 +90,12 @@ class TokenBudgets:
         stored_tokens, stored_at, stored_per_tick = self._redis.hmget(
             self._key(provider_id), ["tokens", "at", "per_tick"]
         )
-        if stored_tokens is None or stored_at is None or stored_per_tick is None or int(stored_per_tick) != per_tick:
-            # New, or the provider's allowance changed (rate edited, circuit moved): a full
-            # bucket (exactly one call for a half-open circuit's probe).
-            tokens = float(max(most, per_tick))
-        else:
-            earned = max(0.0, at - float(stored_at)) * per_tick / self._tick_interval
-            tokens = min(float(max(most, per_tick)), float(stored_tokens) + earned)
+        stored = (
+            None
+            if stored_tokens is None or stored_at is None or stored_per_tick is None
+            else (float(stored_tokens), float(stored_at), int(stored_per_tick))
+        )
+        tokens = bucket_tokens(stored, at, per_tick, most, self._tick_interval)
         self._seen[provider_id] = (tokens, at, per_tick)
         return int(tokens)
 

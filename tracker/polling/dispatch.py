@@ -1,6 +1,6 @@
-"""The dispatcher run: claim what is due, per provider, within one budget per provider.
+"""What the dispatcher claims: what is due, per provider, within one budget per provider.
 
-It runs on beat's tick and whenever a provider task ends. Every call kind it hands out
+A run (``tracker.polling.dispatch_runs``) comes on beat's tick and whenever a provider task ends. Every call kind it hands out
 draws on the same per-provider budget: refill attempts (``refill``), refill-status polls
 and order-status polls. The budget is what the provider's rate limit has let through
 since the last run, less the limiter's arrival margin, up to one tick's worth (a token

@@ -19,7 +19,7 @@ from celery import current_app
 from tracker.config import get_settings
 from tracker.polling.capacity import InFlight
 
-log = logging.getLogger("tracker.tasks")
+log = logging.getLogger("tracker.task_base")
 
 _coordination_lock = threading.Lock()
 _coordination: redis.Redis | None = None

@@ -1,6 +1,6 @@
 """The polling tasks: beat's dispatcher, and the three tasks that call a provider.
 
-``dispatch_polls`` runs the dispatcher (``tracker.polling.dispatcher``), which enqueues
+``dispatch_polls`` runs the dispatcher (``tracker.polling.dispatch_runs``), which enqueues
 one task per committed piece of work. ``poll_status_batch``, ``poll_refill_batch`` and
 ``request_refill`` run on the ``tracker.polls`` queue, each holding one poll slot of its
 provider until it has made its last call (``tracker.polling.slots``). Thin like every
@@ -17,14 +17,14 @@ from celery import Task, shared_task
 from tracker.config import get_settings
 from tracker.polling.capacity import attempt_token, poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork
-from tracker.polling.dispatcher import run_dispatcher
+from tracker.polling.dispatch_runs import run_dispatcher
 from tracker.polling.engine import poll_batch
 from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.polling.slots import holding_slot
 from tracker.providers.gateway import shared_gateway
 from tracker.refills.attempts import NothingSent, attempt_refill
-from tracker.tasks import TrackerTask
+from tracker.task_base import TrackerTask
 
 
 @shared_task(base=TrackerTask, name="tracker.dispatch_polls")

@@ -192,7 +192,7 @@ def classify_refill_refusal(message: str) -> RefillRefusal:
     return RefillRefusal.OTHER
 
 
-# What a failed ``refill`` call means for the attempt (domain.refills decides what follows).
+# What a failed ``refill`` call means for the attempt (core.refills decides what follows).
 _REFUSALS = {
     RefillRefusal.RETRY_LATER: AttemptOutcome.RETRY_LATER,
     RefillRefusal.DISABLED: AttemptOutcome.DISABLED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-# The reports are the domain's: its state machines read them. Re-exported here, where the
+# The reports are core's: its state machines read them. Re-exported here, where the
 # rest of a call's results live.
 from tracker.core.reports import OrderReport as OrderReport
 from tracker.core.reports import RefillReport as RefillReport

@@ -1,4 +1,5 @@
-"""Access to providers from a worker: decrypted credentials, cached clients, rate limit.
+"""Access to providers from a worker or an operator's command: decrypted credentials,
+cached clients, the shared rate limit.
 
 One ``ProviderClient`` (one connection pool) per provider per process, rebuilt when the
 provider's URL or key changes. Every HTTP call first takes a slot from the shared Redis

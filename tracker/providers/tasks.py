@@ -16,9 +16,9 @@ from tracker.providers.catalog import check_balances as check_due_balances
 from tracker.providers.catalog import sync_due_catalogs
 from tracker.providers.gateway import shared_gateway
 from tracker.providers.key_probe import probe_due_keys
-from tracker.tasks import TrackerTask
+from tracker.task_base import TrackerTask
 
-log = logging.getLogger("tracker.tasks")
+log = logging.getLogger("tracker.task_base")
 
 
 @shared_task(base=TrackerTask, name="tracker.probe_keys")

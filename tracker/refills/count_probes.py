@@ -26,7 +26,7 @@ from tracker.config import Settings
 from tracker.db.models import Order, Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.refills import expected_count, window_days
-from tracker.refills.count_source import CountProbe, ProbeTarget, load_count_probe
+from tracker.refills.count_probe_plugins import CountProbe, ProbeTarget, load_count_probe
 from tracker.refills.drops import (
     completed_orders,
     eligibility_of,

@@ -18,9 +18,9 @@ from tracker.core.clock import utcnow
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
 from tracker.refills import auto_refill, count_probes, drops
-from tracker.tasks import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
 
-log = logging.getLogger("tracker.tasks")
+log = logging.getLogger("tracker.task_base")
 
 
 @shared_task(base=TrackerTask, name="tracker.report_drop", bad_input=SHOP_INPUT_ERRORS)

@@ -24,9 +24,9 @@ from tracker.db.session import unit_of_work
 from tracker.polling.capacity import Capacity, TokenBudgets, attempt_token, poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
 from tracker.polling.slots import AGAIN_KEY, QUEUED_KEY, coordination, dispatch_soon, in_flight
-from tracker.tasks import enqueue_committed
+from tracker.task_base import enqueue_committed
 
-log = logging.getLogger("tracker.tasks")
+log = logging.getLogger("tracker.task_base")
 
 
 def run_dispatcher(settings: Settings, send: Callable[[AttemptWork | PollWork], object]) -> int:
