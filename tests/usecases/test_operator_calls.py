@@ -12,6 +12,7 @@ from sqlalchemy import select
 from tests.usecases.helpers import track
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Provider, Service
+from tracker.provider.errors import ProviderError
 from tracker.orders.cancel import ACCEPTED, REFUSED, UNKNOWN, cancel_orders
 from tracker.providers.catalog import SyncResult, sync_catalog
 from tracker.providers.gateway import Gateway, ProviderAccess
@@ -22,6 +23,7 @@ from tracker.testing import (
     ScriptedPanel,
     SettableClock,
     cut_after_acting,
+    html_page,
 )
 
 
@@ -99,3 +101,22 @@ def test_a_catalog_sync_is_rate_limited_counted_and_stored(
     with db.unit_of_work(read_only=True) as session:
         assert session.scalars(select(Service.service_id).order_by(Service.service_id)).all() == [1, 2]
         assert session.get_one(Provider, provider_id).balance == Decimal("100.84")
+
+
+def test_only_beats_sync_counts_a_failure_in_the_providers_health(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock,
+    provider_id: int,
+) -> None:
+    with db.unit_of_work(read_only=True) as session:
+        access = ProviderAccess.of(session.get_one(Provider, provider_id), settings)
+
+    def failures_after_a_failed_sync(**options: bool) -> int:
+        panel.script(html_page())
+        with pytest.raises(ProviderError):
+            sync_catalog(access, settings, gateway, clock(), unit_of_work=db.unit_of_work, **options)
+        with db.unit_of_work(read_only=True) as session:
+            return session.get_one(Provider, provider_id).consecutive_failures
+
+    # The operator's sync reports the failure and leaves the provider's health alone.
+    assert failures_after_a_failed_sync(record_health=False) == 0
+    assert failures_after_a_failed_sync() == 1

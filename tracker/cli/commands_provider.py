@@ -133,8 +133,7 @@ def _sync(args: argparse.Namespace) -> int:
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
-    # Refused here, before the gateway would count it as the provider's failure: the
-    # stored URL is the operator's to fix, not a sign the provider is down.
+    # Refused here with the command's own words, before anything is sent.
     refuse_plain_http(access, settings, "services")
     # Three steps: a big catalog takes a while to download, and longer to store.
     with operator_gateway(settings) as gateway, progress_bar(f"syncing {access.name}", SYNC_STEPS) as bar:
@@ -145,7 +144,8 @@ def _sync(args: argparse.Namespace) -> int:
             bar.update(advance=min(steps, 1), detail=detail)
             steps += 1
 
-        result = sync_catalog(access, settings, gateway, utcnow(), on_step)
+        # The operator hears of a failure; pausing the provider is left to the workers.
+        result = sync_catalog(access, settings, gateway, utcnow(), on_step, record_health=False)
         bar.update(advance=1, detail="done")
     print(
         f"{access.name}: {result.services} services ({result.added} new, {result.with_refill} with refill, "

@@ -181,12 +181,15 @@ def sync_catalog(
     now: datetime,
     on_step: Callable[[str], None] = lambda _step: None,
     *,
+    record_health: bool = True,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> SyncResult:
     """Refresh one provider's catalog and balance through the gateway (shared rate limit,
     call counting, the operator's timeouts): the one sync behind ``tracker provider sync``
-    and beat's ``tracker.sync_catalogs``. A provider's failure is recorded in its health
-    and raised (``ProviderError``); ``RateLimitBusy`` is raised with nothing recorded.
+    and beat's ``tracker.sync_catalogs``. A provider's failure is raised
+    (``ProviderError``), and ``RateLimitBusy`` too. With ``record_health`` (beat's sync)
+    the call's outcome also counts in the provider's health, as a poll's does; an
+    operator's sync only reports it, and leaves pausing a provider to the workers' calls.
     ``on_step`` hears each step by name (a big catalog takes a while to fetch and store)."""
     try:
         client = gateway.client(access)
@@ -195,12 +198,14 @@ def sync_catalog(
         on_step("fetching the balance")
         balance = client.balance()
     except ProviderError as failure:
-        with unit_of_work() as session:
-            record_call(session, access.id, failure, now, settings, gateway.rate_limiter)
+        if record_health:
+            with unit_of_work() as session:
+                record_call(session, access.id, failure, now, settings, gateway.rate_limiter)
         raise
     on_step(f"storing {len(entries)} services")
     with unit_of_work() as session:
-        record_call(session, access.id, None, now, settings, gateway.rate_limiter)
+        if record_health:
+            record_call(session, access.id, None, now, settings, gateway.rate_limiter)
         provider = session.get_one(Provider, access.id)
         added = store_catalog(session, provider, entries, now)
         store_balance(session, settings, provider, balance, now)
