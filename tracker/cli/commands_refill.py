@@ -131,8 +131,6 @@ def _override(text: str | None, name: str, parse: Callable[[str], N]) -> N | Non
 
 def _refill_policy(args: argparse.Namespace) -> int:
     from tracker.core.refills import window_days
-    from tracker.orders.enqueue import parse_positive
-    from tracker.providers.lookup import provider_by_name
     from tracker.refills.policy import PolicyChange, UnknownService, set_provider_policy, set_service_policy
 
     change = PolicyChange(
@@ -152,15 +150,10 @@ def _refill_policy(args: argparse.Namespace) -> int:
                 f"{_cooldown(provider.refill_cooldown_hours, 'TRACKER_REFILL_COOLDOWN_HOURS')}"
             )
             return 0
-        # An unknown provider is named before a malformed service.
-        provider_by_name(session, args.provider)
         try:
-            service_id = parse_positive("service", args.service)
+            provider, service = set_service_policy(session, args.provider, args.service, change)
         except ValueError as error:
             raise CLIError(str(error), 2) from None
-        assert service_id is not None  # args.service is not None
-        try:
-            provider, service = set_service_policy(session, args.provider, service_id, change)
         except UnknownService as error:
             raise CLIError(str(error)) from None
         print(

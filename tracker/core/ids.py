@@ -115,3 +115,13 @@ def iter_id_tokens(chunks: Iterable[str], *, max_line: int = 1 << 20) -> Iterabl
         partial_line = buffer
     if partial_line and not skipping_comment:
         yield from split_id_text(partial_line)
+
+
+def parse_positive(name: str, raw: object) -> int | None:
+    """An optional positive whole number given by name (a service ID, a quantity)."""
+    if raw is None:
+        return None
+    try:
+        return parse_order_id(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} {raw!r} {exc}") from None

@@ -96,18 +96,9 @@ def order_transition(
     refund_due, refund_fraction = refund_share(
         transition.to_status, transition.charge, transition.remains, quantity
     )
-    event_id = str(uuid.uuid4())
-    return NewEvent(
-        event_id=event_id,
-        kind="order.status_changed",
-        provider_id=provider_id,
-        order_id=order_row_id,
-        created_at=at,
-        payload={
-            "id": event_id,
-            "type": "order.status_changed",
-            "created_at": iso(at),
-            "provider": provider_name,
+    return _event(
+        "order.status_changed", provider_id, provider_name, order_row_id, at,
+        {
             "order_id": external_id,
             "service": service_id,
             "from_status": transition.from_status.value if transition.from_status else None,
@@ -137,18 +128,9 @@ def refill_transition(
     raw_status: str | None,
     at: datetime,
 ) -> NewEvent:
-    event_id = str(uuid.uuid4())
-    return NewEvent(
-        event_id=event_id,
-        kind="refill.status_changed",
-        provider_id=provider_id,
-        order_id=order_row_id,
-        created_at=at,
-        payload={
-            "id": event_id,
-            "type": "refill.status_changed",
-            "created_at": iso(at),
-            "provider": provider_name,
+    return _event(
+        "refill.status_changed", provider_id, provider_name, order_row_id, at,
+        {
             "order_id": external_order_id,
             "refill_id": refill_id,
             "from_status": from_status,
@@ -162,19 +144,26 @@ def provider_alert(
     *, provider_id: int, provider_name: str, kind: str, message: str, at: datetime, **details: Any
 ) -> NewEvent:
     """``provider.paused`` (invalid key), ``provider.balance_low``, ..."""
+    return _event(
+        kind, provider_id, provider_name, None, at,
+        {
+            "message": message,
+            **{key: (_text(value) if isinstance(value, Decimal) else value) for key, value in details.items()},
+        },
+    )
+
+
+def _event(
+    kind: str, provider_id: int, provider_name: str, order_row_id: int | None, at: datetime, fields: dict[str, Any]
+) -> NewEvent:
+    """Every event's envelope (a stable id, its type, when, which provider) around the
+    kind's own fields."""
     event_id = str(uuid.uuid4())
     return NewEvent(
         event_id=event_id,
         kind=kind,
         provider_id=provider_id,
-        order_id=None,
+        order_id=order_row_id,
         created_at=at,
-        payload={
-            "id": event_id,
-            "type": kind,
-            "created_at": iso(at),
-            "provider": provider_name,
-            "message": message,
-            **{key: (_text(value) if isinstance(value, Decimal) else value) for key, value in details.items()},
-        },
+        payload={"id": event_id, "type": kind, "created_at": iso(at), "provider": provider_name, **fields},
     )

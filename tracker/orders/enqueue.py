@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Order
-from tracker.core.ids import parse_order_id, parse_order_ids
+from tracker.core.ids import parse_order_ids, parse_positive
 from tracker.providers.lookup import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
@@ -35,16 +35,6 @@ class TrackResult:
         if self.duplicates:
             text += f", {self.duplicates} duplicates ignored"
         return text
-
-
-def parse_positive(name: str, raw: object) -> int | None:
-    """An optional positive whole number given with an enqueue (service ID, quantity)."""
-    if raw is None:
-        return None
-    try:
-        return parse_order_id(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} {raw!r} {exc}") from None
 
 
 def track_orders(

@@ -16,6 +16,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tracker.core.ids import parse_positive
 from tracker.db.models import Provider, Service
 from tracker.providers.lookup import provider_by_name
 
@@ -61,11 +62,15 @@ def set_provider_policy(session: Session, provider_name: str, change: PolicyChan
 
 
 def set_service_policy(
-    session: Session, provider_name: str, service_id: int, change: PolicyChange
+    session: Session, provider_name: str, raw_service: object, change: PolicyChange
 ) -> tuple[Provider, Service]:
-    """Apply ``change`` to one service's overrides. Raises ``UnknownProvider`` or
-    ``UnknownService`` (the catalog has not been synced, or does not list it)."""
+    """Apply ``change`` to one service's overrides. Raises ``UnknownProvider``, then
+    ``ValueError`` for a malformed service ID, or ``UnknownService`` (the catalog has not
+    been synced, or does not list it)."""
     provider = provider_by_name(session, provider_name)
+    service_id = parse_positive("service", raw_service)
+    if service_id is None:
+        raise ValueError("a service ID is needed")
     service = session.scalar(
         select(Service).where(Service.provider_id == provider.id, Service.service_id == service_id)
     )
