@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.http_server import serving  # noqa: E402
 from tests.support.rate_limit_load import rate_limited_status_calls  # noqa: E402
 from tests.support.redis_db import REDIS_BASE_URL, claim_database, release_database  # noqa: E402
-from tracker.provider.client import ProviderClient  # noqa: E402
-from tracker.provider.errors import ProviderTimeout  # noqa: E402
+from tracker.apiv2.client import ProviderClient  # noqa: E402
+from tracker.apiv2.errors import ProviderTimeout  # noqa: E402
 from tracker.providers.ratelimit import ARRIVAL_MARGIN  # noqa: E402
 from tracker.sim import SimAdmin, SimServer  # noqa: E402
 

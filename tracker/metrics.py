@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import redis
 
-from tracker.provider import errors
+from tracker.apiv2 import errors
 
 if TYPE_CHECKING:
-    from tracker.provider.client import CallRecord
+    from tracker.apiv2.client import CallRecord
 
 RETENTION_SECONDS = 2 * 3600
 

@@ -42,7 +42,7 @@ from sqlalchemy.pool import StaticPool
 from tracker.db import migrate
 from tracker.db.session import UnitOfWork, configure_sqlite, unit_of_work_on
 from tracker.polling.capacity import bucket_tokens, epoch
-from tracker.provider.client import CallRecord
+from tracker.apiv2.client import CallRecord
 from tracker.providers.ratelimit import RateLimitBusy
 
 # --- the clock -------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import print_figures
-from tracker.provider.client import ProviderClient
-from tracker.provider.errors import AnswerTooLarge, ProviderError, ProviderTimeout
+from tracker.apiv2.client import ProviderClient
+from tracker.apiv2.errors import AnswerTooLarge, ProviderError, ProviderTimeout
 from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration

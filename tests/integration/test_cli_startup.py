@@ -39,7 +39,7 @@ LIBRARIES = (
     "rich", "cryptography", "psycopg", "prometheus_client", "flower", "tornado",
 )
 # The tracker's own heavy parts, none of which a read-only command needs.
-TRACKER_PARTS = ("tracker.worker", "tracker.polling", "tracker.provider.client", "tracker.sim", "tracker.ops")
+TRACKER_PARTS = ("tracker.worker", "tracker.polling", "tracker.apiv2.client", "tracker.sim", "tracker.ops")
 # What the read-only commands need besides the tracker's own modules.
 DATABASE = ("sqlalchemy", "psycopg")
 

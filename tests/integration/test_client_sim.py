@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from tracker.core.status import OrderStatus, RefillStatus
-from tracker.provider.client import CallRecord, ProviderClient
-from tracker.provider.errors import (
+from tracker.apiv2.client import CallRecord, ProviderClient
+from tracker.apiv2.errors import (
     AnswerTooLarge,
     HTTPError,
     IncorrectRequest,
@@ -36,8 +36,8 @@ from tracker.provider.errors import (
     RateLimited,
     TransportError,
 )
-from tracker.provider.messages import RefillRefusal, classify_refill_refusal
-from tracker.provider.types import (
+from tracker.apiv2.messages import RefillRefusal, classify_refill_refusal
+from tracker.apiv2.types import (
     CancelAccepted,
     ItemError,
     OrderReport,

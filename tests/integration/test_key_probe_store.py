@@ -22,7 +22,7 @@ from tracker.db.migrate import script_location
 from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import get_engine, unit_of_work
 from tracker.db.types import UTCDateTime
-from tracker.provider.errors import InvalidKey
+from tracker.apiv2.errors import InvalidKey
 from tracker.sim.server import SimServer
 from tracker.providers.gateway import Gateway
 from tracker.providers.key_probe import ProbeOutcome, claim_due_probes, probe_due_keys, probe_key

@@ -20,8 +20,8 @@ from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
 from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.orders import state_of
-from tracker.provider import parsing
-from tracker.provider.types import OrderReport
+from tracker.apiv2 import parsing
+from tracker.apiv2.types import OrderReport
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from tracker.cli.main import main as tracker_cli
 from tracker.config import get_settings, reset_settings
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.provider.errors import InsecureProviderURL
+from tracker.apiv2.errors import InsecureProviderURL
 from tracker.providers.secrets import encrypt_api_key, key_hint
 from tracker.sim import SimServer
 from tracker.providers.gateway import Gateway, ProviderAccess

@@ -46,7 +46,7 @@ from tracker.cli.main import main as tracker_cli
 from tracker.db.models import Order, Provider, RefillRequest
 from tracker.db.session import unit_of_work
 from tracker.core.health import OPEN_BASE_SECONDS
-from tracker.provider.client import ProviderClient
+from tracker.apiv2.client import ProviderClient
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL as REFILL_SERVICE
 from tracker.sim.server import SimServer
 

@@ -27,7 +27,7 @@ from tracker.db.models import Order, Provider
 from tracker.db.session import dispose_engines, unit_of_work
 from tracker.metrics import CallMetrics
 from tracker.ops.bundled_redis import free_port
-from tracker.provider.client import CallRecord
+from tracker.apiv2.client import CallRecord
 from tracker.sim.server import SimServer
 from tracker.providers.gateway import Gateway, ProviderAccess
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.provider.client import ProviderClient
+from tracker.apiv2.client import ProviderClient
 from tracker.providers.ratelimit import RateLimiter
 from tracker.sim.server import SimServer
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.support.http_server import serving
 from tracker.core.status import OrderStatus, RefillStatus
-from tracker.provider.client import CallRecord, ProviderClient, parse_retry_after
-from tracker.provider.errors import (
+from tracker.apiv2.client import CallRecord, ProviderClient, parse_retry_after
+from tracker.apiv2.errors import (
     HTTPError,
     InvalidKey,
     NotJSON,
@@ -27,7 +27,7 @@ from tracker.provider.errors import (
     RateLimited,
     TransportError,
 )
-from tracker.provider.types import Balance, ItemError, OrderReport, RefillReport
+from tracker.apiv2.types import Balance, ItemError, OrderReport, RefillReport
 
 KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 PENDING = {"status": "Pending", "charge": "0.5", "start_count": "10", "remains": "5"}

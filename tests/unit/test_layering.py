@@ -25,9 +25,9 @@ RANKS: dict[str, int] = {
     # state machines, scheduling, health, the clock); config: the settings.
     "core": 0,
     "config": 0,
-    # 1: the provider: the API v2 client, its tolerant parsing, its error taxonomy and the
+    # 1: apiv2: the API v2 client, its tolerant parsing, its error taxonomy and the
     # reading of its free-text messages. It speaks core's statuses.
-    "provider": 1,
+    "apiv2": 1,
     # 2: adapters every slice may use: the database (models, sessions, claims), logging,
     # metrics, and the task base; sim, the simulated provider (kept apart by the
     # entry-point rule below).
@@ -179,7 +179,7 @@ def _documented_ranks() -> dict[str, int]:
     for line in architecture.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) >= 2 and cells[0].isdigit():
-            for package in re.findall(r"`([a-z_]+)`", cells[1]):
+            for package in re.findall(r"`([a-z_0-9]+)`", cells[1]):
                 ranks[package] = int(cells[0])
     return ranks
 

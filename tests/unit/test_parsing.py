@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracker.core.status import OrderStatus, RefillStatus
-from tracker.provider import parsing
-from tracker.provider.errors import (
+from tracker.apiv2 import parsing
+from tracker.apiv2.errors import (
     IncorrectRequest,
     InsufficientFunds,
     InvalidKey,
@@ -23,7 +23,7 @@ from tracker.provider.errors import (
     UnexpectedShape,
     UnusableRefillId,
 )
-from tracker.provider.types import (
+from tracker.apiv2.types import (
     Balance,
     CancelAccepted,
     CatalogService,

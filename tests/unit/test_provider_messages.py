@@ -2,20 +2,20 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.provider.messages import (
+from tracker.apiv2.messages import (
     RefillRefusal,
     classify_refill_refusal,
     classify_top_level_error,
     means_not_found,
 )
-from tracker.provider.errors import (
+from tracker.apiv2.errors import (
     IncorrectRequest,
     InsufficientFunds,
     InvalidKey,
     ProviderRefused,
     ProviderRejected,
 )
-from tracker.provider.types import ItemError
+from tracker.apiv2.types import ItemError
 
 
 @pytest.mark.parametrize(

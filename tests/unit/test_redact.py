@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from urllib.parse import quote_plus
 
-from tracker.provider.redact import MASK, excerpt, redact
+from tracker.apiv2.redact import MASK, excerpt, redact
 
 KEY = "a1b2c3d4e5f6+/=secret"
 

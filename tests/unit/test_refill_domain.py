@@ -36,7 +36,7 @@ from tracker.core.refills import (
     window_days,
 )
 from tracker.core.status import OrderStatus, RefillStatus
-from tracker.provider.errors import (
+from tracker.apiv2.errors import (
     HTTPError,
     IncorrectRequest,
     InsecureProviderURL,
@@ -51,8 +51,8 @@ from tracker.provider.errors import (
     TransportError,
     UnusableRefillId,
 )
-from tracker.provider.messages import outcome_of_error
-from tracker.provider.types import ItemError, RefillReport
+from tracker.apiv2.messages import outcome_of_error
+from tracker.apiv2.types import ItemError, RefillReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 K = 3

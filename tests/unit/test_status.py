@@ -14,8 +14,8 @@ from tracker.core.status import (
     normalize_order_status,
     normalize_refill_status,
 )
-from tracker.provider.parsing import parse_refill_status, parse_status
-from tracker.provider.types import OrderReport, RefillReport
+from tracker.apiv2.parsing import parse_refill_status, parse_status
+from tracker.apiv2.types import OrderReport, RefillReport
 
 
 @pytest.mark.parametrize(

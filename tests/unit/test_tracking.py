@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tracker.core.status import OrderStatus
 from tracker.core.tracking import OrderState, apply_observation
-from tracker.provider.types import ItemError, OrderReport
+from tracker.apiv2.types import ItemError, OrderReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 K = 3

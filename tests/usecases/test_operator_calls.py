@@ -12,7 +12,7 @@ from sqlalchemy import select
 from tests.usecases.helpers import track
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Provider, Service
-from tracker.provider.errors import ProviderError
+from tracker.apiv2.errors import ProviderError
 from tracker.orders.cancel import ACCEPTED, REFUSED, UNKNOWN, cancel_orders
 from tracker.providers.catalog import SyncResult, sync_catalog
 from tracker.providers.gateway import Gateway, ProviderAccess

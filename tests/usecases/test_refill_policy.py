@@ -9,7 +9,7 @@ import pytest
 from tracker.config import Settings
 from tracker.core.refills import window_days
 from tracker.db.models import Provider
-from tracker.provider.types import CatalogService
+from tracker.apiv2.types import CatalogService
 from tracker.providers.catalog import store_catalog
 from tracker.providers.lookup import UnknownProvider
 from tracker.refills.policy import PolicyChange, UnknownService, set_provider_policy, set_service_policy

@@ -13,7 +13,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import OperationalError
 
     from tracker.config import ConfigError
-    from tracker.provider.errors import ProviderError
+    from tracker.apiv2.errors import ProviderError
     from tracker.providers.secrets import SecretKeyError
     from tracker.providers.registry import ProviderConfigError
     from tracker.providers.lookup import UnknownProvider

@@ -1,8 +1,8 @@
 """What a provider said about one order or one refill, as the state machines read it.
 
-The provider builds these from its answers (``tracker.provider.types`` re-exports them);
+The provider builds these from its answers (``tracker.apiv2.types`` re-exports them);
 ``core`` owns them so that its rules depend on nothing outside ``core``. A per-ID error
-stays the provider's (``tracker.provider.types.ItemError``): reading its wording is the
+stays the provider's (``tracker.apiv2.types.ItemError``): reading its wording is the
 provider's job, and ``core`` only asks it whether the ID does not exist.
 """
 

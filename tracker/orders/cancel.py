@@ -26,9 +26,9 @@ from tracker.config import Settings
 from tracker.db.models import CancelRequest, Order, Service
 from tracker.db.session import UnitOfWork, unit_of_work, write_with_retries
 from tracker.core.ids import parse_order_ids
-from tracker.provider.client import MAX_IDS_PER_CALL
-from tracker.provider.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
-from tracker.provider.types import CancelAccepted, CancelResult
+from tracker.apiv2.client import MAX_IDS_PER_CALL
+from tracker.apiv2.errors import InsecureProviderURL, NotSent, ProviderError, ProviderRejected
+from tracker.apiv2.types import CancelAccepted, CancelResult
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.lookup import provider_by_name
 from tracker.providers.gateway import Gateway, ProviderAccess

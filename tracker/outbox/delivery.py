@@ -38,7 +38,7 @@ from tracker.db.claims import Claim, claim_due
 from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent, next_delivery_attempt, provider_alert
-from tracker.provider.redact import excerpt
+from tracker.apiv2.redact import excerpt
 from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger("tracker.outbox")

@@ -43,9 +43,9 @@ from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent
 from tracker.core.scheduling import draw_jitter, poll_delay
-from tracker.provider.client import ProviderClient
-from tracker.provider.errors import ProviderError, ProviderForgot
-from tracker.provider.types import ItemError
+from tracker.apiv2.client import ProviderClient
+from tracker.apiv2.errors import ProviderError, ProviderForgot
+from tracker.apiv2.types import ItemError
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_events, sink_configured

@@ -21,7 +21,7 @@ from tracker.core.outbox_events import order_transition
 from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.engine import ClaimedRow, Fetched, Observation, history_row, polled_columns
-from tracker.provider.client import ProviderClient
+from tracker.apiv2.client import ProviderClient
 from tracker.providers.gateway import ProviderAccess
 
 _orders = cast(Table, Order.__table__)

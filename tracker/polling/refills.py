@@ -26,15 +26,15 @@ from tracker.core.outbox_events import refill_transition
 from tracker.core.refills import RefillState, apply_refill_observation
 from tracker.core.status import RefillStatus
 from tracker.polling.engine import ClaimedRow, Fetched, Observation, history_row, polled_columns
-from tracker.provider.client import ProviderClient
-from tracker.provider.errors import (
+from tracker.apiv2.client import ProviderClient
+from tracker.apiv2.errors import (
     IncorrectRequest,
     InvalidKey,
     ProviderError,
     ProviderRejected,
     UnexpectedShape,
 )
-from tracker.provider.types import ItemError
+from tracker.apiv2.types import ItemError
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import ProviderAccess
 

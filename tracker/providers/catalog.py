@@ -15,8 +15,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from tracker.config import Settings
 from tracker.db.models import Provider, Service
 from tracker.db.session import UnitOfWork, unit_of_work
-from tracker.provider.errors import ProviderError
-from tracker.provider.types import Balance, CatalogService
+from tracker.apiv2.errors import ProviderError
+from tracker.apiv2.types import Balance, CatalogService
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert

@@ -23,8 +23,8 @@ from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.logs import register_secret
 from tracker.metrics import CallMetrics, CallRecorder
-from tracker.provider.client import CallRecord, ProviderClient
-from tracker.provider.errors import InsecureProviderURL
+from tracker.apiv2.client import CallRecord, ProviderClient
+from tracker.apiv2.errors import InsecureProviderURL
 from tracker.providers.ratelimit import CallLimiter, RateLimiter
 from tracker.providers.secrets import decrypt_api_key
 from tracker.providers.registry import plain_http_refusal

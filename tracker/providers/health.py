@@ -19,7 +19,7 @@ from tracker.core.health import (
     rate_limit_wait,
 )
 from tracker.core.scheduling import failure_backoff
-from tracker.provider.errors import (
+from tracker.apiv2.errors import (
     InvalidKey,
     ProviderError,
     ProviderRejected,

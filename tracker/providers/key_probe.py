@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
-from tracker.provider.errors import InvalidKey, ProviderError
-from tracker.provider.types import Balance
+from tracker.apiv2.errors import InvalidKey, ProviderError
+from tracker.apiv2.types import Balance
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.catalog import store_balance
 from tracker.providers.gateway import Gateway, ProviderAccess

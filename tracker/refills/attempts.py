@@ -50,8 +50,8 @@ from tracker.core.refills import (
     RetryPolicy,
     decide_after_attempt,
 )
-from tracker.provider.errors import ProviderError, RateLimited
-from tracker.provider.messages import outcome_of_error
+from tracker.apiv2.errors import ProviderError, RateLimited
+from tracker.apiv2.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.providers.health import record_call

@@ -53,10 +53,10 @@ from tracker.core.status import (
     normalize_order_status,
     normalize_refill_status,
 )
-from tracker.provider.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
-from tracker.provider.messages import classify_top_level_error, means_not_found
-from tracker.provider.redact import excerpt, redact
-from tracker.provider.types import (
+from tracker.apiv2.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
+from tracker.apiv2.messages import classify_top_level_error, means_not_found
+from tracker.apiv2.redact import excerpt, redact
+from tracker.apiv2.types import (
     Balance,
     CancelAccepted,
     CancelResult,

@@ -14,7 +14,7 @@ from decimal import Decimal
 # rest of a call's results live.
 from tracker.core.reports import OrderReport as OrderReport
 from tracker.core.reports import RefillReport as RefillReport
-from tracker.provider.messages import means_not_found
+from tracker.apiv2.messages import means_not_found
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 
 from tracker.core.refills import AttemptOutcome
-from tracker.provider.errors import (
+from tracker.apiv2.errors import (
     IncorrectRequest,
     InsecureProviderURL,
     InsufficientFunds,

@@ -22,8 +22,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from tracker.provider import parsing
-from tracker.provider.errors import (
+from tracker.apiv2 import parsing
+from tracker.apiv2.errors import (
     AnswerTooLarge,
     NotSent,
     HTTPError,
@@ -32,8 +32,8 @@ from tracker.provider.errors import (
     RateLimited,
     TransportError,
 )
-from tracker.provider.redact import excerpt, redact
-from tracker.provider.types import (
+from tracker.apiv2.redact import excerpt, redact
+from tracker.apiv2.types import (
     Balance,
     CancelResult,
     CatalogService,
@@ -53,7 +53,7 @@ _READ_CHUNK = 64 * 1024
 MAX_IDS_PER_CALL = 100
 _POOL_SIZE = 16
 
-log = logging.getLogger("tracker.provider")
+log = logging.getLogger("tracker.apiv2")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
