@@ -31,6 +31,7 @@ from celery.signals import (
 from tracker import logs
 from tracker.db.session import dispose_engines, treat_as_interruption
 from tracker.polling.capacity import Capacity, poll_slots_of
+from tracker.polling.slots import dispatch_soon
 from tracker.worker.queues import POLLS_QUEUE
 
 log = logging.getLogger("tracker.worker")
@@ -61,11 +62,18 @@ def _announcement(consumer: Any) -> _Announcement | None:
 
 def _keep_queues_declared(app: Celery, announcement: _Announcement | None) -> None:
     capacity = Capacity(redis.Redis.from_url(app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5))
+    # A worker that lends poll slots has the dispatcher run as soon as they are announced:
+    # after a start or restart, polling resumes at once, not at beat's next tick (and a
+    # beat started after the worker ticks first one interval after its own start).
+    dispatch_wanted = announcement is not None
     while True:
         try:
             if announcement is not None:
                 capacity.announce(announcement.worker, announcement.poll_slots)
             redeclare_queues(app)
+            if dispatch_wanted:
+                dispatch_soon()
+                dispatch_wanted = False
         except Exception as error:  # noqa: BLE001 - the broker may be down; try again later
             log.debug("could not re-declare queues: %s", error)
         if _stop.wait(REDECLARE_EVERY_SECONDS):
