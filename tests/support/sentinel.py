@@ -35,14 +35,19 @@ def binaries() -> tuple[str, str]:
     return found[0], found[1]
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1, retry=None)
+def _client(port: int, host: str = "127.0.0.1") -> redis.Redis:
+    return redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=1, retry=None)
 
 
 class SentinelGroup(ExitStack):
-    def __init__(self, workdir: Path, *, down_after_ms: int = 600, failover_timeout_ms: int = 3000) -> None:
+    def __init__(
+        self, workdir: Path, *, down_after_ms: int = 600, failover_timeout_ms: int = 3000, host: str = "127.0.0.1"
+    ) -> None:
+        """``host``: the address every server and Sentinel listens on (loopback unless
+        hosts in network namespaces must reach them)."""
         super().__init__()
         self.workdir = workdir
+        self.host = host
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.servers: dict[int, Proc] = {}
@@ -51,13 +56,13 @@ class SentinelGroup(ExitStack):
     def url(self, db: int = 0) -> str:
         """The broker URL: every Sentinel, Celery's form."""
         first, *others = self.sentinel_ports
-        return ";".join([f"sentinel://127.0.0.1:{first}/{db}", *(f"sentinel://127.0.0.1:{port}" for port in others)])
+        return ";".join([f"sentinel://{self.host}:{first}/{db}", *(f"sentinel://{self.host}:{port}" for port in others)])
 
     def __enter__(self) -> Self:
         super().__enter__()
         server, sentinel = binaries()
         master = self._server(server, "master")
-        replica = self._server(server, "replica", "--replicaof", "127.0.0.1", str(master))
+        replica = self._server(server, "replica", "--replicaof", self.host, str(master))
         wait_until(lambda: self._replica_linked(replica), timeout=10, what="the replica to sync")
         for number in range(1, SENTINELS + 1):
             self._sentinel(sentinel, number, master)
@@ -70,7 +75,7 @@ class SentinelGroup(ExitStack):
         directory.mkdir(parents=True, exist_ok=True)
         # No persistence, and a replica's first sync at once (not after the diskless delay).
         command = [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            binary, "--port", str(port), "--bind", self.host, "--protected-mode", "no", "--save", "", "--appendonly", "no",
             "--repl-diskless-sync-delay", "0", "--dir", str(directory), *extra,
         ]
         proc = processes.start(name, command, {}, self.workdir)
@@ -86,8 +91,8 @@ class SentinelGroup(ExitStack):
         config = directory / "sentinel.conf"
         # Sentinel rewrites its configuration file as it learns: it must be its own.
         config.write_text(
-            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
-            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} {QUORUM}\n"
+            f"port {port}\nbind {self.host}\nprotected-mode no\ndir {directory}\n"
+            f"sentinel monitor {MASTER_NAME} {self.host} {master} {QUORUM}\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n",
@@ -105,23 +110,24 @@ class SentinelGroup(ExitStack):
             proc.process.wait()
         proc.stop()
 
-    @staticmethod
-    def _answers(port: int) -> bool:
+    def _at(self, port: int) -> redis.Redis:
+        return _client(port, self.host)
+
+    def _answers(self, port: int) -> bool:
         try:
-            return bool(_client(port).ping())
+            return bool(self._at(port).ping())
         except redis.RedisError:
             return False
 
-    @staticmethod
-    def _replica_linked(port: int) -> bool:
+    def _replica_linked(self, port: int) -> bool:
         try:
-            return _client(port).info("replication").get("master_link_status") == "up"
+            return self._at(port).info("replication").get("master_link_status") == "up"
         except redis.RedisError:
             return False
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
-            sentinel = _client(port)
+            sentinel = self._at(port)
             try:
                 state = sentinel.sentinel_master(MASTER_NAME)
                 replicas = sentinel.sentinel_slaves(MASTER_NAME)
@@ -137,7 +143,7 @@ class SentinelGroup(ExitStack):
         """The master's port, as the first Sentinel that answers names it."""
         for port in self.sentinel_ports:
             try:
-                address = _client(port).sentinel_get_master_addr_by_name(MASTER_NAME)
+                address = self._at(port).sentinel_get_master_addr_by_name(MASTER_NAME)
             except redis.RedisError:
                 continue
             if address:
@@ -150,18 +156,18 @@ class SentinelGroup(ExitStack):
 
     def direct(self, port: int, db: int = 0) -> redis.Redis:
         """A plain client of one server, for reading what the tracker wrote there."""
-        return redis.Redis(host="127.0.0.1", port=port, db=db, socket_timeout=2, socket_connect_timeout=1)
+        return redis.Redis(host=self.host, port=port, db=db, socket_timeout=2, socket_connect_timeout=1)
 
     def _is_writable_master(self, port: int) -> bool:
         try:
-            return _client(port).info("replication").get("role") == "master"
+            return self._at(port).info("replication").get("role") == "master"
         except redis.RedisError:
             return False
 
     def _every_sentinel_names(self, port: int) -> bool:
         for sentinel_port in self.sentinel_ports:
             try:
-                address = _client(sentinel_port).sentinel_get_master_addr_by_name(MASTER_NAME)
+                address = self._at(sentinel_port).sentinel_get_master_addr_by_name(MASTER_NAME)
             except redis.RedisError:
                 return False
             if not address or int(address[1]) != port:
@@ -192,10 +198,10 @@ class SentinelGroup(ExitStack):
         be a master for a while (8 to 18 s); this does at once what Sentinel then does:
         REPLICAOF, and every client connection closed. Returns the new master's port."""
         old = self.master_port()
-        _client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        self._at(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         new = self.wait_for_new_master(old)
-        demoted = _client(old)
-        demoted.replicaof("127.0.0.1", str(new))
+        demoted = self._at(old)
+        demoted.replicaof(self.host, str(new))
         demoted.client_kill_filter(_type="normal", skipme=True)
         demoted.client_kill_filter(_type="pubsub", skipme=True)
         wait_until(lambda: self._replica_linked(old), timeout=20, interval=0.05, what="the old master to follow")

@@ -60,8 +60,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class ShopEndpoint(BackgroundServer):
-    def __init__(self, *, delay_s: float = 0.0, refuse: dict[str, int] | None = None) -> None:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def __init__(self, *, delay_s: float = 0.0, refuse: dict[str, int] | None = None, host: str = "127.0.0.1") -> None:
+        server = _Server((host, 0), _Handler)
         server.state = _State(delay_s, Counter(refuse or {}))
         super().__init__(server)
         self._shop_server = server
