@@ -29,7 +29,8 @@ from celery.signals import (
 )
 
 from tracker import logs
-from tracker.db.session import dispose_engines, treat_as_interruption
+from tracker.core.time_limits import treat_as_interruption
+from tracker.db.session import dispose_engines
 from tracker.polling.capacity import Capacity, poll_slots_of
 from tracker.worker.queues import POLLS_QUEUE
 
