@@ -4,35 +4,19 @@ unit of work: real PostgreSQL and MariaDB, and SQLite for the COMMIT."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Connection, create_engine, event, text
 
 from tests.support.databases import SERVER_DATABASES
+from tests.support.soft_limit import soft_limit_after
 from tracker.db.session import get_engine, unit_of_work
-from tracker.worker import signals  # noqa: F401 - the worker's hooks: the soft time limit interrupts
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def soft_limit_after(seconds: float) -> Iterator[None]:
-    def raise_soft_limit(signum: int, frame: FrameType | None) -> None:
-        raise SoftTimeLimitExceeded()
-
-    previous = signal.signal(signal.SIGALRM, raise_soft_limit)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)

@@ -35,7 +35,6 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
@@ -231,7 +230,7 @@ def poll_batch(
     started = time.monotonic()
     with unit_of_work(read_only=True) as session:
         if clock is None:
-            clock = database_clock(session, utcnow)
+            clock = database_clock(session)
         provider = session.get(Provider, provider_id)
         if provider is None:
             log.warning("poll for an unknown provider id %s ignored", provider_id)

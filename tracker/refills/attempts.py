@@ -29,7 +29,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
 from tracker.config import Settings
 from tracker.db.clock import database_clock
 from tracker.db.models import (
@@ -134,7 +133,7 @@ def attempt_refill(
     ``unit_of_work``: where its transactions are opened (tests pass ``tracker.testing``'s)."""
     if clock is None:
         with unit_of_work(read_only=True) as session:
-            clock = database_clock(session, utcnow)
+            clock = database_clock(session)
     try:
         taken = _take(request_id, claim_id, settings, clock(), unit_of_work)
     except DBAPIError as failure:
