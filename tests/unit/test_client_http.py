@@ -116,7 +116,7 @@ def client_for(
     retry_backoff: float = 0.01,
     timeout: tuple[float, float] = (2.0, 2.0),
     max_ids_per_call: int = 100,
-    before_call: Callable[[str], None] | None = None,
+    before_call: Callable[[str, float | None], None] | None = None,
     after_call: Callable[[CallRecord], None] | None = None,
 ) -> ProviderClient:
     return ProviderClient(
@@ -389,7 +389,7 @@ def test_hooks_see_every_http_call(provider: FakeProvider) -> None:
                   Reply(body="<html>"))
     before: list[str] = []
     after: list[CallRecord] = []
-    client = client_for(provider, before_call=before.append, after_call=after.append)
+    client = client_for(provider, before_call=lambda action, _max_wait: before.append(action), after_call=after.append)
     client.status_multi([1, 2])
     with pytest.raises(NotJSON):
         client.balance()
@@ -401,7 +401,7 @@ def test_hooks_see_every_http_call(provider: FakeProvider) -> None:
 
 
 def test_before_call_can_stop_the_call(provider: FakeProvider) -> None:
-    def refuse(action: str) -> None:
+    def refuse(action: str, max_wait: float | None) -> None:
         raise RuntimeError(f"circuit open for {action}")
 
     with pytest.raises(RuntimeError):

@@ -105,18 +105,11 @@ def record_events(session: Session, settings: Settings, events: Sequence[NewEven
 
 def post_budget(settings: Settings) -> float:
     """Seconds one delivery may take: connecting, waiting for the answer, and a margin for
-    the bookkeeping around it. (The read timeout bounds each wait for data: a shop that
-    trickles its answer byte by byte could take longer; then the claim is lost, and that
-    is logged, or the soft time limit ends the task and the event counts as a failed
-    attempt.)"""
-    margin = max(1.0, 0.05 * settings.lease_seconds)
-    if not settings.webhook_url:
-        return margin
-    return connect_timeout(settings) + settings.webhook_timeout + margin
-
-
-def connect_timeout(settings: Settings) -> float:
-    return min(settings.http_connect_timeout, settings.webhook_timeout)
+    the bookkeeping around it (``Settings.webhook_post_seconds``). (The read timeout bounds
+    each wait for data: a shop that trickles its answer byte by byte could take longer;
+    then the claim is lost, and that is logged, or the soft time limit ends the task and
+    the event counts as a failed attempt.)"""
+    return settings.webhook_post_seconds
 
 
 def delivery_lease(settings: Settings) -> float:
@@ -192,7 +185,7 @@ class Sinks:
                 headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, timestamp, body)
             response = self.http.post(
                 settings.webhook_url, data=body, headers=headers,
-                timeout=(connect_timeout(settings), settings.webhook_timeout),
+                timeout=(settings.webhook_connect_timeout, settings.webhook_timeout),
                 allow_redirects=False,
             )
             if not 200 <= response.status_code < 300:

@@ -23,6 +23,9 @@ from typing import Any, Protocol
 import redis
 
 ARRIVAL_MARGIN = 0.10
+# The longest a caller waits for its slot before ``RateLimitBusy`` (a task near its soft
+# time limit waits less: see ``tracker.apiv2.client.calls_finish_by``).
+MAX_WAIT_SECONDS = 10.0
 
 # KEYS[1]: theoretical arrival time (µs); KEYS[2]: cool-down key.
 # ARGV[1]: spacing between calls (µs); ARGV[2]: the longest wait the caller accepts (µs).
@@ -59,7 +62,7 @@ class CallLimiter(Protocol):
     """What the gateway and provider health need of a rate limit: ``RateLimiter`` here,
     ``tracker.testing.InMemoryRateLimiter`` in use-case tests."""
 
-    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float: ...
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = MAX_WAIT_SECONDS) -> float: ...
 
     def cool_down(self, provider_id: int, seconds: float) -> None: ...
 
@@ -77,7 +80,7 @@ class RateLimiter:
     def _keys(self, provider_id: int) -> list[str]:
         return [f"{self._prefix}:rate:{provider_id}", f"{self._prefix}:cooldown:{provider_id}"]
 
-    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float:
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = MAX_WAIT_SECONDS) -> float:
         """Block until this process may call the provider; return the seconds waited."""
         if rate <= 0:
             return 0.0
