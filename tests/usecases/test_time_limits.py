@@ -1,8 +1,9 @@
-"""A poll task and its soft time limit, in memory: a call starts only when it can end, its
-retries included, before the limit; a call abandoned at the limit counts against the
-provider like the timeout it is. The limit itself is a real timer signal in this process
-(``tests.support.soft_limit``), as the pool's is in a worker's child; the panel takes real
-seconds."""
+"""Provider tasks and their soft time limit, in memory: a poll task, a balance or catalog
+run, a key probe run start a call only when it can end, its retries included, before the
+limit, and hand back what they have no time for; a call abandoned at the limit counts
+against the provider like the timeout it is. The limit itself is a real timer signal in
+this process (``tests.support.soft_limit``), as the pool's is in a worker's child; the
+panel takes real seconds."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from datetime import datetime
 
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, update
 
 from tests.support.soft_limit import soft_limit_after
-from tests.usecases.helpers import poll_due, track
+from tests.usecases.helpers import add_provider, poll_due, track
 from tracker.config import Settings
 from tracker.db.models import Order, Provider
+from tracker.providers.catalog import check_balances, sync_due_catalogs
 from tracker.providers.gateway import Gateway
+from tracker.providers.health import KEY_PAUSE_REASON
+from tracker.providers.key_probe import probe_due_keys
 from tracker.testing import (
     InMemoryRateLimiter,
     MemoryDatabase,
@@ -150,3 +154,100 @@ def test_calls_stop_once_the_next_might_outlast_the_soft_limit(
     assert failures(db) == 0
     assert sorted(due_in(db, clock())) == [0.0, 0.0, pytest.approx(tight.poll_interval, rel=0.15)]
     assert claimed(db) == 0
+
+
+# --- upkeep: balance checks, catalog syncs, key probes -----------------------------------
+
+UPKEEP_PROVIDERS = ["panel", "p2", "p3", "p4", "p5"]
+
+
+@pytest.fixture
+def five_providers(db: MemoryDatabase, settings: Settings, clock: SettableClock, provider_id: int) -> list[int]:
+    return [provider_id, *(add_provider(db, settings, clock, name) for name in UPKEEP_PROVIDERS[1:])]
+
+
+def providers_where(db: MemoryDatabase, condition: ColumnElement[bool]) -> list[str]:
+    with db.unit_of_work(read_only=True) as session:
+        return sorted(session.scalars(select(Provider.name).where(condition)))
+
+
+def test_a_balance_run_checks_no_provider_it_cannot_finish_before_the_soft_limit(
+    db: MemoryDatabase, short_calls: Settings, short_gateway: Gateway, panel: ScriptedPanel,
+    clock: SettableClock, five_providers: list[int],
+) -> None:
+    """Each balance call takes 0.9 s; one may take 1.1 s, and 2 s are kept to write: with a
+    4.5 s soft limit, a provider is started while 3.1 s are left. Started one after the
+    other regardless, the fifth would be cut off by the limit."""
+    limit = replace(short_calls, task_soft_time_limit=4.5)
+    panel.script(*(held_then_answered(0.9) for _ in UPKEEP_PROVIDERS))
+    started = time.monotonic()
+    with soft_limit_after(limit.task_soft_time_limit):
+        checked = check_balances(limit, short_gateway, clock(), unit_of_work=db.unit_of_work)
+    assert time.monotonic() - started < limit.task_soft_time_limit
+    assert 1 <= checked < len(UPKEEP_PROVIDERS)
+    # The rest are still due: the next run takes them.
+    assert len(providers_where(db, Provider.balance_checked_at.is_(None))) == len(UPKEEP_PROVIDERS) - checked
+
+
+def test_a_balance_call_abandoned_at_the_soft_limit_counts_against_the_provider(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, provider_id: int,
+) -> None:
+    panel.script(held_then_answered(30))
+    try:
+        with pytest.raises(SoftTimeLimitExceeded), soft_limit_after(0.5):
+            check_balances(settings, gateway, clock(), unit_of_work=db.unit_of_work)
+    finally:
+        panel.release_held()
+    assert failures(db) == 1
+
+
+def test_a_catalog_sync_abandoned_at_the_soft_limit_counts_against_the_provider(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, provider_id: int,
+) -> None:
+    panel.script(held_then_answered(30))
+    try:
+        with pytest.raises(SoftTimeLimitExceeded), soft_limit_after(0.5):
+            sync_due_catalogs(settings, gateway, clock(), unit_of_work=db.unit_of_work)
+    finally:
+        panel.release_held()
+    assert failures(db) == 1
+    assert providers_where(db, Provider.catalog_synced_at.is_(None)) == ["panel"]
+
+
+def test_a_catalog_run_syncs_no_provider_it_cannot_finish_before_the_soft_limit(
+    db: MemoryDatabase, short_calls: Settings, short_gateway: Gateway, panel: ScriptedPanel,
+    clock: SettableClock, five_providers: list[int],
+) -> None:
+    """Two calls per provider (catalog, balance), 0.5 s each; 2 x 1.1 s and 2 s to write
+    must fit: with 5.5 s of soft limit the first and second providers go, not the rest."""
+    limit = replace(short_calls, task_soft_time_limit=5.5)
+    panel.script(*(held_then_answered(0.5) for _ in range(2 * len(UPKEEP_PROVIDERS))))
+    started = time.monotonic()
+    with soft_limit_after(limit.task_soft_time_limit):
+        results = sync_due_catalogs(limit, short_gateway, clock(), unit_of_work=db.unit_of_work)
+    assert time.monotonic() - started < limit.task_soft_time_limit
+    assert 1 <= len(results) < len(UPKEEP_PROVIDERS)
+    assert len(providers_where(db, Provider.catalog_synced_at.is_(None))) == len(UPKEEP_PROVIDERS) - len(results)
+
+
+def test_a_key_probe_run_hands_back_the_probes_it_has_no_time_for(
+    db: MemoryDatabase, short_calls: Settings, short_gateway: Gateway, panel: ScriptedPanel,
+    clock: SettableClock, five_providers: list[int],
+) -> None:
+    """Every provider is paused for its key and due for a probe, each probe's call takes
+    0.9 s: the run probes while a call and the write still fit in its 4.5 s, and hands the
+    other claims back, due now (not after their next delay)."""
+    limit = replace(short_calls, task_soft_time_limit=4.5)
+    with db.unit_of_work() as session:
+        session.execute(
+            update(Provider).values(paused=True, paused_reason=KEY_PAUSE_REASON, key_probe_at=clock(), key_probe_failures=0)
+        )
+    panel.script(*(held_then_answered(0.9) for _ in UPKEEP_PROVIDERS))
+    started = time.monotonic()
+    with soft_limit_after(limit.task_soft_time_limit):
+        outcomes = probe_due_keys(limit, short_gateway, clock, unit_of_work=db.unit_of_work)
+    assert time.monotonic() - started < limit.task_soft_time_limit
+    probed = sum(outcomes.values())
+    assert 1 <= probed < len(UPKEEP_PROVIDERS)
+    assert outcomes == {"resumed": probed}
+    assert len(providers_where(db, Provider.key_probe_at <= clock())) == len(UPKEEP_PROVIDERS) - probed

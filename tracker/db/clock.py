@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from tracker.db.session import UnitOfWork
+
 _NOW = {
     "postgresql": "SELECT clock_timestamp()",
     "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
@@ -36,6 +38,12 @@ def database_now(session: Session) -> datetime:
     if not isinstance(moment, datetime):
         raise TypeError(f"the database answered {value!r} for the time")
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def database_time(unit_of_work: UnitOfWork) -> datetime:
+    """The database's time, read in a short read-only unit of work of its own."""
+    with unit_of_work(read_only=True) as session:
+        return database_now(session)
 
 
 def database_clock(session: Session) -> Callable[[], datetime]:

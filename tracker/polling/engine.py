@@ -424,7 +424,7 @@ class _CallRun(Generic[RowT]):
             # Abandoned at the soft time limit: for the provider's circuit it is the
             # timeout it would have been, and its rows get the failure back-off (else a
             # panel that hangs would never open its circuit).
-            calls.error = ProviderTimeout(self.kind.action, "the call was abandoned at the task's soft time limit")
+            calls.error = ProviderTimeout.abandoned(self.kind.action)
         return calls
 
 

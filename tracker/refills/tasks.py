@@ -18,7 +18,7 @@ from tracker.core.clock import utcnow
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
 from tracker.refills import auto_refill, count_probes, drops
-from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, task_deadline
 
 log = logging.getLogger("tracker.task_base")
 
@@ -50,7 +50,7 @@ def schedule_auto_refills() -> int:
 
 @shared_task(base=TrackerTask, name="tracker.probe_counts")
 def probe_counts() -> dict[str, int]:
-    summary = count_probes.probe_counts(get_settings())
+    summary = count_probes.probe_counts(get_settings(), deadline=task_deadline())
     return {
         "probed": summary.probed,
         "drops": summary.drops,
