@@ -31,7 +31,7 @@ from tracker.task_base import TrackerTask, task_deadline
 def dispatch_polls() -> int:
     """The one dispatcher: every call kind of every provider, within one budget per
     provider per tick."""
-    return run_dispatcher(get_settings(), _enqueue)
+    return run_dispatcher(get_settings(), _enqueue, task_deadline())
 
 
 def _enqueue(piece: AttemptWork | PollWork) -> None:

@@ -14,8 +14,7 @@ from typing import Any
 from celery import shared_task
 
 from tracker.config import get_settings
-from tracker.core.clock import utcnow
-from tracker.db.clock import database_now
+from tracker.db.clock import database_now, database_time
 from tracker.db.session import unit_of_work
 from tracker.refills import auto_refill, count_probes, drops
 from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, task_deadline
@@ -45,7 +44,7 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
 
 @shared_task(base=TrackerTask, name="tracker.schedule_auto_refills")
 def schedule_auto_refills() -> int:
-    return auto_refill.schedule_auto_refills(get_settings(), utcnow())
+    return auto_refill.schedule_auto_refills(get_settings(), database_time(unit_of_work))
 
 
 @shared_task(base=TrackerTask, name="tracker.probe_counts")
