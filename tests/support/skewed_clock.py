@@ -2,7 +2,10 @@
 ``faketime`` (libfaketime, preloaded into the process and every child it forks).
 
 Only the wall clock is shifted (``FAKETIME_DONT_FAKE_MONOTONIC``): a real host a minute
-off still measures elapsed time correctly, and Celery's timers run on the monotonic clock.
+off still measures elapsed time correctly, and with a faked monotonic clock every timed
+wait of a Python thread hangs (the kernel waits for a monotonic time decades away). That
+setting breaks Python 3.11's ``time.sleep`` in libfaketime 0.9.10, which
+``faketime_site/sitecustomize.py`` works around in the skewed processes.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 FAKETIME = "/usr/bin/faketime"
+SITE = Path(__file__).resolve().parent / "faketime_site"
 
 
 def faketime_available() -> str | None:
@@ -35,8 +40,10 @@ def skewed(command: list[str], offset_seconds: float) -> list[str]:
 
 
 def skewed_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for a skewed process: its monotonic clock stays the host's."""
-    return {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    """``env`` for a skewed process: its monotonic clock stays the host's, and its
+    ``time.sleep`` works (see the module's docstring)."""
+    path = os.pathsep.join(part for part in (str(SITE), env.get("PYTHONPATH", "")) if part)
+    return {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": path}
 
 
 def run_python(code: str, offset_seconds: float, env: dict[str, str] | None = None, timeout: float = 60) -> str:
