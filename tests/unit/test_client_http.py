@@ -86,7 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = reply.body.encode()
-        self.send_response(reply.status)
+        if "Date" in reply.headers:
+            self.send_response_only(reply.status)  # the reply's own Date, not the server's
+        else:
+            self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body) + (100 if reply.cut else 0)))
@@ -281,6 +284,16 @@ def test_429_is_rate_limited_and_not_retried(
     assert caught.value.status_code == 429
     assert len(provider.seen) == 1
     assert_key_absent(caught.value)
+
+
+def test_a_retry_after_date_is_read_against_the_answers_own_date(provider: FakeProvider) -> None:
+    """The panel's clock, not this worker's, says how far away its Retry-After date is:
+    the cool-down every worker honours must not depend on which worker read the 429."""
+    headers = {"Retry-After": "Wed, 01 May 2024 12:00:45 GMT", "Date": "Wed, 01 May 2024 12:00:00 GMT"}
+    provider.default = lambda form: Reply(429, "slow down", headers)
+    with pytest.raises(RateLimited) as caught:
+        client_for(provider).status(1)
+    assert caught.value.retry_after == 45.0
 
 
 def test_retry_after_as_http_date() -> None:

@@ -115,6 +115,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _answered_at(response: requests.Response) -> datetime | None:
+    """The answer's Date header, when it has a readable one."""
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _user_agent() -> str:
     try:
         version = metadata.version("tracker")
@@ -539,7 +551,10 @@ class ProviderClient:
             return text
         body = excerpt(text, self._secrets)
         if code == 429:
-            raise RateLimited(action, body, parse_retry_after(response.headers.get("Retry-After")))
+            # A date is read against the answer's own Date: the panel's clock, not this
+            # worker's, which may be a minute off the others'.
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), _answered_at(response))
+            raise RateLimited(action, body, retry_after)
         if 400 <= code < 500 and code != 408 and parsing.top_level_error_message(text):
             return text  # the parser raises the matching ProviderRejected
         if 300 <= code < 400:
