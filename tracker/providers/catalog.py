@@ -24,12 +24,12 @@ from tracker.db.clock import database_time
 from tracker.db.models import Provider, Service
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.apiv2.client import calls_finish_by
-from tracker.apiv2.errors import ProviderError, ProviderTimeout
+from tracker.apiv2.errors import ProviderError
 from tracker.apiv2.types import Balance, CatalogService
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
-from tracker.providers.health import record_call
+from tracker.providers.health import record_abandoned_call, record_call
 
 log = logging.getLogger("tracker.catalog")
 
@@ -171,7 +171,7 @@ def check_balances(
         except RateLimitBusy:
             continue
         except interruptions():
-            _record_abandoned(settings, gateway, access, "balance", now, unit_of_work)
+            record_abandoned_call(unit_of_work, access.id, "balance", now, settings, gateway.rate_limiter)
             raise
         except ProviderError as error:
             log.warning("balance check failed: %s", error, extra={"provider": access.name})
@@ -217,14 +217,6 @@ def sync_due_catalogs(
     return results
 
 
-def _record_abandoned(
-    settings: Settings, gateway: Gateway, access: ProviderAccess, action: str, now: datetime, unit_of_work: UnitOfWork
-) -> None:
-    """A call the soft time limit abandoned counts for the provider's circuit."""
-    with unit_of_work() as session:
-        record_call(session, access.id, ProviderTimeout.abandoned(action), now, settings, gateway.rate_limiter)
-
-
 def sync_catalog(
     access: ProviderAccess,
     settings: Settings,
@@ -257,7 +249,7 @@ def sync_catalog(
         raise
     except interruptions():
         if record_health:
-            _record_abandoned(settings, gateway, access, action, now, unit_of_work)
+            record_abandoned_call(unit_of_work, access.id, action, now, settings, gateway.rate_limiter)
         raise
     on_step(f"storing {len(entries)} services")
     with unit_of_work() as session:

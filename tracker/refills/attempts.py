@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
+from tracker.core.time_limits import interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import (
     Order,
@@ -53,7 +54,7 @@ from tracker.apiv2.errors import ProviderError, RateLimited
 from tracker.apiv2.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
-from tracker.providers.health import record_call
+from tracker.providers.health import record_abandoned_call, record_call
 
 from tracker.refills.drops import (
     ACCEPTED,
@@ -151,6 +152,11 @@ def attempt_refill(
     try:
         refill_id = gateway.client(taken.access).refill(taken.external_order_id)
         outcome = AttemptOutcome.ACCEPTED
+    except interruptions():
+        # The soft time limit, mid-call: the attempt stays "sent" (the next run treats its
+        # answer as lost), and the provider's circuit counts the hang as the timeout it is.
+        record_abandoned_call(unit_of_work, taken.access.id, "refill", clock(), settings, gateway.rate_limiter)
+        raise
     except RateLimitBusy as busy:
         kept_back, outcome, retry_after = True, AttemptOutcome.NOT_SENT, busy.wait_seconds
     except redis.RedisError:
