@@ -213,6 +213,26 @@ class Settings:
         return self.broker_url_setting or self.running_broker_url or DEFAULT_BROKER_URL
 
     @property
+    def provider_try_seconds(self) -> float:
+        """The longest one try of a provider call can take, request to last byte: the
+        deadline, or the connect and read timeouts when they add up to more
+        (``tracker.apiv2.client.ProviderClient.attempt_bound`` of the workers' clients)."""
+        return max(self.http_deadline, self.http_connect_timeout + self.http_read_timeout)
+
+    @property
+    def webhook_connect_timeout(self) -> float:
+        return min(self.http_connect_timeout, self.webhook_timeout)
+
+    @property
+    def webhook_post_seconds(self) -> float:
+        """The longest one delivery may take: connecting, waiting for the shop's answer, and
+        a margin for the bookkeeping around it (``tracker.outbox.delivery.post_budget``)."""
+        margin = max(1.0, 0.05 * self.lease_seconds)
+        if not self.webhook_url:
+            return margin
+        return self.webhook_connect_timeout + self.webhook_timeout + margin
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -251,7 +271,7 @@ class Settings:
                 f"TRACKER_CALLS_PER_TASK must be at most {MAX_CALLS_PER_POLL_TASK}, got {calls_per_poll_task}"
             )
         broker_url_setting = env.get("TRACKER_BROKER_URL", "").strip() or None
-        return cls(
+        settings = cls(
             database_url=database_url,
             broker_url_setting=broker_url_setting,
             poll_interval=poll_interval,
@@ -306,6 +326,32 @@ class Settings:
             sentinel_master=env.get("TRACKER_SENTINEL_MASTER", "").strip() or DEFAULT_SENTINEL_MASTER,
             sentinel_password=env.get("TRACKER_SENTINEL_PASSWORD", "").strip() or None,
             failover_pause=_number(env, "TRACKER_FAILOVER_PAUSE", DEFAULT_FAILOVER_PAUSE, minimum=1.0),
+        )
+        _check_time_limits(settings)
+        return settings
+
+
+# What a task keeps of its soft time limit to write what its calls brought back.
+WRITE_MARGIN_SECONDS = 2.0
+
+
+def _check_time_limits(settings: Settings) -> None:
+    """A task starts no provider call and no webhook POST that could outlast its soft time
+    limit: a limit shorter than one would mean no poll and no delivery, ever."""
+    limit = settings.task_soft_time_limit
+    needed = settings.provider_try_seconds + WRITE_MARGIN_SECONDS
+    if limit < needed:
+        raise ConfigError(
+            f"TRACKER_TASK_SOFT_TIME_LIMIT ({limit:g} s) leaves no room for one provider call: one try may take "
+            f"{settings.provider_try_seconds:g} s (TRACKER_HTTP_DEADLINE, or TRACKER_HTTP_CONNECT_TIMEOUT + "
+            f"TRACKER_HTTP_READ_TIMEOUT when more), and the answers need {WRITE_MARGIN_SECONDS:g} s to be written: "
+            f"raise the limit to at least {needed:g} s or lower the timeouts"
+        )
+    if settings.webhook_url and limit < settings.webhook_post_seconds:
+        raise ConfigError(
+            f"TRACKER_TASK_SOFT_TIME_LIMIT ({limit:g} s) leaves no room for one webhook delivery, which may take "
+            f"{settings.webhook_post_seconds:g} s (TRACKER_WEBHOOK_TIMEOUT, the connect timeout and a margin): "
+            "raise the limit or lower TRACKER_WEBHOOK_TIMEOUT"
         )
 
 

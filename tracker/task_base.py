@@ -1,5 +1,5 @@
-"""The one base of every tracker task: database retries, bad input, and enqueueing after
-the commit, declared once instead of on every task.
+"""The one base of every tracker task: database retries, bad input, the task's time
+limit, and enqueueing after the commit, declared once instead of on every task.
 
 A task opts in with ``@shared_task(base=TrackerTask, name=...)``; Celery reads the retry
 options below from the task class, and a decorator option overrides any of them for one
@@ -9,10 +9,13 @@ task (``tracker.request_refill`` does).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, ClassVar, TypeVar
 
 from celery import Task
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+
+from tracker.core.time_limits import Deadline
 
 W = TypeVar("W")
 
@@ -46,6 +49,8 @@ class TrackerTask(Task):  # type: ignore[misc]
     bad_input: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
+        started = _deadline.set(Deadline.after(float(limit)) if limit else None)
         try:
             return super().__call__(*args, **kwargs)
         except InvalidTaskInput:
@@ -53,6 +58,18 @@ class TrackerTask(Task):  # type: ignore[misc]
         except self.bad_input as error:
             # ``from None``: the caller's mistake needs no traceback into the use case.
             raise InvalidTaskInput(str(error)) from None
+        finally:
+            _deadline.reset(started)
+
+
+_deadline: ContextVar[Deadline | None] = ContextVar("tracker_task_deadline", default=None)
+
+
+def task_deadline() -> Deadline | None:
+    """The running task's soft time limit, counted from its start on the monotonic clock
+    (the pool's timer starts a moment earlier still: callers keep a margin); None
+    outside a task. A task that loops starts no unit of work that could outlast it."""
+    return _deadline.get()
 
 
 def enqueue_committed(committed: Iterable[W], send: Callable[[W], object]) -> int:

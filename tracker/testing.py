@@ -43,7 +43,7 @@ from tracker.db import migrate
 from tracker.db.session import UnitOfWork, configure_sqlite, unit_of_work_on
 from tracker.polling.capacity import bucket_tokens, epoch
 from tracker.apiv2.client import CallRecord
-from tracker.providers.ratelimit import RateLimitBusy
+from tracker.providers.ratelimit import MAX_WAIT_SECONDS, RateLimitBusy
 
 # --- the clock -------------------------------------------------------------------------
 
@@ -84,7 +84,7 @@ class InMemoryRateLimiter:
         self.cool_downs: dict[int, float] = {}
         self._cooling_until: dict[int, datetime | None] = {}
 
-    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float:
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = MAX_WAIT_SECONDS) -> float:
         with self._lock:
             left = self._cool_down_left(provider_id)
             if left is not None:
@@ -262,12 +262,19 @@ class PanelCall:
 @dataclass(frozen=True, slots=True)
 class Scripted:
     """An answer the panel gives once, in place of its model's. ``cut``: the panel acts on
-    the request, then the connection drops before any answer (the caller cannot know)."""
+    the request, then the connection drops before any answer (the caller cannot know).
+    ``delay``: seconds of real time the panel takes first (``ScriptedPanel.release_held``
+    ends the wait early), whatever the caller's timeouts say, as a panel that trickles its
+    headers would; then ``timed_out``: the caller's read timeout fires instead of an
+    answer (``requests.ReadTimeout``); ``answer``: the panel's model answers."""
 
     status: int = 200
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     cut: bool = False
+    delay: float = 0.0
+    timed_out: bool = False
+    answer: bool = False
 
 
 def html_page(status: int = 200) -> Scripted:
@@ -284,6 +291,16 @@ def broken_json() -> Scripted:
 
 def cut_after_acting() -> Scripted:
     return Scripted(cut=True)
+
+
+def timed_out_after(seconds: float) -> Scripted:
+    """No answer within the caller's read timeout, which fires after ``seconds``."""
+    return Scripted(delay=seconds, timed_out=True)
+
+
+def held_then_answered(seconds: float) -> Scripted:
+    """The panel holds the call ``seconds`` (or until released), then answers as usual."""
+    return Scripted(delay=seconds, answer=True)
 
 
 @dataclass(slots=True)
@@ -310,8 +327,9 @@ class ScriptedPanel(BaseAdapter):
     It answers ``status`` (single and ``orders=``), ``refill``, ``refill_status`` and
     ``cancel`` from ``orders`` and ``refill_states``, and ``balance`` and ``services``
     from ``balance`` and ``services``, as JSON. ``script(...)`` queues one-off answers
-    (``html_page()``, ``too_many_requests()``, ``broken_json()``, ``cut_after_acting()``)
-    that the next calls get instead, whatever their action. Every call is kept in
+    (``html_page()``, ``too_many_requests()``, ``broken_json()``, ``cut_after_acting()``,
+    ``timed_out_after(s)``, ``held_then_answered(s)``) that the next calls get instead,
+    whatever their action. Every call is kept in
     ``calls``, its key replaced by whether it matched ``api_key``."""
 
     def __init__(self, api_key: str) -> None:
@@ -328,6 +346,7 @@ class ScriptedPanel(BaseAdapter):
         self.services: list[dict[str, Any]] = []
         self.calls: list[PanelCall] = []
         self._script: deque[Scripted] = deque()
+        self._released = threading.Event()
 
     def set_order(self, order_id: int, status: str, *, remains: int = 0, start_count: int = 0, charge: str = "0.50") -> None:
         with self._lock:
@@ -359,13 +378,22 @@ class ScriptedPanel(BaseAdapter):
             call = PanelCall(form.get("action", ""), form, _digest(key) == self._key_digest)
             self.calls.append(call)
             scripted = self._script.popleft() if self._script else None
-            if scripted is None or scripted.cut:
+        if scripted is not None and scripted.delay:
+            self._released.wait(scripted.delay)
+        if scripted is not None and scripted.timed_out:
+            raise requests.ReadTimeout("Read timed out (scripted)")
+        if scripted is None or scripted.cut or scripted.answer:
+            with self._lock:
                 answer = self._answer(call)
         if scripted is not None and scripted.cut:
             raise requests.ConnectionError("Connection reset by peer (scripted)")
-        if scripted is None:
+        if scripted is None or scripted.answer:
             scripted = Scripted(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
         return _response(request, scripted)
+
+    def release_held(self) -> None:
+        """End every scripted delay now, and those to come."""
+        self._released.set()
 
     def close(self) -> None:
         return None

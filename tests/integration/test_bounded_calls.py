@@ -92,3 +92,18 @@ def test_after_a_cut_answer_the_next_call_works(sim: SimServer, client: Provider
     with pytest.raises(ProviderError):
         client.status_multi(ids)
     assert set(client.status_multi(ids)) == set(ids)
+
+
+def test_no_read_waits_past_the_deadline(sim: SimServer) -> None:
+    """A byte every 2 s, each within the 3 s read timeout: the read that starts 2 s in would
+    wait until 4 s. The deadline (2.5 s) bounds that read too, so a try never takes longer
+    than ``attempt_bound()``, which a task budgets against its soft time limit."""
+    ids = sim.seed_orders(count=5, service=1)
+    sim.inject_fault("trickle", count=1, actions=["status"], seconds=2.0)
+    with ProviderClient(sim.url, KEY, timeout=(2.0, 3.0), retries=0, deadline=2.5) as client:
+        assert client.attempt_bound() == 5.0
+        error, seconds = outcome(lambda: client.status_multi(ids), patience=10)
+    assert isinstance(error, ProviderTimeout), error
+    assert "deadline" in str(error)
+    assert seconds < 2.5 + 0.8, seconds
+    print_figures("bounded call: slow last read", {"deadline_s": 2.5, "ended_after_s": round(seconds, 2)})

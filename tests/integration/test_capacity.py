@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
 import redis
 
+from tests.support.skewed_clock import run_python
 from tracker.polling.capacity import ANNOUNCEMENT_TTL_SECONDS, Capacity, InFlight, TokenBudgets
 
 pytestmark = pytest.mark.integration
@@ -70,3 +72,36 @@ def test_capacity_is_what_live_workers_announced(client: redis.Redis) -> None:
     client.hset("tracker:capacity", "b@host", f"3 {0.0}")
     assert capacity.poll_slots() is None
     assert ANNOUNCEMENT_TTL_SECONDS > 5, "longer than the announcement interval"
+
+
+SKEW_CHECK = "import time; print(time.time())"
+
+
+def skewed_python(broker_url: str, offset_seconds: float, statement: str) -> list[str]:
+    """Run ``statement`` (with ``capacity`` in scope) in a process whose wall clock is
+    ``offset_seconds`` off; its printed lines, the first its own time.time()."""
+    code = (
+        "import time, redis\n"
+        "from tracker.polling.capacity import Capacity\n"
+        f"capacity = Capacity(redis.Redis.from_url({broker_url!r}))\n"
+        "print(time.time())\n"
+        f"{statement}\n"
+    )
+    lines = run_python(code, offset_seconds).split()
+    # The skew is real: a test that cannot fail is worth nothing.
+    assert abs(float(lines[0]) - time.time() - offset_seconds) < 10, lines
+    return lines[1:]
+
+
+def test_a_dispatcher_whose_clock_is_ahead_still_counts_live_announcements(
+    client: redis.Redis, broker_url: str
+) -> None:
+    Capacity(client).announce("a@host", 3)
+    [seen] = skewed_python(broker_url, 30, "print(capacity.poll_slots())")
+    assert seen == "3"
+    assert Capacity(client).poll_slots() == 3
+
+
+def test_an_announcement_from_a_worker_whose_clock_is_behind_counts(client: redis.Redis, broker_url: str) -> None:
+    skewed_python(broker_url, -60, "capacity.announce('behind@host', 2)")
+    assert Capacity(client).poll_slots() == 2

@@ -4,24 +4,30 @@ puts events back."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select, update
 
 from tests.integration.helpers import add_provider, cli_runner, print_figures, running_tracker
+from tests.support.databases import SERVER_DATABASES
 from tests.support.processes import wait_until
+from tests.support.skewed_clock import run_python
+from tests.support.soft_limit import soft_limit_after
 from tests.support.shop_endpoint import ShopEndpoint
 from tracker.core.clock import utcnow
 from tracker.config import get_settings, reset_settings
+from tracker.db.clock import database_now
 from tracker.db.models import Order, OutboxEvent
 from tracker.db.session import unit_of_work
 from tracker.core.outbox_events import NewEvent
 from tracker.orders.enqueue import track_orders
-from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed, record_events
+from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed, delivery_lease, record_events
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +182,111 @@ def test_events_resend_puts_ended_events_back(
         # Resent events are delivered again by the ordinary path.
         run_outbox(Sinks(get_settings(), send_task=None), utcnow())
         assert sorted(shop.accepted_ids()) == sorted([old_delivered, delivered, failed])
+
+
+def skewed_task(offset_seconds: float, call: str) -> str:
+    """Run one outbox task in a process whose wall clock is ``offset_seconds`` off, as a
+    worker on another host would; what it returned."""
+    code = f"import tracker.worker.app\nfrom tracker.outbox.tasks import dispatch_outbox, deliver_events\nprint({call})\n"
+    return run_python(code, offset_seconds).strip()
+
+
+def claimed_by() -> dict[str, int | None]:
+    with unit_of_work() as session:
+        return {event_id: claim_id for event_id, claim_id in session.execute(select(OutboxEvent.event_id, OutboxEvent.claim_id))}
+
+
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
+def test_a_worker_whose_clock_is_ahead_does_not_reclaim_events_another_holds(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases are the database's: a host a minute ahead sees another host's lease as still
+    running (the delivery lease here is about 30 s)."""
+    with ShopEndpoint() as shop:
+        use_shop(monkeypatch, shop)
+        record(3)
+        with unit_of_work() as session:
+            held = claim_due_events(get_settings(), database_now(session))
+        assert sum(len(claim.row_ids) for claim in held) == 3
+        before = claimed_by()
+        assert skewed_task(60, "dispatch_outbox()") == "0"
+        assert claimed_by() == before
+
+
+@pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
+def test_a_worker_whose_clock_is_behind_posts_nothing_once_the_lease_has_ended(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery task that starts after its lease ended (by the database's clock) hands
+    its events back unposted, however much lease its own clock thinks is left: another
+    host may hold them by now."""
+    with ShopEndpoint() as shop:
+        use_shop(monkeypatch, shop)
+        with unit_of_work() as session:
+            database_time = database_now(session)
+        lease = timedelta(seconds=delivery_lease(get_settings()))
+        record(2, at=database_time - lease - timedelta(seconds=10))
+        # Claimed a lease and five seconds ago: the lease has just ended.
+        [claim] = claim_due_events(get_settings(), database_time - lease - timedelta(seconds=5))
+        result = skewed_task(-60, f"deliver_events({claim.claim_id}, {claim.row_ids!r})")
+        assert shop.posts == [], result
+        assert set(claimed_by().values()) == {None}, "handed back"
+
+
+def outbox_rows() -> dict[str, OutboxEvent]:
+    with unit_of_work() as session:
+        return {row.event_id: row for row in session.scalars(select(OutboxEvent))}
+
+
+def database_clock_now() -> datetime:
+    with unit_of_work() as session:
+        return database_now(session)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_delivery_task_starts_no_post_it_cannot_finish_before_its_soft_limit(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A POST may take up to its budget (here 1.5 s to connect, 1.5 s for the answer and
+    1 s of margin: 4 s); the shop answers each in 1 s; the soft limit comes after 6 s. The
+    task POSTs while a whole POST still fits, hands the rest back due now, and ends
+    before the limit: every event the shop took is marked delivered, none is sent twice."""
+    with ShopEndpoint(delay_s=1.0) as shop:
+        use_shop(monkeypatch, shop, TRACKER_WEBHOOK_TIMEOUT="1.5", TRACKER_LEASE_SECONDS="20",
+                 TRACKER_TASK_SOFT_TIME_LIMIT="6", TRACKER_TASK_TIME_LIMIT="9")
+        ids = record(8)
+        [claim] = claim_due_events(get_settings(), database_clock_now())
+        started = time.monotonic()
+        with soft_limit_after(6):
+            deliver_claimed(claim.claim_id, claim.row_ids, Sinks(get_settings(), send_task=None), database_clock_now)
+        elapsed = time.monotonic() - started
+        rows = outbox_rows()
+        taken = shop.accepted_ids()
+    assert elapsed < 6
+    assert 1 <= len(taken) < len(ids)
+    assert all(rows[event_id].delivered_at is not None for event_id in taken), "the shop has it: delivered"
+    rest = [rows[event_id] for event_id in ids if event_id not in taken]
+    assert all(row.claim_id is None and row.attempts == 0 for row in rest), "handed back untried"
+    assert all(row.next_attempt_at <= database_clock_now() for row in rest), "due now"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_soft_limit_mid_post_stops_the_delivery_task(
+    tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit lands while the first POST waits for the shop: the task stops there (it
+    is not taken for a failed POST, after which the task would POST on), that event counts
+    as a failed attempt and the others go back due now."""
+    with ShopEndpoint(delay_s=1.0) as shop:
+        use_shop(monkeypatch, shop, TRACKER_WEBHOOK_TIMEOUT="5")
+        first, *others = record(3)
+        [claim] = claim_due_events(get_settings(), database_clock_now())
+        with pytest.raises(SoftTimeLimitExceeded), soft_limit_after(0.4):
+            deliver_claimed(claim.claim_id, claim.row_ids, Sinks(get_settings(), send_task=None), database_clock_now)
+        time.sleep(1.5)  # the shop finishes the POST it was given
+        posted = [post.event_id for post in shop.posts]
+        rows = outbox_rows()
+    assert posted == [first]
+    assert (rows[first].attempts, rows[first].claim_id, rows[first].delivered_at) == (1, None, None)
+    assert rows[first].next_attempt_at > database_clock_now(), "after the failure back-off"
+    assert all((rows[event_id].attempts, rows[event_id].claim_id) == (0, None) for event_id in others)

@@ -1,12 +1,15 @@
-"""Task time limits fire under the worker's default (prefork) pool: real worker, beat,
-Redis, the simulated provider over HTTP, and SQLite or PostgreSQL.
+"""Task time limits under the worker's default (prefork) pool: real worker, beat, Redis,
+the simulated provider over HTTP, and SQLite or PostgreSQL.
 
-Soft limit: a call the panel holds past it is abandoned; the task writes what it has,
-gives its rows back and ends, and the pool child lives on. A task stuck on a database
-lock ends too: at the soft limit where the driver waits in Python (psycopg), at the hard
-limit where it waits in C and the soft limit's signal cannot get in (SQLite's busy wait):
-the pool kills that child and starts another. Either way its rows come back with the
-lease.
+A poll task makes no call that could outlast its soft limit, retries included: a call
+the panel holds ends at its timeout, before the limit, and counts against the provider;
+the task writes what it has and gives its rows back with the failure back-off. (A call
+that outlasts every timeout, which the sim cannot make, is abandoned at the soft limit
+and counted the same way: tests/usecases/test_time_limits.py.) A task stuck on a
+database lock ends too: at the soft limit where the driver waits in Python (psycopg), at
+the hard limit where it waits in C and the soft limit's signal cannot get in (SQLite's
+busy wait): the pool kills that child and starts another. Either way its rows come back
+with the lease.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ from tracker.sim.server import SimServer
 
 pytestmark = pytest.mark.integration
 
-SOFT_LIMIT = 3
-HARD_LIMIT = 6
+SOFT_LIMIT = 4
+HARD_LIMIT = 7
+# One try of a call takes at most 1.5 s: with the 2 s kept to write, it fits in the soft
+# limit (the settings refuse a limit with no room for one call).
+READ_TIMEOUT = 1.0
+HTTP = {"TRACKER_HTTP_CONNECT_TIMEOUT": "0.5", "TRACKER_HTTP_READ_TIMEOUT": str(READ_TIMEOUT), "TRACKER_HTTP_DEADLINE": "1.5"}
 
 
 def limits(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {"TRACKER_TASK_SOFT_TIME_LIMIT": str(SOFT_LIMIT), "TRACKER_TASK_TIME_LIMIT": str(HARD_LIMIT)}
+    values = {"TRACKER_TASK_SOFT_TIME_LIMIT": str(SOFT_LIMIT), "TRACKER_TASK_TIME_LIMIT": str(HARD_LIMIT), **HTTP}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return {**env, **values}
@@ -50,29 +57,31 @@ def polled() -> int:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_the_soft_limit_abandons_a_held_call_and_gives_the_rows_back(
+def test_a_held_call_ends_before_the_soft_limit_and_counts_against_the_provider(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = limits(tracker_env, monkeypatch)
     with SimServer(dialect="standard", seed=41) as sim, Cluster(env, tmp_path / "logs") as cluster:
         add_provider("panel", sim.url, monkeypatch, "--rate-limit", "50")
         ids = sim.seed_orders(count=100, service=1, pending_s=10**6)
-        # Held for longer than the soft limit, and less than the read timeout (30 s).
+        # Held far past the read timeout and the soft limit.
         sim.inject_fault("hold", count=1, actions=["status"], seconds=25)
         worker = cluster.worker()
         cluster.beat()
         shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids])
         wait_until(lambda: sim.stats()["held_now"] > 0, timeout=30, what="the held status call")
         wait_until(
-            lambda: "SoftTimeLimitExceeded" in worker.output(), timeout=SOFT_LIMIT + 10, what="the soft time limit"
+            lambda: "provider call failed: status:" in worker.output(), timeout=SOFT_LIMIT + 5, what="the timeout recorded"
         )
-        # The call is still held at the panel: the limit, not the answer, ended the task,
-        # and the task gave its rows back on its way out.
+        # The read timeout, not the soft limit, ended the call: it counted for the circuit
+        # (its first failure), and the retry that would not have fitted was not made.
         assert sim.stats()["held_now"] == 1
-        wait_until(lambda: claimed() == 0, timeout=5, what="the rows given back")
-        assert "Hard time limit" not in worker.output()
+        assert "SoftTimeLimitExceeded" not in worker.output()
+        assert re.search(r"provider call failed: status: .*Read timed out", worker.output())
+        wait_until(lambda: polled() == 100, timeout=30, what="every order polled after the failure back-off")
         sim.release_held()
-        wait_until(lambda: polled() == 100, timeout=30, what="every order polled after the panel answers")
+        assert not re.search(r"time limit \(\S+\) exceeded", worker.output())
+        assert worker.alive()
         problems = event_problems("panel")
         assert not problems, first_problems(problems)
 

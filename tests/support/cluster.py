@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.support import processes
 from tests.support.processes import Proc
+from tests.support.skewed_clock import skewed, skewed_env
 
 
 class Cluster(ExitStack):
@@ -27,21 +28,33 @@ class Cluster(ExitStack):
         """Stops every process started so far, the latest first, as the block's end does."""
         self.close()
 
-    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = processes.start(name, command, env or self.env, self.log_dir)
+    def _start(
+        self, name: str, command: list[str], env: dict[str, str] | None = None, clock_offset: float = 0.0
+    ) -> Proc:
+        """``clock_offset``: seconds the process's wall clock is off (faketime), as on a
+        host whose clock is wrong."""
+        environment = env or self.env
+        if clock_offset:
+            command, environment = skewed(command, clock_offset), skewed_env(environment)
+        proc = processes.start(name, command, environment, self.log_dir)
         self.procs.append(proc)
         self.callback(proc.stop)
         return proc
 
-    def workers(self, *names: str, concurrency: int = 4) -> list[Proc]:
-        """Start workers together, then wait until each is ready."""
+    def workers(
+        self, *names: str, concurrency: int = 4, queues: str | None = None, clock_offset: float = 0.0
+    ) -> list[Proc]:
+        """Start workers together, then wait until each is ready. ``queues``: the queues
+        they consume (``-Q``; default every queue)."""
         started = [
             self._start(
                 name,
                 processes.celery(
                     "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
                     "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+                    *(("--queues", queues) if queues else ()),
                 ),
+                clock_offset=clock_offset,
             )
             for name in names
         ]
@@ -57,12 +70,16 @@ class Cluster(ExitStack):
         proc.wait_for_output(" ready.", timeout=60)
         return proc
 
-    def worker(self, name: str = "worker", concurrency: int = 4) -> Proc:
-        return self.workers(name, concurrency=concurrency)[0]
+    def worker(
+        self, name: str = "worker", concurrency: int = 4, *, queues: str | None = None, clock_offset: float = 0.0
+    ) -> Proc:
+        return self.workers(name, concurrency=concurrency, queues=queues, clock_offset=clock_offset)[0]
 
-    def beat(self, name: str = "beat") -> Proc:
+    def beat(self, name: str = "beat", *, clock_offset: float = 0.0) -> Proc:
         proc = self._start(
-            name, processes.celery("beat", "--loglevel", "INFO", "--schedule", str(self.log_dir / f"{name}-schedule"))
+            name,
+            processes.celery("beat", "--loglevel", "INFO", "--schedule", str(self.log_dir / f"{name}-schedule")),
+            clock_offset=clock_offset,
         )
         proc.wait_for_output("beat: Starting", timeout=60)
         return proc

@@ -34,7 +34,7 @@ def rate_limited_status_calls(
         lock = threading.Lock()
 
         def caller(limiter: RateLimiter) -> None:
-            def throttle(_action: str) -> None:
+            def throttle(_action: str, _max_wait: float | None) -> None:
                 limiter.acquire(provider_id, rate)
 
             client = ProviderClient(sim.url, api_key, before_call=throttle)

@@ -86,7 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = reply.body.encode()
-        self.send_response(reply.status)
+        if "Date" in reply.headers:
+            self.send_response_only(reply.status)  # the reply's own Date, not the server's
+        else:
+            self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body) + (100 if reply.cut else 0)))
@@ -116,7 +119,7 @@ def client_for(
     retry_backoff: float = 0.01,
     timeout: tuple[float, float] = (2.0, 2.0),
     max_ids_per_call: int = 100,
-    before_call: Callable[[str], None] | None = None,
+    before_call: Callable[[str, float | None], None] | None = None,
     after_call: Callable[[CallRecord], None] | None = None,
 ) -> ProviderClient:
     return ProviderClient(
@@ -283,6 +286,16 @@ def test_429_is_rate_limited_and_not_retried(
     assert_key_absent(caught.value)
 
 
+def test_a_retry_after_date_is_read_against_the_answers_own_date(provider: FakeProvider) -> None:
+    """The panel's clock, not this worker's, says how far away its Retry-After date is:
+    the cool-down every worker honours must not depend on which worker read the 429."""
+    headers = {"Retry-After": "Wed, 01 May 2024 12:00:45 GMT", "Date": "Wed, 01 May 2024 12:00:00 GMT"}
+    provider.default = lambda form: Reply(429, "slow down", headers)
+    with pytest.raises(RateLimited) as caught:
+        client_for(provider).status(1)
+    assert caught.value.retry_after == 45.0
+
+
 def test_retry_after_as_http_date() -> None:
     now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("Wed, 01 May 2024 12:00:30 GMT", now) == 30.0
@@ -389,7 +402,7 @@ def test_hooks_see_every_http_call(provider: FakeProvider) -> None:
                   Reply(body="<html>"))
     before: list[str] = []
     after: list[CallRecord] = []
-    client = client_for(provider, before_call=before.append, after_call=after.append)
+    client = client_for(provider, before_call=lambda action, _max_wait: before.append(action), after_call=after.append)
     client.status_multi([1, 2])
     with pytest.raises(NotJSON):
         client.balance()
@@ -401,7 +414,7 @@ def test_hooks_see_every_http_call(provider: FakeProvider) -> None:
 
 
 def test_before_call_can_stop_the_call(provider: FakeProvider) -> None:
-    def refuse(action: str) -> None:
+    def refuse(action: str, max_wait: float | None) -> None:
         raise RuntimeError(f"circuit open for {action}")
 
     with pytest.raises(RuntimeError):

@@ -9,6 +9,7 @@ import pytest
 
 from tests.usecases.helpers import poll_due, track
 from tracker.config import Settings
+from tracker.core.time_limits import Deadline
 from tracker.db.models import Provider
 from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
 from tracker.polling.dispatch import LARGEST_TASK_CALLS, PollWork, claim_all, tick_budget
@@ -108,3 +109,14 @@ def test_recorded_transitions_reach_the_shop_once_in_order_after_a_failed_delive
     for event in sink.sent:
         by_order.setdefault(event["order_id"], []).append(event["to_status"])
     assert by_order == {11: ["In progress", "Completed"], 12: ["In progress", "Completed"]}
+
+
+def test_the_dispatcher_starts_no_round_it_cannot_finish_before_its_soft_limit(
+    db: MemoryDatabase, settings: Settings, clock: SettableClock, provider_id: int
+) -> None:
+    """Each round is a transaction, then its tasks are enqueued: with less than the 2 s
+    kept for that left, no round starts, and the due rows stay due for the next run."""
+    track(db, clock, [1, 2, 3])
+    assert claim_all(settings, clock(), deadline=Deadline.after(1.5), unit_of_work=db.unit_of_work) == []
+    [piece] = claim_all(settings, clock(), deadline=Deadline.after(60), unit_of_work=db.unit_of_work)
+    assert isinstance(piece, PollWork) and len(piece.claim.row_ids) == 3

@@ -4,16 +4,19 @@ not seen is never made again."""
 from __future__ import annotations
 
 import pytest
+from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
+
+from tests.support.soft_limit import soft_limit_after
 
 from tests.usecases.helpers import poll_due, track
 from tracker.config import Settings
-from tracker.db.models import RefillAttempt, RefillRequest, Service
+from tracker.db.models import Provider, RefillAttempt, RefillRequest, Service
 from tracker.polling.dispatch import AttemptWork, claim_all
 from tracker.providers.gateway import Gateway
 from tracker.refills.attempts import AttemptReport, attempt_refill
 from tracker.refills.drops import report_drop
-from tracker.testing import MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting
+from tracker.testing import MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting, held_then_answered
 
 ORDER = 501
 SERVICE = 7
@@ -105,3 +108,21 @@ def test_a_worker_killed_before_writing_the_answer_leaves_the_refill_unsent_agai
     with db.unit_of_work(read_only=True) as session:
         request = session.get_one(RefillRequest, drop_reported)
         assert request.final and request.state == "gave_up"
+
+
+def test_a_refill_call_abandoned_at_the_soft_limit_counts_against_the_provider(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock,
+    drop_reported: int, provider_id: int,
+) -> None:
+    """The panel holds the refill call past every timeout; the soft limit abandons it.
+    The attempt stays sent (its answer is unknown: never sent again), and the hang counts
+    for the provider's circuit as the timeout it is."""
+    panel.script(held_then_answered(30))
+    try:
+        with pytest.raises(SoftTimeLimitExceeded), soft_limit_after(0.5):
+            attempt_due(db, settings, gateway, clock)
+    finally:
+        panel.release_held()
+    assert attempts(db, drop_reported) == ["sent"]
+    with db.unit_of_work(read_only=True) as session:
+        assert session.get_one(Provider, provider_id).consecutive_failures == 1

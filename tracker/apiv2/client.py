@@ -11,6 +11,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -23,6 +25,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from tracker.apiv2 import parsing
+from tracker.core.time_limits import Deadline
 from tracker.apiv2.errors import (
     AnswerTooLarge,
     NotSent,
@@ -54,6 +57,23 @@ MAX_IDS_PER_CALL = 100
 _POOL_SIZE = 16
 
 log = logging.getLogger("tracker.apiv2")
+
+# What a task's calls must end by (its soft time limit, less what it keeps to write); set
+# per thread by ``calls_finish_by``.
+_finish_by: ContextVar[Deadline | None] = ContextVar("tracker_calls_finish_by", default=None)
+
+
+@contextmanager
+def calls_finish_by(deadline: Deadline | None) -> Iterator[None]:
+    """Calls made in this block, on this thread, end before ``deadline``: a retry is made
+    only while a whole try still fits before it, and the wait for the rate limit
+    (``before_call``) is cut to what is left. Whether the first try fits is the caller's
+    check (``ProviderClient.attempt_bound``): a call that is started is made."""
+    token = _finish_by.set(deadline)
+    try:
+        yield
+    finally:
+        _finish_by.reset(token)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -95,6 +115,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _answered_at(response: requests.Response) -> datetime | None:
+    """The answer's Date header, when it has a readable one."""
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _user_agent() -> str:
     try:
         version = metadata.version("tracker")
@@ -130,6 +162,16 @@ def _worth_retrying(error: ProviderError) -> bool:
     if isinstance(error, RateLimited):
         return False  # the caller honours Retry-After; hammering would make it worse
     return isinstance(error, HTTPError) and 500 <= error.status_code < 600
+
+
+def _limit_next_read(response: requests.Response, seconds: float) -> None:
+    """The socket's timeout for the next read of the answer (urllib3 sets it afresh for
+    the next request on the connection). A response not read from a socket (a test's
+    transport) has none to set."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 def _checked_order_id(order_id: int) -> int:
@@ -189,9 +231,15 @@ class ProviderClient:
     A 4xx whose body is a JSON ``{"error": ...}`` is parsed like a 2xx one, so a panel that
     answers "Invalid API key" with HTTP 401 still raises ``InvalidKey``.
 
-    Hooks: ``before_call(action)`` runs before every HTTP request, retries included (the
-    rate limiter's hook; it may sleep or raise). ``after_call(record)`` runs after every
-    HTTP request with a ``CallRecord``.
+    Time: one try takes at most ``attempt_bound()`` seconds, request to last byte; a retry
+    is made only when it still fits before the deadline the caller set with
+    ``calls_finish_by`` (a task's soft time limit), so a call with its retries never
+    outlasts it.
+
+    Hooks: ``before_call(action, max_wait)`` runs before every HTTP request, retries
+    included (the rate limiter's hook; it may sleep, at most ``max_wait`` seconds when that
+    is not None, or raise). ``after_call(record)`` runs after every HTTP request with a
+    ``CallRecord``.
 
     The key is never part of ``repr``, of ``api_url``, or of any exception message: the
     requests exceptions are not chained (their request object carries the form body) and
@@ -209,7 +257,7 @@ class ProviderClient:
         retry_backoff: float = 0.5,
         deadline: float = DEFAULT_DEADLINE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        before_call: Callable[[str], None] | None = None,
+        before_call: Callable[[str, float | None], None] | None = None,
         after_call: Callable[[CallRecord], None] | None = None,
         session: requests.Session | None = None,
     ) -> None:
@@ -264,6 +312,15 @@ class ProviderClient:
 
     def __repr__(self) -> str:
         return f"ProviderClient(api_url={self.api_url!r}, timeout={self._timeout!r})"
+
+    def attempt_bound(self) -> float:
+        """Seconds one try can take at worst, from sending the request to the last byte of
+        the answer: the deadline, which every read of the answer is held to, or the
+        connect and read timeouts when they add up to more (the answer's headers must come
+        within them; the deadline is checked from there). Not bounded: a panel trickling
+        its headers byte by byte, or a DNS lookup that hangs; a task's soft time limit
+        abandons those."""
+        return max(self._deadline, self._timeout[0] + self._timeout[1])
 
     def close(self) -> None:
         """Close the connection pool (only a session this client created)."""
@@ -370,22 +427,30 @@ class ProviderClient:
         idempotent: bool,
     ) -> T:
         attempts = 1 + (self._retries if idempotent else 0)
+        finish_by = _finish_by.get()
         for attempt in range(attempts):
             try:
-                return self._attempt(action, params, ids, parse)
+                return self._attempt(action, params, ids, parse, finish_by)
             except (TransportError, HTTPError) as error:
                 if attempt + 1 >= attempts or not _worth_retrying(error):
                     raise
+                pause = self._retry_backoff * 2**attempt
+                if finish_by is not None and not finish_by.allows(pause + self.attempt_bound()):
+                    # Another try might not end in time: the failure stands, and is
+                    # counted as the provider's, rather than cut short unrecorded.
+                    raise
                 # The type only: a provider's message may echo what we sent.
                 log.info("%s call failed (%s); retrying", action, type(error).__name__)
-            time.sleep(self._retry_backoff * 2**attempt)
+            time.sleep(pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _attempt(
-        self, action: str, params: Mapping[str, object], ids: int, parse: _Parser[T]
+        self, action: str, params: Mapping[str, object], ids: int, parse: _Parser[T], finish_by: Deadline | None
     ) -> T:
         if self._before_call is not None:
-            self._before_call(action)
+            # Waiting for the rate limit must leave the try its time.
+            max_wait = None if finish_by is None else max(0.0, finish_by.left() - self.attempt_bound())
+            self._before_call(action, max_wait)
         started = time.monotonic()
         try:
             response = self._post(action, params)
@@ -446,11 +511,16 @@ class ProviderClient:
         parts: list[bytes] = []
         size = 0
         failure: ProviderError | None = None
+        late = ProviderTimeout(action, f"the answer took longer than the {self._deadline:g} s deadline")
         try:
             while True:
-                if time.monotonic() > deadline:
-                    failure = ProviderTimeout(action, f"the answer took longer than the {self._deadline:g} s deadline")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    failure = late
                     break
+                # No read may wait past the deadline either (the read timeout alone would
+                # let the last one start just before it and wait a whole read timeout).
+                _limit_next_read(response, min(self._timeout[1], left))
                 chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
                 if not chunk:
                     break
@@ -462,7 +532,7 @@ class ProviderClient:
                     break
                 parts.append(chunk)
         except urllib3.exceptions.ReadTimeoutError as error:
-            failure = ProviderTimeout(action, self._describe(error))
+            failure = late if time.monotonic() >= deadline else ProviderTimeout(action, self._describe(error))
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
             # Cut short, reset, or a body that would not decode: the request did complete
             # on our side, so the provider may have acted on it.
@@ -481,7 +551,10 @@ class ProviderClient:
             return text
         body = excerpt(text, self._secrets)
         if code == 429:
-            raise RateLimited(action, body, parse_retry_after(response.headers.get("Retry-After")))
+            # A date is read against the answer's own Date: the panel's clock, not this
+            # worker's, which may be a minute off the others'.
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), _answered_at(response))
+            raise RateLimited(action, body, retry_after)
         if 400 <= code < 500 and code != 408 and parsing.top_level_error_message(text):
             return text  # the parser raises the matching ProviderRejected
         if 300 <= code < 400:

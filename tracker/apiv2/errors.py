@@ -34,7 +34,13 @@ class TransportError(ProviderError):
 
 
 class ProviderTimeout(TransportError):
-    pass
+    """No answer in time: a timeout, the deadline, or the caller's soft time limit."""
+
+    @classmethod
+    def abandoned(cls, action: str) -> ProviderTimeout:
+        """A call the task's soft time limit cut short: for the provider's health it is
+        the timeout it would have become."""
+        return cls(action, "the call was abandoned at the task's soft time limit")
 
 
 class NotSent(TransportError):

@@ -10,6 +10,7 @@ from typing import Any
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -64,6 +65,7 @@ def _resend(args: argparse.Namespace) -> int:
     if not sink_configured(get_settings()):
         raise CLIError("no TRACKER_WEBHOOK_URL or TRACKER_EVENT_TASK is set: nothing would deliver the events")
     with database() as session:
-        count = resend_events(session, now, failed_only=args.failed, since=since)
+        # Due again by the database's clock, which the outbox's claims go by.
+        count = resend_events(session, database_now(session), failed_only=args.failed, since=since)
     print(f"resent {count} event{'' if count == 1 else 's'}")
     return 0

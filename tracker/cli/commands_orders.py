@@ -14,7 +14,7 @@ from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar, stderr_is_terminal
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.core.ids import NotTextError, iter_id_tokens, parse_order_id
 
 # IDs per transaction when reading a file: memory stays flat for a million-line file.
@@ -124,7 +124,7 @@ def _track(args: argparse.Namespace) -> int:
     with progress_bar(f"tracking {args.provider}", size, enabled=args.file is not None and stderr_is_terminal()) as bar:
         while chunk := list(itertools.islice(tokens, TRACK_CHUNK)):
             with database() as session:
-                result = track_orders(session, args.provider, chunk, service=args.service, now=utcnow())
+                result = track_orders(session, args.provider, chunk, service=args.service, now=database_now(session))
             total.provider = result.provider
             total.added += result.added
             total.already_tracked += result.already_tracked
@@ -210,12 +210,12 @@ def _reopen(args: argparse.Namespace) -> int:
     with database() as session:
         if args.status:
             try:
-                count = reopen_by_status(session, args.provider, args.status, now=utcnow())
+                count = reopen_by_status(session, args.provider, args.status, now=database_now(session))
             except ValueError as error:
                 raise CLIError(str(error), 2) from None
             refused: list[tuple[str, str]] = []
         else:
-            result = reopen_orders(session, args.provider, args.ids, now=utcnow())
+            result = reopen_orders(session, args.provider, args.ids, now=database_now(session))
             count, refused = result.reopened, result.refused
     for given, reason in refused[:SHOWN_REJECTIONS]:
         print(f"not reopened: {given}: {reason}", file=sys.stderr)

@@ -11,7 +11,7 @@ from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 SYNC_STEPS = 3
@@ -82,7 +82,7 @@ def _add(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             balance_alert_below=args.balance_alert_below,
         )
-        provider, created = upsert_provider(session, spec, get_settings(), utcnow())
+        provider, created = upsert_provider(session, spec, get_settings(), database_now(session))
         print(f"{'added' if created else 'updated'} provider {provider.name} (key {provider.key_hint})")
     return 0
 
@@ -133,6 +133,7 @@ def _sync(args: argparse.Namespace) -> int:
     settings = get_settings()
     with database() as session:
         access = ProviderAccess.of(provider_by_name(session, args.name), settings)
+        now = database_now(session)
     # Refused here with the command's own words, before anything is sent.
     refuse_plain_http(access, settings, "services")
     # Three steps: a big catalog takes a while to download, and longer to store.
@@ -145,7 +146,7 @@ def _sync(args: argparse.Namespace) -> int:
             steps += 1
 
         # The operator hears of a failure; pausing the provider is left to the workers.
-        result = sync_catalog(access, settings, gateway, utcnow(), on_step, record_health=False)
+        result = sync_catalog(access, settings, gateway, now, on_step, record_health=False)
         bar.update(advance=1, detail="done")
     print(
         f"{access.name}: {result.services} services ({result.added} new, {result.with_refill} with refill, "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _report_drop(args: argparse.Namespace) -> int:
 
     try:
         with database() as session:
-            report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=utcnow())
+            report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=database_now(session))
     except UnknownOrder as error:
         raise CLIError(str(error)) from None
     except ValueError as error:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracker.cli.db import database
 from tracker.cli.output import print_json, print_table
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.config import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ def _stats(args: argparse.Namespace) -> int:
     settings = get_settings()
     metrics = call_metrics(settings)
     with database(read_only=True) as session:
-        views = provider_stats(session, settings, utcnow(), metrics)
+        # The database's clock: what is due and late is measured by it.
+        views = provider_stats(session, settings, database_now(session), metrics)
     if args.json:
         print_json(views)
     else:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tracker.config import get_settings, is_mysql_url, normalize_database_url
+from tracker.core.time_limits import interruptions
 
 T = TypeVar("T")
 
@@ -178,31 +179,21 @@ def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         transaction = session.begin()
         try:
             yield session
-        except _interruptions:
+            # As session.begin()'s own context manager: the caller may have ended it
+            # already. Inside the guard: an interruption can land during COMMIT too.
+            if transaction.is_active:
+                transaction.commit()
+        except interruptions():
             # Raised by a signal handler (a task's soft time limit), maybe in the middle of
-            # a statement: the connection may still be busy with it, so it is neither
-            # rolled back (which would fail on it) nor returned to the pool, where the next
-            # unit of work would find it broken. The server ends the transaction.
+            # a statement or of COMMIT: the connection may still be busy with it, so it is
+            # neither rolled back (which would fail on it) nor returned to the pool, where
+            # the next unit of work would find it broken. The server ends the transaction.
             session.invalidate()
             raise
         except BaseException:
             if transaction.is_active:
                 transaction.rollback()
             raise
-        # As session.begin()'s own context manager: the caller may have ended it already.
-        if transaction.is_active:
-            transaction.commit()
-
-
-# Exceptions raised asynchronously, wherever the interpreter happens to be. The worker
-# adds Celery's soft time limit (tracker.worker.signals); the CLI never imports Celery.
-_interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
-
-
-def treat_as_interruption(exception: type[BaseException]) -> None:
-    global _interruptions
-    if exception not in _interruptions:
-        _interruptions = (*_interruptions, exception)
 
 
 def dispose_engines(*, close: bool = True) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.config import Settings
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
@@ -83,7 +83,7 @@ class TrackerCollector(Collector):
         self,
         settings: Settings,
         call_metrics: CallMetrics | None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._settings = settings
         self._call_metrics = call_metrics
@@ -96,7 +96,9 @@ class TrackerCollector(Collector):
         )
         try:
             with unit_of_work(self._settings.database_url, read_only=True) as session:
-                snapshot = read_snapshot(session, self._settings, self._clock())
+                # By default the database's clock, which every due time is written by.
+                now = self._clock() if self._clock is not None else database_now(session)
+                snapshot = read_snapshot(session, self._settings, now)
                 session.expunge_all()
         except SQLAlchemyError as error:
             # The type only: a driver's message may carry the connection URL.

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_clock
 from tracker.config import Settings
 from tracker.db.models import CancelRequest, Order, Service
 from tracker.db.session import UnitOfWork, unit_of_work, write_with_retries
@@ -79,15 +79,19 @@ def cancel_orders(
     *,
     settings: Settings,
     gateway: Gateway,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[CancelLine]:
+    """``clock``: by default the database's (the circuit and the next poll it writes are
+    compared with the workers' times)."""
     parsed = parse_order_ids(raw_ids)
     lines = [
         CancelLine(str(given), REFUSED, reason) for given, reason in parsed.rejected
     ]
     sendable: dict[int, int] = {}  # provider order ID -> row id
     with unit_of_work() as session:
+        if clock is None:
+            clock = database_clock(session)
         provider = provider_by_name(session, provider_name)
         access = ProviderAccess.of(provider, settings)
         orders = {

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import shared_task
 
-from tracker.core.clock import utcnow
+from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
 from tracker.orders import enqueue
 from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
@@ -28,8 +28,9 @@ def track_orders(
             f"order_ids must be a list of order IDs, got {type(order_ids).__name__}"
         )
     with unit_of_work() as session:
+        # The database's clock: the dispatcher compares the orders' due time with it.
         result = enqueue.track_orders(
-            session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
+            session, provider, order_ids, service=service, quantity=quantity, now=database_now(session)
         )
     for given, reason in result.rejected[:20]:
         log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})

@@ -12,11 +12,16 @@ it back). With no sink configured nothing is recorded, so the table cannot grow 
 
 Two rules keep deliveries from repeating or overtaking each other:
 
-- a delivery task POSTs only while a whole POST still fits in its lease; what is left is
-  released, due now, for the next tick. An event whose lease ran out is claimed again,
-  and a POST still in flight would then be sent twice;
+- a delivery task POSTs only while a whole POST still fits in its lease and before its
+  soft time limit; what is left is released, due now, for the next tick. An event whose
+  lease ran out is claimed again, and a POST still in flight would then be sent twice;
+  a task killed at its hard limit mid-POST would send it twice too;
 - one order's events go out in the order they were recorded: an event waits while an
   earlier event of its order is neither delivered nor failed.
+
+Leases and due times are the database's clock (``tracker.db.clock``), never a worker's:
+a host whose clock ran a minute ahead would otherwise take every lease another host
+holds for ended, and claim its events again.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from sqlalchemy import ColumnElement, Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
+from tracker.core.time_limits import Deadline, interruptions
 from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
+from tracker.db.clock import database_clock, database_now
 from tracker.db.models import OutboxEvent, Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent, next_delivery_attempt, provider_alert
@@ -98,17 +105,11 @@ def record_events(session: Session, settings: Settings, events: Sequence[NewEven
 
 def post_budget(settings: Settings) -> float:
     """Seconds one delivery may take: connecting, waiting for the answer, and a margin for
-    the bookkeeping around it and for clocks of different hosts. (The read timeout bounds
+    the bookkeeping around it (``Settings.webhook_post_seconds``). (The read timeout bounds
     each wait for data: a shop that trickles its answer byte by byte could take longer;
-    then the claim is lost, and that is logged.)"""
-    margin = max(1.0, 0.05 * settings.lease_seconds)
-    if not settings.webhook_url:
-        return margin
-    return connect_timeout(settings) + settings.webhook_timeout + margin
-
-
-def connect_timeout(settings: Settings) -> float:
-    return min(settings.http_connect_timeout, settings.webhook_timeout)
+    then the claim is lost, and that is logged, or the soft time limit ends the task and
+    the event counts as a failed attempt.)"""
+    return settings.webhook_post_seconds
 
 
 def delivery_lease(settings: Settings) -> float:
@@ -118,9 +119,17 @@ def delivery_lease(settings: Settings) -> float:
 
 
 def claim_due_events(
-    settings: Settings, now: datetime, max_batches: int = 4, *, unit_of_work: UnitOfWork = unit_of_work
+    settings: Settings,
+    now: datetime | None = None,
+    max_batches: int = 4,
+    *,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[Claim]:
+    """Lease due events to delivery tasks. ``now``: by default the database's clock, the
+    one every worker's leases are measured by."""
     with unit_of_work() as session:
+        if now is None:
+            now = database_now(session)
         claims = claim_due(
             session,
             OutboxEvent,
@@ -176,7 +185,7 @@ class Sinks:
                 headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, timestamp, body)
             response = self.http.post(
                 settings.webhook_url, data=body, headers=headers,
-                timeout=(connect_timeout(settings), settings.webhook_timeout),
+                timeout=(settings.webhook_connect_timeout, settings.webhook_timeout),
                 allow_redirects=False,
             )
             if not 200 <= response.status_code < 300:
@@ -207,11 +216,19 @@ def deliver_claimed(
     claim_id: int,
     event_row_ids: Sequence[int],
     sinks: Sinks,
-    now: Callable[[], datetime],
+    now: Callable[[], datetime] | None = None,
     *,
+    deadline: Deadline | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> DeliverySummary:
+    """POST each claimed event while a whole POST still fits in the claim's lease and
+    before ``deadline`` (the task's soft time limit; by default TRACKER_TASK_SOFT_TIME_LIMIT
+    from now); the rest go back, due now. ``now``: by default the database's clock."""
+    settings = sinks.settings
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
     with unit_of_work() as session:
+        if now is None:
+            now = database_clock(session)
         rows = [
             _Held(*row)
             for row in session.execute(
@@ -223,52 +240,88 @@ def deliver_claimed(
                 ).order_by(OutboxEvent.id)
             )
         ]
-    budget = timedelta(seconds=post_budget(sinks.settings))
-    delivered = retrying = failed = 0
+    budget_seconds = post_budget(settings)
+    budget = timedelta(seconds=budget_seconds)
+    counts = {"delivered": 0, "retrying": 0, "failed": 0}
     for index, row in enumerate(rows):
-        if now() + budget > row.lease_until:
+        if now() + budget > row.lease_until or not deadline.allows(budget_seconds):
             _release(claim_id, rows[index:], now(), unit_of_work)
             break
         if _wait_for_earlier(claim_id, row, now(), unit_of_work):
             continue
-        error = _deliver(sinks, row)
-        moment = now()
-        values: dict[str, Any] = {"attempts": row.attempts + 1, "claim_id": None, "last_error": error}
-        if error is None:
-            values.update(final=True, delivered_at=moment)
-            delivered += 1
-        else:
-            following = next_delivery_attempt(
-                since=row.resent_at or row.created_at,
-                attempts=row.attempts + 1,
-                now=moment,
-                retry_for=timedelta(seconds=sinks.settings.webhook_retry_for),
-                max_attempts=sinks.settings.webhook_max_attempts,
-            )
-            if following is None:
-                values.update(final=True, failed_at=moment)
-                failed += 1
-                log.error("event %s not delivered after %d attempts: %s", row.event_id, row.attempts + 1, error)
-            else:
-                values.update(next_attempt_at=following)
-                retrying += 1
-                log.warning("event %s delivery failed (attempt %d): %s", row.event_id, row.attempts + 1, error)
+        try:
+            error = _deliver(sinks, row)
+        except interruptions():
+            # The soft time limit mid-POST: the shop may or may not have the event. It
+            # counts as a failed attempt (sent again after the back-off: the shop knows
+            # events by ID), the events not tried yet go back due now, and the task stops
+            # here instead of POSTing on until the hard limit kills it mid-POST.
+            _interrupted(claim_id, row, rows[index + 1 :], now(), settings, unit_of_work)
+            raise
+        outcome, values = _attempt_values(row, error, now(), settings)
+        counts[outcome] += 1
         # One short transaction per event: a delivered event is marked before the next POST.
         with unit_of_work() as session:
-            marked = session.connection().execute(
-                update(_table).where(_table.c.id == row.id, _table.c.claim_id == claim_id).values(**values)
-            ).rowcount
+            marked = _mark(session, claim_id, row, values)
         if not marked:
             log.warning("event %s: its claim was lost during the delivery; it may be delivered again", row.event_id)
-    return DeliverySummary(delivered, retrying, failed)
+    return DeliverySummary(counts["delivered"], counts["retrying"], counts["failed"])
+
+
+def _attempt_values(row: _Held, error: str | None, moment: datetime, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """How one attempt ended ("delivered", "retrying" or "failed") and what to write."""
+    values: dict[str, Any] = {"attempts": row.attempts + 1, "claim_id": None, "last_error": error}
+    if error is None:
+        values.update(final=True, delivered_at=moment)
+        return "delivered", values
+    following = next_delivery_attempt(
+        since=row.resent_at or row.created_at,
+        attempts=row.attempts + 1,
+        now=moment,
+        retry_for=timedelta(seconds=settings.webhook_retry_for),
+        max_attempts=settings.webhook_max_attempts,
+    )
+    if following is None:
+        values.update(final=True, failed_at=moment)
+        log.error("event %s not delivered after %d attempts: %s", row.event_id, row.attempts + 1, error)
+        return "failed", values
+    values.update(next_attempt_at=following)
+    log.warning("event %s delivery failed (attempt %d): %s", row.event_id, row.attempts + 1, error)
+    return "retrying", values
+
+
+def _mark(session: Session, claim_id: int, row: _Held, values: dict[str, Any]) -> bool:
+    """Write how the attempt ended, if the claim is still this task's."""
+    return bool(
+        session.connection().execute(
+            update(_table).where(_table.c.id == row.id, _table.c.claim_id == claim_id).values(**values)
+        ).rowcount
+    )
+
+
+INTERRUPTED = "interrupted by the task's soft time limit while posting"
+
+
+def _interrupted(
+    claim_id: int, row: _Held, untried: Sequence[_Held], moment: datetime, settings: Settings, unit_of_work: UnitOfWork
+) -> None:
+    _, values = _attempt_values(row, INTERRUPTED, moment, settings)
+    with unit_of_work() as session:
+        _mark(session, claim_id, row, values)
+        release_claimed(
+            session, _table, claim_id, [held.id for held in untried], due_at=moment, due_column="next_attempt_at"
+        )
 
 
 def _deliver(sinks: Sinks, row: _Held) -> str | None:
-    """The delivery's error, or None when every sink took the event."""
+    """The delivery's error, or None when every sink took the event. An interruption (the
+    soft time limit) is raised, never taken for the delivery's failure."""
     import requests
 
     try:
         sinks.deliver(row.event_id, row.payload.encode())
+    except interruptions():
+        raise
     except (requests.RequestException, DeliveryFailed, OSError) as exc:
         return str(exc)[:500]
     except Exception as exc:  # noqa: BLE001 - e.g. the broker for TRACKER_EVENT_TASK is down
@@ -280,7 +333,7 @@ def _release(claim_id: int, rows: Sequence[_Held], moment: datetime, unit_of_wor
     """Hand back events this task has no time left for: due now, for the next tick."""
     with unit_of_work() as session:
         release_claimed(session, _table, claim_id, [row.id for row in rows], due_at=moment, due_column="next_attempt_at")
-    log.info("released %d events: their lease ends before another delivery could finish", len(rows))
+    log.info("released %d events: their lease or the task's time limit ends before another delivery could finish", len(rows))
 
 
 def _wait_for_earlier(claim_id: int, row: _Held, moment: datetime, unit_of_work: UnitOfWork) -> bool:

@@ -10,9 +10,8 @@ import threading
 from celery import current_app, shared_task
 
 from tracker.config import get_settings
-from tracker.core.clock import utcnow
 from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
-from tracker.task_base import TrackerTask, enqueue_committed
+from tracker.task_base import TrackerTask, enqueue_committed, task_deadline
 
 _sinks_lock = threading.Lock()
 _sinks: Sinks | None = None
@@ -33,12 +32,13 @@ def sinks() -> Sinks:
 @shared_task(base=TrackerTask, name="tracker.dispatch_outbox")
 def dispatch_outbox() -> int:
     return enqueue_committed(
-        claim_due_events(get_settings(), utcnow()),
+        # The database's clock decides what is due and how long a lease lasts.
+        claim_due_events(get_settings()),
         lambda claim: deliver_events.delay(claim.claim_id, claim.row_ids),
     )
 
 
 @shared_task(base=TrackerTask, name="tracker.deliver_events")
 def deliver_events(claim_id: int, event_ids: list[int]) -> dict[str, int]:
-    summary = deliver_claimed(claim_id, event_ids, sinks(), utcnow)
+    summary = deliver_claimed(claim_id, event_ids, sinks(), deadline=task_deadline())
     return {"delivered": summary.delivered, "retrying": summary.retrying, "failed": summary.failed}

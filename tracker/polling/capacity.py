@@ -19,15 +19,17 @@ and hands out no more than its share of the poll slots the workers announce
 a killed task left behind ends with its claim's lease (its score), which is also when the
 rows become due again. A worker announces itself every few seconds with a short expiry,
 so a worker that died stops counting within a minute.
+
+No worker's wall clock decides anything here, since hosts' clocks differ: budgets and
+in-flight entries are timed by the dispatcher's ``now``, the database's clock, and
+announcements by Redis' own clock (``TIME``, inside the scripts below).
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -36,6 +38,8 @@ import redis
 CONTROL_SLOTS = 1
 # How long a worker's announcement counts without being renewed.
 ANNOUNCEMENT_TTL_SECONDS = 30.0
+# A provider's budget and in-flight keys lapse after this long unused.
+IDLE_KEY_SECONDS = 86400
 
 
 class CallBudgets(Protocol):
@@ -106,7 +110,7 @@ class TokenBudgets:
         key = self._key(provider_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"tokens": repr(tokens), "at": repr(at), "per_tick": per_tick})
-        pipe.expire(key, 86400)
+        pipe.expire(key, IDLE_KEY_SECONDS)
         pipe.execute()
 
 
@@ -147,8 +151,10 @@ class InFlight:
         key = self._key(provider_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.zadd(key, {token: epoch(lease_until)})
-        # The whole set lapses if nothing is handed out for a while (a removed provider).
-        pipe.expire(key, max(60, math.ceil(epoch(lease_until) - time.time()) + 60))
+        # The whole set lapses if nothing is handed out for a day (a removed provider).
+        # Its entries end by their score, on the database's clock, as the dispatcher
+        # counts them: no worker's wall clock is compared with either.
+        pipe.expire(key, IDLE_KEY_SECONDS)
         pipe.execute()
 
     def finished(self, provider_id: int, token: str) -> None:
@@ -175,16 +181,44 @@ class LastServed:
             self._redis.hset(self._key, mapping={str(provider_id): stamp for provider_id, stamp in stamps.items()})
 
 
+# Announcements are judged by Redis' clock (TIME), never a worker's: a dispatcher whose
+# clock ran ahead would drop every live announcement, and with none left there is no cap.
+# KEYS[1]: the capacity hash; ARGV: worker, slots, seconds the announcement counts.
+_ANNOUNCE = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+return now
+"""
+# KEYS[1]: the capacity hash. Returns the slots of the announcements still running, and
+# removes the lapsed ones (and any entry it cannot read).
+_POLL_SLOTS = """
+local now = tonumber(redis.call('TIME')[1])
+local entries = redis.call('HGETALL', KEYS[1])
+local total = 0
+for index = 1, #entries, 2 do
+  local slots, expires = string.match(entries[index + 1], '^(%d+) ([%d.eE+-]+)$')
+  if slots == nil or tonumber(expires) == nil or tonumber(expires) < now then
+    redis.call('HDEL', KEYS[1], entries[index])
+  else
+    total = total + tonumber(slots)
+  end
+end
+return total
+"""
+
+
 class Capacity:
-    """Poll slots announced by the live workers."""
+    """Poll slots announced by the live workers, on Redis' clock."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "tracker") -> None:
         self._redis = client
         self._key = f"{prefix}:capacity"
+        self._announce: Any = client.register_script(_ANNOUNCE)
+        self._poll_slots: Any = client.register_script(_POLL_SLOTS)
 
     def announce(self, worker: str, poll_slots: int) -> None:
         # One hash field per worker, "slots expiry": no key scan needed to sum them.
-        self._redis.hset(self._key, worker, f"{poll_slots} {time.time() + ANNOUNCEMENT_TTL_SECONDS}")
+        self._announce(keys=[self._key], args=[worker, int(poll_slots), ANNOUNCEMENT_TTL_SECONDS])
 
     def withdraw(self, worker: str) -> None:
         self._redis.hdel(self._key, worker)
@@ -192,19 +226,7 @@ class Capacity:
     def poll_slots(self) -> int | None:
         """Slots of the workers that announced themselves lately; None when none did (a
         one-off run outside a worker), which means no cap."""
-        entries: Mapping[bytes | str, bytes | str] = self._redis.hgetall(self._key)
-        now = time.time()
-        total = 0
-        stale = []
-        for worker, value in entries.items():
-            text = value.decode() if isinstance(value, bytes) else value
-            slots, _, expires = text.partition(" ")
-            if float(expires) < now:
-                stale.append(worker)
-            else:
-                total += int(slots)
-        if stale:
-            self._redis.hdel(self._key, *stale)
+        total = int(self._poll_slots(keys=[self._key]))
         return total or None
 
 

@@ -26,11 +26,14 @@ with a hundred each: on S slots, each of P providers with due rows gets its next
 within ceil(P/S) task lengths.
 
 Each round is one transaction, committed before it is yielded: the caller enqueues one
-task per piece of work only then, so a task never exists for an uncommitted claim.
+task per piece of work only then, so a task never exists for an uncommitted claim. A run
+starts a round only while one (twice the longest so far) and the enqueueing after it can
+end before the task's soft time limit; what it did not claim is still due at the next.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +41,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import false, literal, select
 from sqlalchemy.orm import Session
 
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline
 from tracker.db.claims import Claim, claim_due
 from tracker.db.models import Order, Provider, Refill, RefillRequest
 from tracker.db.session import UnitOfWork, unit_of_work
@@ -143,14 +147,20 @@ def claim_rounds(
     share: SlotShare | None = None,
     budgets: CallBudgets | None = None,
     *,
+    deadline: Deadline | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> Iterator[list[Work]]:
-    """Claim due work of every provider, a round at a time (see the module docstring)."""
+    """Claim due work of every provider, a round at a time (see the module docstring).
+    ``deadline``: the task's soft time limit (None: no limit)."""
     calls_left: dict[int, int] = {}
     share = share if share is not None else SlotShare(None, {})
     budgets = budgets if budgets is not None else FreshBudgets()
     first_round = True
+    longest = 0.0
     while True:
+        if deadline is not None and not deadline.allows(2 * longest + WRITE_MARGIN_SECONDS):
+            return
+        started = time.monotonic()
         work: list[Work] = []
         spent: dict[int, int] = {}
         with unit_of_work() as session:
@@ -191,6 +201,7 @@ def claim_rounds(
             budgets.spend(provider_id, calls)
         if not work:
             return
+        longest = max(longest, time.monotonic() - started)
         yield work
 
 
@@ -215,10 +226,11 @@ def claim_all(
     share: SlotShare | None = None,
     budgets: CallBudgets | None = None,
     *,
+    deadline: Deadline | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[Work]:
     """Every piece of work one tick may claim: all rounds at once (tests, one-off runs)."""
-    rounds = claim_rounds(settings, now, share, budgets, unit_of_work=unit_of_work)
+    rounds = claim_rounds(settings, now, share, budgets, deadline=deadline, unit_of_work=unit_of_work)
     return [piece for work in rounds for piece in work]
 
 

@@ -18,6 +18,7 @@ import redis.lock
 from sqlalchemy import select
 
 from tracker.config import Settings
+from tracker.core.time_limits import Deadline
 from tracker.db.clock import database_now
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
@@ -29,10 +30,13 @@ from tracker.task_base import enqueue_committed
 log = logging.getLogger("tracker.task_base")
 
 
-def run_dispatcher(settings: Settings, send: Callable[[AttemptWork | PollWork], object]) -> int:
+def run_dispatcher(
+    settings: Settings, send: Callable[[AttemptWork | PollWork], object], deadline: Deadline | None = None
+) -> int:
     """One dispatcher run, and the rounds it claims: every call kind of every provider,
     within each provider's slots and budget (see ``tracker.polling.dispatch``). ``send``
     enqueues one piece's task; it is called only once the piece's claim is committed.
+    ``deadline``: the task's soft time limit; no round starts that might outlast it.
     Returns how many tasks were sent."""
     # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
     # while a long one (a large backlog) is still claiming would skip the rows it has
@@ -54,7 +58,7 @@ def run_dispatcher(settings: Settings, send: Callable[[AttemptWork | PollWork], 
     try:
         for _ in range(MAX_PASSES):
             redis_client.delete(AGAIN_KEY, QUEUED_KEY)
-            passed = _dispatch_pass(settings, lock, send)
+            passed = _dispatch_pass(settings, lock, send, deadline)
             if passed is None:
                 break
             enqueued += passed
@@ -70,7 +74,7 @@ def run_dispatcher(settings: Settings, send: Callable[[AttemptWork | PollWork], 
 
 
 def _dispatch_pass(
-    settings: Settings, lock: redis.lock.Lock, send: Callable[[AttemptWork | PollWork], object]
+    settings: Settings, lock: redis.lock.Lock, send: Callable[[AttemptWork | PollWork], object], deadline: Deadline | None
 ) -> int | None:
     """One pass over every provider; None when the lock was lost."""
     # The database's clock, not this worker's: every worker then agrees on what is due.
@@ -90,7 +94,7 @@ def _dispatch_pass(
         tracked.started(piece.provider_id, _token(piece), lease_until)
         send(piece)
 
-    for work in claim_rounds(settings, now, share, budgets):
+    for work in claim_rounds(settings, now, share, budgets, deadline=deadline):
         # claim_rounds yields each round once it is committed: only now may its tasks exist.
         enqueued += enqueue_committed(work, start)
         served.record({piece.provider_id: share.last_served[piece.provider_id] for piece in work})

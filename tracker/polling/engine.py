@@ -9,8 +9,9 @@ worth of rows of one provider. The engine:
    A status poll's calls run at the same time, each on a thread of the task, within
    the provider's shared rate limit: waiting on a panel costs a thread, not a pool
    child. No new call starts after the first failure (a failing provider is not asked
-   again until its back-off has passed), nor when it might outlast the lease or the
-   task's time limit;
+   again until its back-off has passed), nor when it might outlast the lease, nor when
+   its worst case (a whole try, and retries only as they fit) might outlast the task's
+   soft time limit. A call the soft limit abandons counts as the provider's timeout;
 3. applies every answer received in one transaction: a claim-checked bulk write of the
    new state (a row re-claimed meanwhile is not written and gets no event), the new
    history rows, the shop's events, and the provider's health;
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,16 +35,16 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent
 from tracker.core.scheduling import draw_jitter, poll_delay
-from tracker.apiv2.client import ProviderClient
-from tracker.apiv2.errors import ProviderError, ProviderForgot
+from tracker.apiv2.client import ProviderClient, calls_finish_by
+from tracker.apiv2.errors import ProviderError, ProviderForgot, ProviderTimeout
 from tracker.apiv2.types import ItemError
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
@@ -194,8 +194,10 @@ class PollSummary:
 MAX_CALL_THREADS = 16
 
 # A new call starts only if twice the longest call so far, plus this, still fits in the
-# lease: the answers must be written while the task still holds the rows.
-LEASE_SAFETY = timedelta(seconds=2)
+# lease: the answers must be written while the task still holds the rows. And only if
+# its worst case, plus this, fits before the task's soft time limit: they must be
+# written before it too.
+LEASE_SAFETY = timedelta(seconds=WRITE_MARGIN_SECONDS)
 
 
 @dataclass(slots=True)
@@ -219,19 +221,21 @@ def poll_batch(
     settings: Settings,
     gateway: Gateway,
     clock: Callable[[], datetime] | None = None,
+    deadline: Deadline | None = None,
     done_calling: Callable[[], None] | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> PollSummary:
     """``clock``: by default the database's (see ``tracker.db.clock``), so answers are
-    ordered the same way whichever worker's wall clock ran ahead. ``done_calling``: told
-    when the task has no call left to make, before it writes (its provider slot may go
-    to the next task while this one writes). ``unit_of_work``: where its transactions
-    are opened (tests pass ``tracker.testing``'s)."""
+    ordered the same way whichever worker's wall clock ran ahead. ``deadline``: the
+    task's soft time limit (by default TRACKER_TASK_SOFT_TIME_LIMIT from now).
+    ``done_calling``: told when the task has no call left to make, before it writes (its
+    provider slot may go to the next task while this one writes). ``unit_of_work``: where
+    its transactions are opened (tests pass ``tracker.testing``'s)."""
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
-    started = time.monotonic()
     with unit_of_work(read_only=True) as session:
         if clock is None:
-            clock = database_clock(session, utcnow)
+            clock = database_clock(session)
         provider = session.get(Provider, provider_id)
         if provider is None:
             log.warning("poll for an unknown provider id %s ignored", provider_id)
@@ -255,10 +259,12 @@ def poll_batch(
             )
         return PollSummary(kind.name, provider_id, error="provider paused")
 
-    # Answers must be written before the task's soft time limit, as before the lease.
-    time_left = settings.task_soft_time_limit - (time.monotonic() - started)
-    cutoff = min(min(row.lease_until for row in rows), clock() + timedelta(seconds=time_left))
-    calls = _call_all(kind, gateway.client(access), rows, group_size, facts, cutoff, clock, slow_start=slow_start)
+    # Answers must be written before the lease ends and before the soft time limit.
+    lease_end = min(row.lease_until for row in rows)
+    finish_by = deadline.sooner(LEASE_SAFETY.total_seconds())
+    calls = _call_all(
+        kind, gateway.client(access), rows, group_size, facts, lease_end, finish_by, clock, slow_start=slow_start
+    )
     if done_calling is not None:
         done_calling()
     try:
@@ -274,7 +280,7 @@ def poll_batch(
             "gave back %d %s unasked (%s)",
             len(calls.unasked),
             kind.name,
-            type(calls.error).__name__ if calls.error else "lease running out",
+            type(calls.error).__name__ if calls.error else "lease or time limit running out",
             extra={"provider": access.name, "claim_id": claim_id},
         )
     return summary
@@ -286,20 +292,23 @@ def _call_all(
     rows: list[RowT],
     group_size: int,
     facts: dict[str, Any],
-    cutoff: datetime,
+    lease_end: datetime,
+    finish_by: Deadline,
     clock: Callable[[], datetime],
     *,
     slow_start: bool,
 ) -> _Calls[RowT]:
     """Make the task's calls, concurrently when the kind allows it, and gather what came
     back in the rows' order. ``slow_start``: the first call goes alone, so a provider
-    that is failing is asked once, not once per thread.
+    that is failing is asked once, not once per thread. ``finish_by``: every call, its
+    retries included, ends by then.
 
     The calls run on threads of their own while this thread waits, so a soft time limit
     raised here (a signal, delivered to the main thread) stops the task at once: calls
-    not answered by then count as unasked."""
+    not answered by then count as unasked, and a call still out as the provider's
+    timeout."""
     groups = [rows[offset : offset + group_size] for offset in range(0, len(rows), group_size)]
-    run = _CallRun(kind, client, groups, facts, cutoff, clock, slow_start)
+    run = _CallRun(kind, client, groups, facts, lease_end, finish_by, clock, slow_start)
     parallel = min(len(groups), MAX_CALL_THREADS) if kind.concurrent_calls else 1
     threads = [
         threading.Thread(target=run.work, name=f"{kind.name}-call-{index}", daemon=True)
@@ -327,7 +336,8 @@ class _CallRun(Generic[RowT]):
     client: ProviderClient
     groups: list[list[RowT]]
     facts: dict[str, Any]
-    cutoff: datetime
+    lease_end: datetime
+    finish_by: Deadline
     clock: Callable[[], datetime]
     slow_start: bool
     lock: threading.Condition = field(default_factory=threading.Condition)
@@ -345,7 +355,12 @@ class _CallRun(Generic[RowT]):
             observed_at = self.clock()
             # Also before the first call: a task that waited in the queue past its lease
             # must not ask about rows the next tick may be claiming again.
-            if observed_at + 2 * self.longest + LEASE_SAFETY > self.cutoff:
+            if observed_at + 2 * self.longest + LEASE_SAFETY > self.lease_end:
+                self.stopped = True
+                return None
+            # A whole try must end before the soft time limit (retries are made only as
+            # they fit: see calls_finish_by); one the limit cut short would be lost.
+            if not self.finish_by.allows(self.client.attempt_bound()):
                 self.stopped = True
                 return None
             index = self.next_group
@@ -357,7 +372,8 @@ class _CallRun(Generic[RowT]):
             index, observed_at = taken
             outcome: Fetched | Exception
             try:
-                outcome = self.kind.fetch(self.client, self.groups[index], self.facts)
+                with calls_finish_by(self.finish_by):
+                    outcome = self.kind.fetch(self.client, self.groups[index], self.facts)
             except (ProviderError, RateLimitBusy) as error:
                 outcome = Fetched(error=error)
             except Exception as error:  # re-raised by poll_batch after applying the rest
@@ -377,6 +393,7 @@ class _CallRun(Generic[RowT]):
     def gather(self, interrupted: Exception | None) -> _Calls[RowT]:
         with self.lock:
             # Calls still out are abandoned: their answers, if any, are not used.
+            out = set(range(max(self.next_group, 0))) - set(self.outcomes)
             self.stopped = True
             self.next_group = -1
             outcomes = dict(self.outcomes)
@@ -403,6 +420,11 @@ class _CallRun(Generic[RowT]):
                     calls.unasked.append(row.id)
             if outcome.error is not None and calls.error is None:
                 calls.error = outcome.error
+        if interrupted is not None and out and calls.error is None:
+            # Abandoned at the soft time limit: for the provider's circuit it is the
+            # timeout it would have been, and its rows get the failure back-off (else a
+            # panel that hangs would never open its circuit).
+            calls.error = ProviderTimeout.abandoned(self.kind.action)
         return calls
 
 

@@ -24,14 +24,14 @@ from tracker.polling.refills import REFILLS
 from tracker.polling.slots import holding_slot
 from tracker.providers.gateway import shared_gateway
 from tracker.refills.attempts import NothingSent, attempt_refill
-from tracker.task_base import TrackerTask
+from tracker.task_base import TrackerTask, task_deadline
 
 
 @shared_task(base=TrackerTask, name="tracker.dispatch_polls")
 def dispatch_polls() -> int:
     """The one dispatcher: every call kind of every provider, within one budget per
     provider per tick."""
-    return run_dispatcher(get_settings(), _enqueue)
+    return run_dispatcher(get_settings(), _enqueue, task_deadline())
 
 
 def _enqueue(piece: AttemptWork | PollWork) -> None:
@@ -51,7 +51,7 @@ def poll_status_batch(provider_id: int, claim_id: int, order_ids: list[int]) -> 
     with holding_slot(provider_id, poll_token(ORDERS.name, claim_id)) as done_calling:
         poll_batch(
             ORDERS, provider_id, claim_id, order_ids,
-            settings=settings, gateway=shared_gateway(settings), done_calling=done_calling,
+            settings=settings, gateway=shared_gateway(settings), deadline=task_deadline(), done_calling=done_calling,
         )
 
 
@@ -61,7 +61,7 @@ def poll_refill_batch(provider_id: int, claim_id: int, refill_ids: list[int]) ->
     with holding_slot(provider_id, poll_token(REFILLS.name, claim_id)) as done_calling:
         poll_batch(
             REFILLS, provider_id, claim_id, refill_ids,
-            settings=settings, gateway=shared_gateway(settings), done_calling=done_calling,
+            settings=settings, gateway=shared_gateway(settings), deadline=task_deadline(), done_calling=done_calling,
         )
 
 

@@ -1,5 +1,11 @@
 """Refreshing a provider's services catalog and balance: on demand (``tracker provider
-sync``) and from beat, about once per ``TRACKER_CATALOG_SYNC_INTERVAL``."""
+sync``) and from beat, about once per ``TRACKER_CATALOG_SYNC_INTERVAL``.
+
+Beat's runs go provider by provider, and start one only while its calls (each one try,
+retries only as they fit) can still end before the task's soft time limit; the providers
+left are still due, and the next run takes them. A call the soft limit abandons counts
+against the provider as the timeout it would have become, and the limit is raised again.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,18 @@ from decimal import Decimal
 from sqlalchemy import or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline, interruptions
+from tracker.db.clock import database_time
 from tracker.db.models import Provider, Service
 from tracker.db.session import UnitOfWork, unit_of_work
+from tracker.apiv2.client import calls_finish_by
 from tracker.apiv2.errors import ProviderError
 from tracker.apiv2.types import Balance, CatalogService
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
-from tracker.providers.health import record_call
+from tracker.providers.health import record_abandoned_call, record_call
 
 log = logging.getLogger("tracker.catalog")
 
@@ -130,19 +139,40 @@ def _active_providers_older_than(
         ]
 
 
+def _time_for(settings: Settings, deadline: Deadline, calls: int) -> bool:
+    """Whether ``calls`` provider calls, one try each, and the write after them can still
+    end before ``deadline``."""
+    return deadline.allows(calls * settings.provider_try_seconds + WRITE_MARGIN_SECONDS)
+
+
 def check_balances(
-    settings: Settings, gateway: Gateway, now: datetime, *, unit_of_work: UnitOfWork = unit_of_work
+    settings: Settings,
+    gateway: Gateway,
+    now: datetime | None = None,
+    *,
+    deadline: Deadline | None = None,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> int:
-    """Fetch the balance of every active provider not checked for a balance interval."""
+    """Fetch the balance of every active provider not checked for a balance interval.
+    ``now``: by default the database's clock; ``deadline``: the task's soft time limit
+    (by default TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    now = now or database_time(unit_of_work)
     due = _active_providers_older_than(
         settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval), unit_of_work
     )
     checked = 0
     for access in due:
+        if not _time_for(settings, deadline, 1):
+            break
         try:
-            balance = gateway.client(access).balance()
+            with calls_finish_by(deadline.sooner(WRITE_MARGIN_SECONDS)):
+                balance = gateway.client(access).balance()
         except RateLimitBusy:
             continue
+        except interruptions():
+            record_abandoned_call(unit_of_work, access.id, "balance", now, settings, gateway.rate_limiter)
+            raise
         except ProviderError as error:
             log.warning("balance check failed: %s", error, extra={"provider": access.name})
             with unit_of_work() as session:
@@ -155,18 +185,31 @@ def check_balances(
 
 
 def sync_due_catalogs(
-    settings: Settings, gateway: Gateway, now: datetime, *, unit_of_work: UnitOfWork = unit_of_work
+    settings: Settings,
+    gateway: Gateway,
+    now: datetime | None = None,
+    *,
+    deadline: Deadline | None = None,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[SyncResult]:
     """Refresh the catalog and balance of every active provider whose catalog is older
     than ``catalog_sync_interval`` (or was never fetched). A failing provider is logged
-    and skipped; the others are still refreshed."""
+    and skipped; the others are still refreshed. ``now``: by default the database's
+    clock; ``deadline``: the task's soft time limit (by default
+    TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    now = now or database_time(unit_of_work)
     due = _active_providers_older_than(
         settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval), unit_of_work
     )
     results: list[SyncResult] = []
     for access in due:
+        # Two calls: the catalog and the balance.
+        if not _time_for(settings, deadline, 2):
+            break
         try:
-            results.append(sync_catalog(access, settings, gateway, now, unit_of_work=unit_of_work))
+            with calls_finish_by(deadline.sooner(WRITE_MARGIN_SECONDS)):
+                results.append(sync_catalog(access, settings, gateway, now, unit_of_work=unit_of_work))
         except RateLimitBusy:
             continue
         except ProviderError as failure:
@@ -191,16 +234,22 @@ def sync_catalog(
     the call's outcome also counts in the provider's health, as a poll's does; an
     operator's sync only reports it, and leaves pausing a provider to the workers' calls.
     ``on_step`` hears each step by name (a big catalog takes a while to fetch and store)."""
+    action = "services"
     try:
         client = gateway.client(access)
         on_step("fetching the services catalog")
         entries = client.services()
+        action = "balance"
         on_step("fetching the balance")
         balance = client.balance()
     except ProviderError as failure:
         if record_health:
             with unit_of_work() as session:
                 record_call(session, access.id, failure, now, settings, gateway.rate_limiter)
+        raise
+    except interruptions():
+        if record_health:
+            record_abandoned_call(unit_of_work, access.id, action, now, settings, gateway.rate_limiter)
         raise
     on_step(f"storing {len(entries)} services")
     with unit_of_work() as session:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from tracker.config import Settings
 from tracker.db.models import Provider
+from tracker.db.session import UnitOfWork
 from tracker.core.health import (
     Health,
     after_failure,
@@ -23,6 +24,7 @@ from tracker.apiv2.errors import (
     InvalidKey,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
     RateLimited,
 )
 from tracker.providers.ratelimit import CallLimiter, RateLimitBusy
@@ -107,6 +109,20 @@ def record_failure(
     provider.circuit_open_until = health.circuit_open_until
     provider.updated_at = now
     return health
+
+
+def record_abandoned_call(
+    unit_of_work: UnitOfWork,
+    provider_id: int,
+    action: str,
+    now: datetime,
+    settings: Settings,
+    rate_limiter: CallLimiter | None,
+) -> None:
+    """A call the task's soft time limit abandoned counts for the provider's circuit as
+    the timeout it would have become (in a unit of work of its own, on the way out)."""
+    with unit_of_work() as session:
+        record_failure(session, provider_id, ProviderTimeout.abandoned(action), now, settings, rate_limiter)
 
 
 def next_probe_at(settings: Settings, failures: int, now: datetime) -> datetime:

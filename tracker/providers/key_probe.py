@@ -11,13 +11,15 @@ repeated after the same delay.
 A probe is claimed before its call: ``key_probe_at`` moves forward in a committed
 compare-and-set, so two workers never probe one provider at once, and a worker that dies
 mid-call only delays the next probe. Its answer applies only while the provider is still
-paused for the key with the key the probe used; an operator's new key wins.
+paused for the key with the key the probe used; an operator's new key wins. A run starts
+a probe only while its call can still end before the task's soft time limit; the claims
+it did not get to are handed back, due now, for the next run (every tick).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,9 +27,12 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline, interruptions
+from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
+from tracker.apiv2.client import calls_finish_by
 from tracker.apiv2.errors import InvalidKey, ProviderError
 from tracker.apiv2.types import Balance
 from tracker.providers.ratelimit import RateLimitBusy
@@ -53,6 +58,9 @@ class ProbeClaim:
     failures: int
     # The stored (encrypted) key the probe tries: its answer is about this key only.
     key_token: str
+    # key_probe_at as the claim moved it: a claim handed back unprobed is due again at
+    # once, unless someone moved it since.
+    claimed_until: datetime
 
 
 def claim_due_probes(session: Session, settings: Settings, now: datetime) -> list[ProbeClaim]:
@@ -69,29 +77,66 @@ def claim_due_probes(session: Session, settings: Settings, now: datetime) -> lis
         # Compare-and-set on the due time: of two workers that read the same row, only one
         # moves it. Until the probe's own delay has passed nobody else probes, even if
         # this worker dies mid-call.
+        until = next_probe_at(settings, provider.key_probe_failures, now)
         moved = session.connection().execute(
             update(Provider)
             .where(Provider.id == provider.id, Provider.key_probe_at == provider.key_probe_at)
-            .values(key_probe_at=next_probe_at(settings, provider.key_probe_failures, now))
+            .values(key_probe_at=until)
         )
         if moved.rowcount == 1:
             claims.append(
-                ProbeClaim(ProviderAccess.of(provider, settings), provider.key_probe_failures, provider.api_key_encrypted)
+                ProbeClaim(
+                    ProviderAccess.of(provider, settings), provider.key_probe_failures, provider.api_key_encrypted, until
+                )
             )
     return claims
 
 
 def probe_due_keys(
-    settings: Settings, gateway: Gateway, clock: Callable[[], datetime], *, unit_of_work: UnitOfWork = unit_of_work
+    settings: Settings,
+    gateway: Gateway,
+    clock: Callable[[], datetime] | None = None,
+    *,
+    deadline: Deadline | None = None,
+    unit_of_work: UnitOfWork = unit_of_work,
 ) -> dict[str, int]:
-    """Probe every due provider once; returns how many probes ended how."""
+    """Probe every due provider once; returns how many probes ended how. ``clock``: by
+    default the database's; ``deadline``: the task's soft time limit (by default
+    TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
     with unit_of_work() as session:
+        if clock is None:
+            clock = database_clock(session)
         claims = claim_due_probes(session, settings, clock())
     outcomes: dict[str, int] = {}
-    for claim in claims:
-        outcome = probe_key(claim, settings, gateway, clock, unit_of_work=unit_of_work)
+    for index, claim in enumerate(claims):
+        if not deadline.allows(settings.provider_try_seconds + WRITE_MARGIN_SECONDS):
+            _hand_back(claims[index:], clock(), unit_of_work)
+            break
+        try:
+            with calls_finish_by(deadline.sooner(WRITE_MARGIN_SECONDS)):
+                outcome = probe_key(claim, settings, gateway, clock, unit_of_work=unit_of_work)
+        except interruptions():
+            # This probe's claim keeps its delay (its call may have gone out); the others
+            # go back, due now.
+            _hand_back(claims[index + 1 :], clock(), unit_of_work)
+            raise
         outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
     return outcomes
+
+
+def _hand_back(claims: Sequence[ProbeClaim], now: datetime, unit_of_work: UnitOfWork) -> None:
+    if not claims:
+        return
+    with unit_of_work() as session:
+        for claim in claims:
+            session.execute(
+                update(Provider)
+                .where(Provider.id == claim.access.id, Provider.key_probe_at == claim.claimed_until)
+                .values(key_probe_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    log.info("key probes: %d handed back for the next run (time limit)", len(claims))
 
 
 def probe_key(

@@ -43,6 +43,9 @@ import redis
 
 from tracker.config import DEFAULT_FAILOVER_PAUSE, DEFAULT_SENTINEL_MASTER
 from tracker.redis_clients import redis_client
+# The longest a caller waits for its slot before ``RateLimitBusy`` (a task near its soft
+# time limit waits less: see ``tracker.apiv2.client.calls_finish_by``).
+MAX_WAIT_SECONDS = 10.0
 
 ARRIVAL_MARGIN = 0.10
 # How late past its slot a caller may still go: half the margin's slack (the margin
@@ -99,7 +102,7 @@ class CallLimiter(Protocol):
     """What the gateway and provider health need of a rate limit: ``RateLimiter`` here,
     ``tracker.testing.InMemoryRateLimiter`` in use-case tests."""
 
-    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float: ...
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = MAX_WAIT_SECONDS) -> float: ...
 
     def cool_down(self, provider_id: int, seconds: float) -> None: ...
 
@@ -127,7 +130,7 @@ class RateLimiter:
             f"{self._prefix}:rate-resume",
         ]
 
-    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float:
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = MAX_WAIT_SECONDS) -> float:
         """Block until this process may call the provider; return the seconds it waited for
         its slots (more than one when it woke too late for the first)."""
         if rate <= 0:

@@ -29,8 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tracker.core.clock import utcnow
 from tracker.config import Settings
+from tracker.core.time_limits import interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import (
     Order,
@@ -54,7 +54,7 @@ from tracker.apiv2.errors import ProviderError, RateLimited
 from tracker.apiv2.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
-from tracker.providers.health import record_call
+from tracker.providers.health import record_abandoned_call, record_call
 
 from tracker.refills.drops import (
     ACCEPTED,
@@ -134,7 +134,7 @@ def attempt_refill(
     ``unit_of_work``: where its transactions are opened (tests pass ``tracker.testing``'s)."""
     if clock is None:
         with unit_of_work(read_only=True) as session:
-            clock = database_clock(session, utcnow)
+            clock = database_clock(session)
     try:
         taken = _take(request_id, claim_id, settings, clock(), unit_of_work)
     except DBAPIError as failure:
@@ -152,6 +152,11 @@ def attempt_refill(
     try:
         refill_id = gateway.client(taken.access).refill(taken.external_order_id)
         outcome = AttemptOutcome.ACCEPTED
+    except interruptions():
+        # The soft time limit, mid-call: the attempt stays "sent" (the next run treats its
+        # answer as lost), and the provider's circuit counts the hang as the timeout it is.
+        record_abandoned_call(unit_of_work, taken.access.id, "refill", clock(), settings, gateway.rate_limiter)
+        raise
     except RateLimitBusy as busy:
         kept_back, outcome, retry_after = True, AttemptOutcome.NOT_SENT, busy.wait_seconds
     except redis.RedisError:

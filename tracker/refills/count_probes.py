@@ -6,6 +6,12 @@ recently probed first, in three steps: a transaction to pick them (and stamp
 records each drop found (``source='probe'``), opening refill requests that are due at
 once. A count below ``start_count`` plus what the order delivered is a drop.
 
+A run starts a probe only while one (``PROBE_TIMEOUT``, or the longest seen in this run
+if longer) can still end before the task's soft time limit; the orders it did not get to
+are handed back (first in line next run). Whatever it found is written, also when the
+soft limit interrupts it, and the limit is then raised again: a plug-in's failure is
+logged and skipped, the soft limit never.
+
 What the order delivered is ``quantity - remains``. API v2 does not report the quantity:
 the tracker uses ``orders.quantity`` when known, else the largest ``remains`` the order
 ever reported, which is its quantity when it was seen before delivery started and a lower
@@ -15,18 +21,20 @@ bound otherwise. A lower bound can only hide a drop, never invent one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from tracker.core.clock import utcnow
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline, interruptions
+from tracker.db.clock import database_clock
 from tracker.db.models import Order, Provider
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.refills import expected_count, window_days
-from tracker.refills.count_probe_plugins import CountProbe, ProbeTarget, load_count_probe
+from tracker.refills.count_probe_plugins import PROBE_TIMEOUT, CountProbe, ProbeTarget, load_count_probe
 from tracker.refills.drops import (
     completed_orders,
     eligibility_of,
@@ -54,54 +62,102 @@ class _Planned:
     order_row_id: int
     target: ProbeTarget
     expected: int
+    # The order's count_probed_at before this run stamped it: put back if not probed.
+    probed_before: datetime | None
 
 
 def probe_counts(
     settings: Settings,
     *,
     probe: CountProbe | None = None,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
+    deadline: Deadline | None = None,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> ProbeSummary:
+    """``clock``: by default the database's. ``deadline``: the task's soft time limit (by
+    default TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
     if probe is None:
         if settings.count_probe is None:
             return ProbeSummary()
         probe = load_count_probe(settings.count_probe)
+    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    if clock is None:
+        with unit_of_work(read_only=True) as session:
+            clock = database_clock(session)
     planned = _plan(clock(), unit_of_work)
     drops: list[tuple[_Planned, int]] = []
-    for entry in planned:
-        try:
-            count = probe(entry.target)
-        except Exception as error:  # noqa: BLE001 - a plug-in's failure must not stop the run
-            log.warning(
-                "count probe failed for order %s: %s: %s",
-                entry.target.order_id,
-                type(error).__name__,
-                str(error)[:200],
-                extra={"provider": entry.target.provider},
-            )
-            continue
-        if count is not None and count < entry.expected:
-            drops.append((entry, count))
+    probed = 0
+    longest = sum(PROBE_TIMEOUT)
+    try:
+        for entry in planned:
+            if not deadline.allows(longest + WRITE_MARGIN_SECONDS):
+                break
+            started = time.monotonic()
+            count = _probe_one(probe, entry)
+            longest = max(longest, time.monotonic() - started)
+            probed += 1
+            if count is not None and count < entry.expected:
+                drops.append((entry, count))
+    finally:
+        # Also on the way out of an interruption: what was found is written (the limit
+        # leaves time for that), and the orders not probed go back to the front.
+        requests = _record(settings, drops, planned[probed:], clock(), unit_of_work)
+    return ProbeSummary(probed, len(drops), requests)
+
+
+def _probe_one(probe: CountProbe, entry: _Planned) -> int | None:
+    try:
+        return probe(entry.target)
+    except interruptions():
+        raise
+    except Exception as error:  # noqa: BLE001 - a plug-in's failure must not stop the run
+        log.warning(
+            "count probe failed for order %s: %s: %s",
+            entry.target.order_id,
+            type(error).__name__,
+            str(error)[:200],
+            extra={"provider": entry.target.provider},
+        )
+        return None
+
+
+def _record(
+    settings: Settings,
+    drops: Sequence[tuple[_Planned, int]],
+    not_probed: Sequence[_Planned],
+    now: datetime,
+    unit_of_work: UnitOfWork,
+) -> int:
+    """Record the drops found and hand back the orders not probed; how many refill
+    requests were opened."""
+    if not drops and not not_probed:
+        return 0
     requests = 0
-    if drops:
-        with unit_of_work() as session:
-            now = clock()
-            for entry, count in drops:
-                order = session.get_one(Order, entry.order_row_id, with_for_update=True)
-                provider = session.get_one(Provider, order.provider_id)
-                report = record_drop(
-                    session,
-                    provider,
-                    order,
-                    source="probe",
-                    settings=settings,
-                    now=now,
-                    observed=count,
-                    expected=entry.expected,
-                )
-                requests += report.request_id is not None
-    return ProbeSummary(len(planned), len(drops), requests)
+    with unit_of_work() as session:
+        for entry, count in drops:
+            order = session.get_one(Order, entry.order_row_id, with_for_update=True)
+            provider = session.get_one(Provider, order.provider_id)
+            report = record_drop(
+                session,
+                provider,
+                order,
+                source="probe",
+                settings=settings,
+                now=now,
+                observed=count,
+                expected=entry.expected,
+            )
+            requests += report.request_id is not None
+        for entry in not_probed:
+            session.execute(
+                update(Order)
+                .where(Order.id == entry.order_row_id)
+                .values(count_probed_at=entry.probed_before)
+                .execution_options(synchronize_session=False)
+            )
+    if not_probed:
+        log.info("count probe: %d orders left for the next run (time limit)", len(not_probed))
+    return requests
 
 
 def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
@@ -131,6 +187,7 @@ def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
             busy = orders_with_refill_in_flight(session, row_ids)
             quantities = max_remains_seen(session, row_ids)
             for order in orders:
+                probed_before = order.count_probed_at
                 order.count_probed_at = now
                 if order.id in busy or order.service_id is None:
                     continue
@@ -154,5 +211,5 @@ def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
                     order.service_id,
                     order.link,
                 )
-                planned.append(_Planned(order.id, target, expected))
+                planned.append(_Planned(order.id, target, expected, probed_before))
     return planned

@@ -14,11 +14,10 @@ from typing import Any
 from celery import shared_task
 
 from tracker.config import get_settings
-from tracker.core.clock import utcnow
-from tracker.db.clock import database_now
+from tracker.db.clock import database_now, database_time
 from tracker.db.session import unit_of_work
 from tracker.refills import auto_refill, count_probes, drops
-from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, task_deadline
 
 log = logging.getLogger("tracker.task_base")
 
@@ -45,12 +44,12 @@ def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
 
 @shared_task(base=TrackerTask, name="tracker.schedule_auto_refills")
 def schedule_auto_refills() -> int:
-    return auto_refill.schedule_auto_refills(get_settings(), utcnow())
+    return auto_refill.schedule_auto_refills(get_settings(), database_time(unit_of_work))
 
 
 @shared_task(base=TrackerTask, name="tracker.probe_counts")
 def probe_counts() -> dict[str, int]:
-    summary = count_probes.probe_counts(get_settings())
+    summary = count_probes.probe_counts(get_settings(), deadline=task_deadline())
     return {
         "probed": summary.probed,
         "drops": summary.drops,

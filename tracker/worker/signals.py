@@ -30,7 +30,8 @@ from celery.signals import (
 
 from tracker import logs
 from tracker.config import DEFAULT_SENTINEL_MASTER
-from tracker.db.session import dispose_engines, treat_as_interruption
+from tracker.core.time_limits import treat_as_interruption
+from tracker.db.session import dispose_engines
 from tracker.polling.capacity import Capacity, poll_slots_of
 from tracker.polling.slots import dispatch_soon
 from tracker.redis_clients import redis_client
