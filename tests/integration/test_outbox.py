@@ -14,7 +14,7 @@ import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select, update
 
-from tests.integration.helpers import add_provider, cli_runner, print_figures, running_tracker
+from tests.integration.helpers import add_provider, cli_runner, print_figures, running_tracker, shop_client
 from tests.support.databases import SERVER_DATABASES
 from tests.support.processes import wait_until
 from tests.support.skewed_clock import run_python
@@ -27,7 +27,15 @@ from tracker.db.models import Order, OutboxEvent
 from tracker.db.session import unit_of_work
 from tracker.core.outbox_events import NewEvent
 from tracker.orders.enqueue import track_orders
-from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed, delivery_lease, record_events
+from tracker.outbox.delivery import (
+    DELIVERIES_IN_FLIGHT,
+    DELIVERY_BATCH,
+    Sinks,
+    claim_due_events,
+    deliver_claimed,
+    delivery_lease,
+    record_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +106,21 @@ def test_a_slow_shop_gets_each_event_once(
     )
     assert set(posts) == set(ids)
     assert not twice, f"{len(twice)} of {len(ids)} events POSTed more than once"
+
+
+def test_a_backlog_drains_at_the_workers_pace_not_beats(
+    tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No beat: one dispatch hands out DELIVERIES_IN_FLIGHT batches, and each delivery task
+    that took a full batch asks for the next dispatch as it ends, so a backlog of twice
+    that many batches is delivered without waiting for any tick."""
+    with ShopEndpoint() as shop:
+        env = dict(tracker_env, **use_shop(monkeypatch, shop))
+        ids = record(2 * DELIVERIES_IN_FLIGHT * DELIVERY_BATCH)
+        with running_tracker(env, tmp_path / "logs", beat=False):
+            shop_client(broker_url).send_task("tracker.dispatch_outbox")
+            wait_until(lambda: undelivered() == 0, timeout=60, what="the whole backlog delivered without a tick")
+    assert set(shop.accepted_ids()) == set(ids)
 
 
 def test_one_orders_events_reach_the_shop_in_order(

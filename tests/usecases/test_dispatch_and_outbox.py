@@ -11,7 +11,16 @@ from tests.usecases.helpers import poll_due, track
 from tracker.config import Settings
 from tracker.core.time_limits import Deadline
 from tracker.db.models import Provider
-from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
+from tracker.core.outbox_events import provider_alert
+from tracker.outbox.delivery import (
+    DELIVERIES_IN_FLIGHT,
+    DELIVERY_BATCH,
+    Sinks,
+    claim_due_events,
+    deliver_claimed,
+    delivery_lease,
+    record_events,
+)
 from tracker.polling.dispatch import LARGEST_TASK_CALLS, PollWork, claim_all, tick_budget
 from tracker.providers.gateway import Gateway
 from tracker.testing import InMemoryBudgets, MemoryDatabase, ScriptedPanel, SettableClock
@@ -120,3 +129,34 @@ def test_the_dispatcher_starts_no_round_it_cannot_finish_before_its_soft_limit(
     assert claim_all(settings, clock(), deadline=Deadline.after(1.5), unit_of_work=db.unit_of_work) == []
     [piece] = claim_all(settings, clock(), deadline=Deadline.after(60), unit_of_work=db.unit_of_work)
     assert isinstance(piece, PollWork) and len(piece.claim.row_ids) == 3
+
+
+def _record_backlog(db: MemoryDatabase, settings: Settings, clock: SettableClock, count: int) -> None:
+    with db.unit_of_work() as session:
+        record_events(session, settings, [
+            provider_alert(provider_id=None, provider_name="panel", kind="provider.balance_low", message=f"#{number}", at=clock())
+            for number in range(count)
+        ])
+
+
+def test_a_backlog_of_events_never_has_more_delivery_tasks_out_than_the_cap(
+    db: MemoryDatabase, shop_settings: Settings, clock: SettableClock
+) -> None:
+    # Delivery tasks travel on the `celery` queue, which every worker reads before the
+    # polls' queue: a tick that hands out batches while earlier ones are still queued or
+    # running piles them up there, and the poll tasks wait behind them past their leases.
+    _record_backlog(db, shop_settings, clock, 30 * DELIVERY_BATCH)
+    first = claim_due_events(shop_settings, clock(), unit_of_work=db.unit_of_work)
+    assert len(first) == DELIVERIES_IN_FLIGHT
+    # Ticks go on while those are still out: nothing more is handed out.
+    for _ in range(3):
+        clock.advance(shop_settings.tick_interval)
+        assert claim_due_events(shop_settings, clock(), unit_of_work=db.unit_of_work) == []
+    # One ends: one takes its place.
+    done = first[0]
+    assert deliver_claimed(done.claim_id, done.row_ids, Sinks(shop_settings, RecordingSink()), clock,
+                           unit_of_work=db.unit_of_work).delivered == DELIVERY_BATCH
+    assert len(claim_due_events(shop_settings, clock(), unit_of_work=db.unit_of_work)) == 1
+    # A delivery task that never ran (its worker killed) holds its place only for its lease.
+    clock.advance(delivery_lease(shop_settings) + 1)
+    assert len(claim_due_events(shop_settings, clock(), unit_of_work=db.unit_of_work)) == DELIVERIES_IN_FLIGHT

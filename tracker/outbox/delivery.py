@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, select, update
+from sqlalchemy import ColumnElement, Table, delete, distinct, func, select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
@@ -52,6 +52,11 @@ log = logging.getLogger("tracker.outbox")
 
 _table = cast(Table, OutboxEvent.__table__)
 DELIVERY_BATCH = 50
+# Delivery tasks queued or running at once, at most. They travel on the `celery` queue,
+# which every worker reads before the polls' queue: handed out faster than they end (a
+# backlog of events, a slow shop), they would pile up there, keep every pool child busy,
+# and leave the dispatcher and the poll tasks waiting until their leases ran out.
+DELIVERIES_IN_FLIGHT = 4
 KEEP_DELIVERED = timedelta(days=7)
 # How soon an event waiting for an earlier event of its order, which a delivery task
 # holds right now, looks again.
@@ -121,15 +126,22 @@ def delivery_lease(settings: Settings) -> float:
 def claim_due_events(
     settings: Settings,
     now: datetime | None = None,
-    max_batches: int = 4,
+    max_batches: int = DELIVERIES_IN_FLIGHT,
     *,
     unit_of_work: UnitOfWork = unit_of_work,
 ) -> list[Claim]:
-    """Lease due events to delivery tasks. ``now``: by default the database's clock, the
-    one every worker's leases are measured by."""
+    """Lease due events to delivery tasks: up to ``max_batches``, and never so many that
+    more than DELIVERIES_IN_FLIGHT claims are held at once (a claim whose task was lost
+    stops counting when its lease ends). ``now``: by default the database's clock, the one
+    every worker's leases are measured by."""
     with unit_of_work() as session:
         if now is None:
             now = database_now(session)
+        held = session.scalar(
+            select(func.count(distinct(OutboxEvent.claim_id))).where(
+                OutboxEvent.final.is_(False), OutboxEvent.claim_id.is_not(None), OutboxEvent.next_attempt_at > now
+            )
+        ) or 0
         claims = claim_due(
             session,
             OutboxEvent,
@@ -137,7 +149,7 @@ def claim_due_events(
             now=now,
             lease_until=now + timedelta(seconds=delivery_lease(settings)),
             batch_size=DELIVERY_BATCH,
-            max_batches=max_batches,
+            max_batches=max(0, min(max_batches, DELIVERIES_IN_FLIGHT - int(held))),
             due_column="next_attempt_at",
         )
         # Delivered events are kept a week for inspection, then purged a little per tick.

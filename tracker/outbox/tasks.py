@@ -10,7 +10,7 @@ import threading
 from celery import current_app, shared_task
 
 from tracker.config import get_settings
-from tracker.outbox.delivery import Sinks, claim_due_events, deliver_claimed
+from tracker.outbox.delivery import DELIVERY_BATCH, Sinks, claim_due_events, deliver_claimed
 from tracker.task_base import TrackerTask, enqueue_committed, task_deadline
 
 _sinks_lock = threading.Lock()
@@ -41,4 +41,9 @@ def dispatch_outbox() -> int:
 @shared_task(base=TrackerTask, name="tracker.deliver_events")
 def deliver_events(claim_id: int, event_ids: list[int]) -> dict[str, int]:
     summary = deliver_claimed(claim_id, event_ids, sinks(), deadline=task_deadline())
+    if len(event_ids) >= DELIVERY_BATCH:
+        # A full batch: more are likely due. The next goes out as this one ends, not at
+        # beat's next tick, so a backlog drains at the workers' pace (never more than
+        # DELIVERIES_IN_FLIGHT at once).
+        dispatch_outbox.delay()
     return {"delivered": summary.delivered, "retrying": summary.retrying, "failed": summary.failed}
