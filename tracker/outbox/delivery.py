@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, distinct, func, select, update
+from sqlalchemy import ColumnElement, Table, delete, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
@@ -255,11 +255,16 @@ def deliver_claimed(
     budget_seconds = post_budget(settings)
     budget = timedelta(seconds=budget_seconds)
     counts = {"delivered": 0, "retrying": 0, "failed": 0}
+    # Orders whose next event must wait, and until when (None: soon, a task holds the
+    # earlier one): what was pending before this batch, read once, then what this batch
+    # did not get delivered.
+    blocked = _earlier_pending(claim_id, rows, unit_of_work)
     for index, row in enumerate(rows):
         if now() + budget > row.lease_until or not deadline.allows(budget_seconds):
             _release(claim_id, rows[index:], now(), unit_of_work)
             break
-        if _wait_for_earlier(claim_id, row, now(), unit_of_work):
+        if row.order_id is not None and row.order_id in blocked:
+            _wait_for_earlier(claim_id, row, blocked[row.order_id], now(), unit_of_work)
             continue
         try:
             error = _deliver(sinks, row)
@@ -272,6 +277,9 @@ def deliver_claimed(
             raise
         outcome, values = _attempt_values(row, error, now(), settings)
         counts[outcome] += 1
+        if outcome != "delivered" and row.order_id is not None:
+            # Its order's later events wait until it is tried again (or has failed for good).
+            blocked[row.order_id] = values.get("next_attempt_at")
         # One short transaction per event: a delivered event is marked before the next POST.
         with unit_of_work() as session:
             marked = _mark(session, claim_id, row, values)
@@ -348,24 +356,41 @@ def _release(claim_id: int, rows: Sequence[_Held], moment: datetime, unit_of_wor
     log.info("released %d events: their lease or the task's time limit ends before another delivery could finish", len(rows))
 
 
-def _wait_for_earlier(claim_id: int, row: _Held, moment: datetime, unit_of_work: UnitOfWork) -> bool:
-    """True (and the event handed back, to wait) while an earlier event of its order is
-    neither delivered nor failed."""
-    if row.order_id is None:
-        return False
+def _earlier_pending(claim_id: int, rows: Sequence[_Held], unit_of_work: UnitOfWork) -> dict[int, datetime | None]:
+    """The orders of ``rows`` with an earlier event neither delivered nor failed (outside
+    this claim), and when that one is next tried (None while another task holds it): one
+    query for the whole batch."""
+    first_of_order: dict[int, int] = {}
+    for row in rows:
+        if row.order_id is not None:
+            first_of_order.setdefault(row.order_id, row.id)
+    if not first_of_order:
+        return {}
+    blocked: dict[int, datetime | None] = {}
     with unit_of_work() as session:
-        earlier = session.execute(
-            select(OutboxEvent.next_attempt_at, OutboxEvent.claim_id)
-            .where(OutboxEvent.order_id == row.order_id, OutboxEvent.final.is_(False), OutboxEvent.id < row.id)
+        for order_id, event_id, next_attempt_at, holder in session.execute(
+            select(OutboxEvent.order_id, OutboxEvent.id, OutboxEvent.next_attempt_at, OutboxEvent.claim_id)
+            .where(
+                OutboxEvent.order_id.in_(list(first_of_order)),
+                OutboxEvent.final.is_(False),
+                OutboxEvent.id < max(first_of_order.values()),
+                or_(OutboxEvent.claim_id.is_(None), OutboxEvent.claim_id != claim_id),
+            )
             .order_by(OutboxEvent.id)
-            .limit(1)
-        ).first()
-        if earlier is None:
-            return False
-        # Try again when the earlier event is next tried; if a task holds it now, soon.
-        again = moment + ORDER_WAIT if earlier.claim_id is not None else max(moment, earlier.next_attempt_at)
+        ):
+            if order_id is not None and event_id < first_of_order[order_id] and order_id not in blocked:
+                blocked[order_id] = None if holder is not None else next_attempt_at
+    return blocked
+
+
+def _wait_for_earlier(
+    claim_id: int, row: _Held, earlier_due: datetime | None, moment: datetime, unit_of_work: UnitOfWork
+) -> None:
+    """Hand the event back to wait for an earlier event of its order: due when that one is
+    next tried, or soon if a task holds it now."""
+    again = moment + ORDER_WAIT if earlier_due is None else max(moment, earlier_due)
+    with unit_of_work() as session:
         release_claimed(session, _table, claim_id, [row.id], due_at=again, due_column="next_attempt_at")
-    return True
 
 
 def resend_events(session: Session, now: datetime, *, failed_only: bool, since: datetime | None) -> int:
