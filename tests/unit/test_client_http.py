@@ -422,6 +422,23 @@ def test_before_call_can_stop_the_call(provider: FakeProvider) -> None:
     assert provider.seen == []
 
 
+def test_a_request_built_after_its_slot_passed_waits_for_a_new_slot(provider: FakeProvider) -> None:
+    """The rate limiter's hook says by when the request must leave. A loaded host may keep
+    the thread from building it in time: it then takes a new slot rather than arrive
+    bunched with the callers of the next ones."""
+    provider.then(Reply(body=json.dumps({"1": PENDING})))
+    slots: list[float] = []
+
+    def limiter(action: str, max_wait: float | None) -> float:
+        slots.append(time.monotonic())
+        # The first slot has already passed by the time the request is built.
+        return slots[-1] - 1.0 if len(slots) == 1 else slots[-1] + 60.0
+
+    client_for(provider, before_call=limiter).status_multi([1])
+    assert len(slots) == 2
+    assert len(provider.seen) == 1
+
+
 def test_repr_and_api_url_hide_credentials(provider: FakeProvider) -> None:
     url = provider.url.replace("http://", f"http://user:{KEY}@") + f"?key={KEY}&lang=en"
     client = ProviderClient(url, KEY)

@@ -238,7 +238,9 @@ class ProviderClient:
 
     Hooks: ``before_call(action, max_wait)`` runs before every HTTP request, retries
     included (the rate limiter's hook; it may sleep, at most ``max_wait`` seconds when that
-    is not None, or raise). ``after_call(record)`` runs after every HTTP request with a
+    is not None, or raise). It may return the ``time.monotonic()`` by which the request must
+    be sent: one built later than that (a loaded host kept the thread waiting) asks the hook
+    again before it goes. ``after_call(record)`` runs after every HTTP request with a
     ``CallRecord``.
 
     The key is never part of ``repr``, of ``api_url``, or of any exception message: the
@@ -257,7 +259,7 @@ class ProviderClient:
         retry_backoff: float = 0.5,
         deadline: float = DEFAULT_DEADLINE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        before_call: Callable[[str, float | None], None] | None = None,
+        before_call: Callable[[str, float | None], float | None] | None = None,
         after_call: Callable[[CallRecord], None] | None = None,
         session: requests.Session | None = None,
     ) -> None:
@@ -447,13 +449,15 @@ class ProviderClient:
     def _attempt(
         self, action: str, params: Mapping[str, object], ids: int, parse: _Parser[T], finish_by: Deadline | None
     ) -> T:
-        if self._before_call is not None:
-            # Waiting for the rate limit must leave the try its time.
-            max_wait = None if finish_by is None else max(0.0, finish_by.left() - self.attempt_bound())
-            self._before_call(action, max_wait)
+        send_by = self._wait_for_slot(action, finish_by)
+        request = self._prepare(action, params)
+        # Built too late for its slot (the thread was kept waiting): a new slot, so the call
+        # never arrives bunched with the callers of the next ones.
+        while send_by is not None and time.monotonic() > send_by:
+            send_by = self._wait_for_slot(action, finish_by)
         started = time.monotonic()
         try:
-            response = self._post(action, params)
+            response = self._post(action, request)
             raw = self._read_body(action, response, started + self._deadline)
             body = parsing.strip_php_notices(self._text(action, response, raw))
             result = parse(body.text, secrets=self._secrets)
@@ -471,19 +475,30 @@ class ProviderClient:
         if self._after_call is not None:
             self._after_call(CallRecord(action, ids, time.monotonic() - started, error, noise))
 
-    def _post(self, action: str, params: Mapping[str, object]) -> requests.Response:
+    def _wait_for_slot(self, action: str, finish_by: Deadline | None) -> float | None:
+        """The rate limiter's wait (the hook); by when the request must then be sent."""
+        if self._before_call is None:
+            return None
+        # Waiting for the rate limit must leave the try its time.
+        max_wait = None if finish_by is None else max(0.0, finish_by.left() - self.attempt_bound())
+        return self._before_call(action, max_wait)
+
+    def _prepare(self, action: str, params: Mapping[str, object]) -> requests.PreparedRequest:
         form = {"key": self._key, "action": action}
         form.update((name, str(value)) for name, value in params.items())
         try:
-            return self._session.post(
-                self._url,
-                data=form,
-                headers=self._headers,
-                stream=True,
-                timeout=self._timeout,
-                verify=self._verify,
-                allow_redirects=False,
-            )
+            return self._session.prepare_request(requests.Request("POST", self._url, data=form, headers=self._headers))
+        except (requests.RequestException, ValueError) as error:
+            failure = NotSent(action, self._describe(error))
+        # Outside the except block: the exception must not carry the form with the key.
+        raise failure
+
+    def _post(self, action: str, request: requests.PreparedRequest) -> requests.Response:
+        try:
+            # What Session.post does after preparing: the environment's proxies and CA
+            # bundle, unless the session says otherwise.
+            options = self._session.merge_environment_settings(request.url, {}, True, self._verify, None)
+            return self._session.send(request, timeout=self._timeout, allow_redirects=False, **options)
         except requests.ConnectTimeout as error:
             failure: TransportError = NotSent(action, self._describe(error))
         except requests.Timeout as error:

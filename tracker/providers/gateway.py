@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from tracker.logs import register_secret
 from tracker.metrics import CallMetrics, CallRecorder
 from tracker.apiv2.client import CallRecord, ProviderClient
 from tracker.apiv2.errors import InsecureProviderURL
-from tracker.providers.ratelimit import MAX_WAIT_SECONDS, CallLimiter, RateLimiter
+from tracker.providers.ratelimit import LATE_TOLERANCE, MAX_WAIT_SECONDS, CallLimiter, RateLimiter
 from tracker.providers.secrets import decrypt_api_key
 from tracker.providers.registry import plain_http_refusal
 from tracker.redis_clients import broker_redis
@@ -125,17 +126,20 @@ class Gateway:
         session.mount("http://", self._transport)
         return session
 
-    def _throttle(self, access: ProviderAccess) -> Callable[[str, float | None], None]:
+    def _throttle(self, access: ProviderAccess) -> Callable[[str, float | None], float | None]:
         limiter = self._rate_limiter
         settings = self._settings
 
-        def before_call(action: str, max_wait: float | None) -> None:
+        def before_call(action: str, max_wait: float | None) -> float | None:
             # Before every request, so nothing is sent, and the caller sees a ProviderError
             # where it already handles failed calls.
             refuse_plain_http(access, settings, action)
-            if limiter is not None:
-                wait = MAX_WAIT_SECONDS if max_wait is None else min(MAX_WAIT_SECONDS, max_wait)
-                limiter.acquire(access.id, access.rate_limit, max_wait=wait)
+            if limiter is None:
+                return None
+            wait = MAX_WAIT_SECONDS if max_wait is None else min(MAX_WAIT_SECONDS, max_wait)
+            limiter.acquire(access.id, access.rate_limit, max_wait=wait)
+            # The slot is now: the request must leave within the limiter's tolerance.
+            return time.monotonic() + LATE_TOLERANCE
 
         return before_call
 
