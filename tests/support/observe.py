@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psycopg
 
@@ -173,11 +174,34 @@ TERMINATE_OTHERS = (
 )
 
 
+class OnAThread:
+    """A loop that runs on a daemon thread from the start of a ``with`` block to its end:
+    ``_run`` goes on until ``_stop`` is set (subclasses are dataclasses with both fields)."""
+
+    thread_name = "background"
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
 @dataclass
-class BackendKiller:
+class BackendKiller(OnAThread):
     """Terminates every other connection to the database every ``period`` seconds, on a
     thread, the way a failover or an impatient DBA would."""
 
+    thread_name = "backend-killer"
     database_url: str
     period: float = 0.3
     terminated: int = 0
@@ -202,13 +226,3 @@ class BackendKiller:
                 killed = connection.execute(TERMINATE_OTHERS).fetchall()
                 self.terminated += sum(1 for (ok,) in killed if ok)
                 self.rounds += 1
-
-    def __enter__(self) -> BackendKiller:
-        self._thread = threading.Thread(target=self._run, name="backend-killer", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)

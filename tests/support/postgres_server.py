@@ -137,6 +137,10 @@ class PostgresServer:
         what an operator's ``systemctl restart postgresql`` does."""
         self._pg_ctl("restart", "-m", "fast")
 
+    def postmaster_pid(self) -> int:
+        """The running server's main process (it changes with a restart)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.url(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.ops.children import die_with_parent
+
 
 @dataclass
 class Proc:
@@ -55,12 +57,20 @@ class Proc:
         self.process.wait()
 
 
-def start(name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Proc:
-    """Run ``command`` in ``cwd`` (the log directory unless told otherwise)."""
+def start(
+    name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None,
+    *, die_with_test: bool = False,
+) -> Proc:
+    """Run ``command`` in ``cwd`` (the log directory unless told otherwise). With
+    ``die_with_test`` it gets SIGTERM when the test process dies, even by SIGKILL (only
+    for processes started from the test's main thread)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")  # noqa: SIM115 - closed in Proc.stop
-    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or log_dir)
+    process = subprocess.Popen(
+        command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or log_dir,
+        preexec_fn=die_with_parent if die_with_test else None,
+    )
     return Proc(name, process, log_path, handle)
 
 

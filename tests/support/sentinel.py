@@ -78,7 +78,7 @@ class SentinelGroup(ExitStack):
             binary, "--port", str(port), "--bind", self.host, "--protected-mode", "no", "--save", "", "--appendonly", "no",
             "--repl-diskless-sync-delay", "0", "--dir", str(directory), *extra,
         ]
-        proc = processes.start(name, command, {}, self.workdir)
+        proc = processes.start(name, command, {}, self.workdir, die_with_test=True)
         self.callback(self._stop, proc)
         self.servers[port] = proc
         wait_until(lambda: self._answers(port), timeout=10, what=f"{name} to answer")
@@ -98,7 +98,7 @@ class SentinelGroup(ExitStack):
             f"sentinel parallel-syncs {MASTER_NAME} 1\n",
             encoding="utf-8",
         )
-        proc = processes.start(f"sentinel{number}", [binary, str(config)], {}, self.workdir)
+        proc = processes.start(f"sentinel{number}", [binary, str(config)], {}, self.workdir, die_with_test=True)
         self.callback(self._stop, proc)
         self.sentinel_ports.append(port)
         wait_until(lambda: self._answers(port), timeout=10, what=f"sentinel{number} to answer")

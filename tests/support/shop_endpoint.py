@@ -33,6 +33,8 @@ class _State:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Keep-alive, as a shop's web server has it: one connection per delivering worker.
+    protocol_version = "HTTP/1.1"
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
