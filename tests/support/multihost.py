@@ -15,8 +15,9 @@ reads what it saw.
 from __future__ import annotations
 
 import json
-import sys
 import math
+import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -29,6 +30,7 @@ import psycopg
 
 from tests.integration.helpers import check_history_against_truth, same_money
 from tests.support import processes
+from tests.support.observe import OnAThread
 from tests.support.processes import Proc
 from tracker.sim.admin import SimAdmin
 
@@ -54,7 +56,7 @@ class SimProcess:
             "nice", "-n", "-5", sys.executable, "-m", "tracker.cli.main", "sim", "--host", host, "--port", "0",
             "--dialect", dialect, "--seed", str(seed), "--no-natural-drops", "--quiet",
         ]
-        proc = processes.start(name, command, env, log_dir)
+        proc = processes.start(name, command, env, log_dir, die_with_test=True)
         proc.wait_for_output(LISTENING, timeout=30)
         line = next(line for line in proc.output().splitlines() if line.startswith(LISTENING))
         url = line[len(LISTENING):].split()[0]
@@ -96,9 +98,11 @@ class Sample:
 
 
 @dataclass
-class Sampler:
+class Sampler(OnAThread):
     """Samples every ``period`` seconds until stopped. A sample the database or a sim
     could not answer (a restart, a cut) is skipped, not invented."""
+
+    thread_name = "multihost-sampler"
 
     database_url: str
     sims: dict[str, SimProcess]
@@ -151,15 +155,8 @@ class Sampler:
             self.sample_once()
             self._stop.wait(max(0.0, self.period - (time.monotonic() - started)))
 
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, name="multihost-sampler", daemon=True)
-        self._thread.start()
-        return self
-
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().__exit__()
         if self._connection is not None:
             self._connection.close()
 
@@ -231,6 +228,14 @@ def recovery(samples: Sequence[Sample], since: float, until: float, stale_after:
         return None
     following = next(sample.at for sample in inside if sample.at > stale[-1])
     return following - since
+
+
+def peak_staleness(samples: Sequence[Sample], since: float, until: float) -> float:
+    """The longest any active order had gone unpolled between ``since`` and ``until``."""
+    return max(
+        (max(p.staleness for p in sample.providers.values()) for sample in samples if since <= sample.at <= until),
+        default=0.0,
+    )
 
 
 def longest_unpolled(samples: Sequence[Sample], windows: Iterable[Window]) -> float:
@@ -359,3 +364,33 @@ def delivery_problems(database_url: str, accepted: Sequence[str]) -> tuple[dict[
         if arrivals != sorted(arrivals):
             problems[f"order row {order_id}"].append("events arrived out of order")
     return dict(problems), len(rows), repeats
+
+
+# --- CPU, for the sizing rule ------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User and system CPU seconds the processes have used so far (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def children_of(parent: int) -> list[int]:
+    """``parent`` and its direct children (a PostgreSQL server's backends and workers)."""
+    found = [parent]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
