@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from tracker.apiv2 import errors
+from tracker.redis_clients import redis_client
 
 if TYPE_CHECKING:
     from tracker.apiv2.client import CallRecord
@@ -86,7 +87,7 @@ class CallMetrics:
 
     @classmethod
     def from_url(cls, url: str) -> CallMetrics:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+        return cls(redis_client(url))
 
     def _key(self, provider_id: int, minute: int) -> str:
         return f"{self._prefix}:calls:{provider_id}:{minute}"
