@@ -681,6 +681,16 @@ def test_debug_mode_noise_comes_before_the_real_answer(
     assert sim.stats()["faults_fired"] == {kind: 1}
 
 
+def test_php_fatal_follows_the_real_answer(sim: SimServer, api: Api) -> None:
+    sim.inject_fault("php_fatal", count=1)
+    response = api.post(action="balance")
+    noise, _, rest = response.text.partition('{"balance"')
+    answer, _, fatal = rest.partition("}")
+    assert "<b>Deprecated</b>:" in noise and "<b>Fatal error</b>:  Uncaught" in fatal
+    assert json.loads('{"balance"' + answer + "}")["currency"] == "USD"
+    assert sim.stats()["faults_fired"] == {"php_fatal": 1}
+
+
 def test_single_id_orders_as_order(sim: SimServer, api: Api) -> None:
     [order_id] = sim.seed_orders()
     assert set(api(action="status", orders=str(order_id))) == {str(order_id)}
