@@ -132,8 +132,9 @@ def php_receiver(env: dict[str, str], log_dir: Path, workers: int = 4) -> Iterat
     """examples/php-shop/webhook.php under ``php -S`` (``workers`` processes); its URL."""
     port = free_port()
     full_env = {**os.environ, **env, "PHP_CLI_SERVER_WORKERS": str(workers)}
+    # Its own process group: php -S leaves its worker processes running when it is stopped alone.
     proc = processes.start(
-        "php-receiver", ["php", "-S", f"127.0.0.1:{port}", str(SHOP / "webhook.php")], full_env, log_dir
+        "php-receiver", ["php", "-S", f"127.0.0.1:{port}", str(SHOP / "webhook.php")], full_env, log_dir, group=True
     )
     url = f"http://127.0.0.1:{port}/hooks/tracker"
     try:
