@@ -217,6 +217,8 @@ def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
 def test_verify_webhook_refuses_forged_stale_and_tampered_deliveries() -> None:
     body = json.dumps({"id": "e1", "type": "order.status_changed", "order_id": 5}).encode()
     now = int(time.time())
+    # PHP reads its clock a moment later: the seconds it finds may be a few more.
+    outside = "s away from this host's clock (more than 300 s)"
 
     def headers(timestamp: int, signature: str, style: str = "getallheaders") -> dict[str, str]:
         if style == "server":
@@ -233,8 +235,8 @@ def test_verify_webhook_refuses_forged_stale_and_tampered_deliveries() -> None:
         ("forged: another secret", headers(now, sign("not-the-secret", now, body)), body, "the signature does not match"),
         ("forged: no signature", {"X-Tracker-Timestamp": str(now)}, body, "header is missing"),
         ("forged: garbage", headers(now, "sha256=" + "0" * 64), body, "the signature does not match"),
-        ("stale: replayed after 301 s", headers(now - 301, sign(SECRET, now - 301, body)), body, "the timestamp is 30"),
-        ("from the future", headers(now + 400, sign(SECRET, now + 400, body)), body, "the timestamp is 40"),
+        ("stale: replayed after 301 s", headers(now - 301, sign(SECRET, now - 301, body)), body, outside),
+        ("from the future", headers(now + 400, sign(SECRET, now + 400, body)), body, outside),
         ("tampered body", headers(now, sign(SECRET, now, body)), body.replace(b"5", b"6"), "the signature does not match"),
         ("timestamp moved", headers(now - 1, sign(SECRET, now, body)), body, "the signature does not match"),
         ("timestamp not a number", headers(now, sign(SECRET, now, body)) | {"X-Tracker-Timestamp": "now"}, body, "not Unix seconds"),
