@@ -23,9 +23,24 @@ class ParsedIds:
     duplicates: int = 0
 
 
+# A refused value is named as given (in the log, the CLI and the task's result) only when
+# it is short or a number: a long string given as an order ID may be a mistake that
+# carries an API key, so it is named by its type and length alone.
+ECHOED_LENGTH = 18
+
+
 def _describe(raw: object) -> str:
     text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
+    numeric = isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())
+    if len(text) <= ECHOED_LENGTH or (numeric and not isinstance(raw, bool)):
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(raw, str):
+        return f"a string of {len(raw)} characters"
+    try:
+        size = len(raw)  # type: ignore[arg-type]
+    except TypeError:
+        return f"a {type(raw).__name__}"
+    return f"a {type(raw).__name__} of {size} item{'' if size == 1 else 's'}"
 
 
 def parse_order_id(raw: object) -> int:

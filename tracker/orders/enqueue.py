@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,6 +18,9 @@ from tracker.providers.lookup import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 INSERT_CHUNK = 2000
+# Refusals named one by one in the log and in the task's result; the count has them all.
+# Twenty fit the 4 KiB of the result Flower shows (``tracker.orders.tasks``).
+SHOWN_REFUSALS = 20
 
 
 @dataclass(slots=True)
@@ -35,6 +39,17 @@ class TrackResult:
         if self.duplicates:
             text += f", {self.duplicates} duplicates ignored"
         return text
+
+    def task_result(self) -> dict[str, Any]:
+        """What ``tracker.track_orders`` returns, and Flower shows. ``rejected`` stays a
+        count, as before; ``refused`` names the first refusals with their reasons. A
+        refused value is named as in the log, never whole when long (``core.ids``)."""
+        return {
+            "added": self.added,
+            "already_tracked": self.already_tracked,
+            "rejected": len(self.rejected),
+            "refused": [{"id": given, "reason": reason} for given, reason in self.rejected[:SHOWN_REFUSALS]],
+        }
 
 
 def track_orders(
