@@ -112,8 +112,8 @@ def test_a_shop_enqueues_through_flower_with_basic_auth(
                     "already_tracked": 1,
                     "rejected": 3,
                     "refused": [
-                        {"id": "'12x'", "reason": "is not a positive whole number"},
-                        {"id": "-5", "reason": "must be a positive number"},
+                        {"id": "12x", "reason": "is not a positive whole number"},
+                        {"id": -5, "reason": "must be a positive number"},
                         {"id": "a string of 23 characters", "reason": "is not a positive whole number"},
                     ],
                 }

@@ -38,7 +38,7 @@ def test_invalid_ids_have_reasons(raw: object, reason: str) -> None:
 def test_valid_ids_survive_invalid_neighbours_and_duplicates_fold() -> None:
     parsed = parse_order_ids(["1", "x", 2, "1", -3, "3"])
     assert parsed.valid == [1, 2, 3]
-    assert [given for given, _ in parsed.rejected] == ["'x'", "-3"]
+    assert [refused.given for refused in parsed.rejected] == ["'x'", "-3"]
     assert parsed.duplicates == 1
 
 
@@ -81,7 +81,8 @@ def test_binary_data_is_refused() -> None:
     ],
 )
 def test_a_refused_value_is_named_as_given_when_short_or_numeric(raw: object, named: str) -> None:
-    assert parse_order_ids([raw]).rejected == [(named, parse_reason(raw))]
+    # ``given`` for people, ``value`` for the shop's program: what it sent.
+    assert parse_order_ids([raw]).rejected == [(named, parse_reason(raw), raw if raw != [3] else "[3]")]
 
 
 @pytest.mark.parametrize(
@@ -95,8 +96,8 @@ def test_a_refused_value_is_named_as_given_when_short_or_numeric(raw: object, na
     ],
 )
 def test_a_long_refused_value_is_named_by_its_type_and_length_only(raw: object, named: str) -> None:
-    [(given, _reason)] = parse_order_ids([raw]).rejected
-    assert given == named
+    [(given, _reason, value)] = parse_order_ids([raw]).rejected
+    assert given == value == named
     assert "0123456789abcdef" not in given
 
 

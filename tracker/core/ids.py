@@ -10,16 +10,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_ORDER_ID = 2**63 - 1
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
+class RefusedId(NamedTuple):
+    # The value as people read it (the log, the CLI): strings in quotes.
+    given: str
+    reason: str
+    # The value as the shop sent it, for a program to match (the task's result); ``given``
+    # when the value is not echoed.
+    value: int | float | str | None
+
+
 @dataclass(slots=True)
 class ParsedIds:
     valid: list[int] = field(default_factory=list)
-    # (what was given, why it was refused), in input order.
-    rejected: list[tuple[str, str]] = field(default_factory=list)
+    # In input order.
+    rejected: list[RefusedId] = field(default_factory=list)
     duplicates: int = 0
 
 
@@ -41,6 +51,16 @@ def _describe(raw: object) -> str:
     except TypeError:
         return f"a {type(raw).__name__}"
     return f"a {type(raw).__name__} of {size} item{'' if size == 1 else 's'}"
+
+
+def _refused(raw: object, reason: str) -> RefusedId:
+    given = _describe(raw)
+    value: int | float | str | None = given
+    if raw is None or (isinstance(raw, int | float) and len(repr(raw)) <= 40):
+        value = raw
+    elif isinstance(raw, str) and given == repr(raw):  # named whole
+        value = raw
+    return RefusedId(given, reason, value)
 
 
 def parse_order_id(raw: object) -> int:
@@ -75,7 +95,7 @@ def parse_order_ids(items: Iterable[object]) -> ParsedIds:
         try:
             value = parse_order_id(raw)
         except ValueError as exc:
-            parsed.rejected.append((_describe(raw), str(exc)))
+            parsed.rejected.append(_refused(raw, str(exc)))
             continue
         if value in seen:
             parsed.duplicates += 1

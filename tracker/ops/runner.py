@@ -18,6 +18,7 @@ from typing import IO
 
 from celery import Celery
 from celery.utils.nodenames import default_nodename, host_format
+from kombu.exceptions import OperationalError
 
 from tracker.config import Settings, broker_url_file
 from tracker.db import migrate
@@ -63,17 +64,22 @@ def wait_for_workers(
     the broadcast and Flower logs "Inspect method ... failed" for nothing. Started after
     this, Flower finds them all, and such a line again means something."""
     expected = {host_format(default_nodename(node)) for node in nodes}
-    shop = Celery("tracker-run-ping", broker=broker_url, set_as_current=False)
+    pinger = Celery("tracker-run-ping", broker=broker_url, set_as_current=False)
     deadline = time.monotonic() + timeout
     try:
         while keep_waiting() and time.monotonic() < deadline:
             # A broadcast sent before a worker listens is lost: ask again until all answer.
-            replies = shop.control.ping(destination=sorted(expected), timeout=0.5, limit=len(expected))
+            try:
+                replies = pinger.control.ping(destination=sorted(expected), timeout=0.5, limit=len(expected))
+            except OperationalError:
+                # The broker is not reachable (yet): the workers will say so in their log.
+                time.sleep(0.5)
+                continue
             if expected <= {node for reply in replies for node in reply}:
                 return True
         return False
     finally:
-        shop.close()
+        pinger.close()
 
 
 def beat_command(loglevel: str, state_dir: Path) -> list[str]:
@@ -190,6 +196,8 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             [worker_node(index) for index in range(settings.worker_processes)],
             keep_waiting=lambda: not stopping and first_exited(children) is None,
         )
+        if stopping:
+            return 0
         children.append(spawn("flower", flower_command, environment))
         # The shop's scripts need the bundled broker's URL (a new port each run): say it,
         # and where the other commands read it.

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Order
-from tracker.core.ids import parse_order_ids, parse_positive
+from tracker.core.ids import RefusedId, parse_order_ids, parse_positive
 from tracker.providers.lookup import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
@@ -29,7 +29,7 @@ class TrackResult:
     added: int = 0
     already_tracked: int = 0
     duplicates: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[RefusedId] = field(default_factory=list)
 
     def describe(self) -> str:
         text = (
@@ -42,13 +42,13 @@ class TrackResult:
 
     def task_result(self) -> dict[str, Any]:
         """What ``tracker.track_orders`` returns, and Flower shows. ``rejected`` stays a
-        count, as before; ``refused`` names the first refusals with their reasons. A
-        refused value is named as in the log, never whole when long (``core.ids``)."""
+        count, as before; ``refused`` names the first refusals with their reasons: each
+        value as the shop sent it, or by its type and length when long (``core.ids``)."""
         return {
             "added": self.added,
             "already_tracked": self.already_tracked,
             "rejected": len(self.rejected),
-            "refused": [{"id": given, "reason": reason} for given, reason in self.rejected[:SHOWN_REFUSALS]],
+            "refused": [{"id": value, "reason": reason} for _, reason, value in self.rejected[:SHOWN_REFUSALS]],
         }
 
 

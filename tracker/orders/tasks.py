@@ -1,7 +1,8 @@
 """The shop's entry point: ``tracker.track_orders``, sent by name from any language.
 
 Thin, like every task: check the arguments, call ``enqueue.track_orders`` in one unit of
-work, log what was rejected and return it with the counts. Arguments are IDs only (Flower shows them), never keys.
+work, log what was rejected and return it with the counts. Arguments are IDs only
+(Flower shows them), never keys.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def track_orders(
         result = enqueue.track_orders(
             session, provider, order_ids, service=service, quantity=quantity, now=utcnow()
         )
-    for given, reason in result.rejected[:enqueue.SHOWN_REFUSALS]:
+    for given, reason, _ in result.rejected[: enqueue.SHOWN_REFUSALS]:
         log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})
     log.info("track_orders %s", result.describe(), extra={"provider": result.provider})
     return result.task_result()
