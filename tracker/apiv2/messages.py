@@ -24,6 +24,7 @@ from tracker.apiv2.errors import (
     ProviderRefused,
     ProviderRejected,
     RateLimited,
+    UnexpectedShape,
     UnusableRefillId,
 )
 
@@ -60,6 +61,22 @@ def means_not_found(message: str) -> bool:
     "No such order" (any case and punctuation).
     """
     return _matches_any(_NOT_FOUND, message)
+
+
+def refuses_batch_form(error: ProviderError) -> bool:
+    """Whether a failed batch call (``orders=`` / ``refills=``) may mean the panel does not
+    read that form at all: "incorrect request", a shape no batch answer has, or a
+    top-level "not found" for the whole batch. The MSM "SMM Script" panels read only
+    ``order``/``refill`` and so answer any batch ``{"error": "Order not found."}`` /
+    ``{"error": "Refill not found"}``. Only meaningful while the batch form is unproven:
+    from a panel whose batches worked, the same answer is a failure like any other."""
+    if isinstance(error, IncorrectRequest | UnexpectedShape):
+        return True
+    return (
+        isinstance(error, ProviderRejected)
+        and not isinstance(error, InvalidKey | InsufficientFunds)
+        and means_not_found(error.provider_message)
+    )
 
 
 _INVALID_KEY = _compile(
