@@ -840,6 +840,12 @@ def test_a_panel_reading_only_the_single_form_refuses_every_batch(name: str, par
     assert refuses_batch_form(refused.value)
 
 
+def test_the_msm_panels_refill_in_progress() -> None:
+    assert parsing.parse_refill_status(real_answer("msm_refill_status_refilling.txt")) == RefillReport(
+        RefillStatus.IN_PROGRESS, "Refilling"
+    )
+
+
 def test_a_body_of_many_blocks_is_read_whole() -> None:
     """Real answers reach 80 KB: every block is read, however many (timing in
     benchmarks/php_noise.py)."""
