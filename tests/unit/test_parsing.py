@@ -846,6 +846,13 @@ def test_the_msm_panels_refill_in_progress() -> None:
     )
 
 
+def test_boostpanel_without_a_refill_action_says_the_request_is_invalid() -> None:
+    body = real_answer("boostpanel_refill.txt")
+    assert body.count("A PHP Error was encountered") > 10
+    with pytest.raises(IncorrectRequest):
+        parsing.parse_refill(body)
+
+
 def test_a_body_of_many_blocks_is_read_whole() -> None:
     """Real answers reach 80 KB: every block is read, however many (timing in
     benchmarks/php_noise.py)."""

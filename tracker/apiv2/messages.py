@@ -96,6 +96,8 @@ _INSUFFICIENT_FUNDS = _compile(
 _INCORRECT_REQUEST = _compile(
     r"\b(incorrect|invalid|unknown|bad|wrong|unsupported) (request|action|method|param|"
     r"params|parameter|parameters)\b",
+    # "Request Invalid" (BoostPanel), "This action is invalid" (SmartPanel)
+    r"\b(request|action|method) (is )?(invalid|incorrect|unknown|not supported|unsupported)\b",
     r"\bmissing (required )?(param|params|parameter|parameters|field|fields|action)\b",
     r"\b(param|parameter|field) \w+ (is )?required\b",
     r"\brequired (param|parameter|field)\b",
@@ -114,6 +116,7 @@ def classify_top_level_error(message: str) -> type[ProviderRejected]:
     InsufficientFunds    "Not enough funds", "insufficient balance/funds",
                          "low balance", "balance is too low"
     IncorrectRequest     "Incorrect request", "Incorrect action", "invalid action",
+                         "Request Invalid", "This action is invalid",
                          "unknown method", "missing parameter", "parameter X is
                          required"
     ProviderRefused      anything else (refill refusals, add refusals, ...)
