@@ -5,6 +5,8 @@ around the JSON, and a wrong key with a warning and then ``{"error":"Invalid API
 
 - the client reads every action it answers, in CodeIgniter's error view and in PHP's own
   HTML, and counts each answer as salvaged with its worst severity (warning);
+- a panel that reads only `order=` (as the MSM "SMM Script" panels do) is learned from
+  its first refused batch and polled one order per call;
 - a real worker and beat track orders through it to their final statuses, `tracker
   provider sync` succeeds, `tracker stats` counts the salvaged answers by severity; a key
   the panel stops accepting pauses the provider (no status call while paused), and it
@@ -24,7 +26,15 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import TEST_API_KEY
-from tests.integration.helpers import add_provider, cli_runner, count_orders, print_figures, shop_client
+from tests.integration.helpers import (
+    add_provider,
+    cli_runner,
+    count_orders,
+    order_polls,
+    poll_orders,
+    print_figures,
+    shop_client,
+)
 # The key probe's settings (a probe after 1 s, doubling to 4 s) and its provider lookup.
 from tests.integration.test_key_probe import probe_env, provider_row  # noqa: F401
 from tests.support.cluster import Cluster
@@ -34,8 +44,13 @@ from tracker.apiv2.client import CallRecord, ProviderClient
 from tracker.apiv2.errors import InvalidKey
 from tracker.apiv2.types import Balance, ItemError, OrderReport, RefillReport
 from tracker.core.status import OrderStatus, RefillStatus
+from tracker.config import get_settings
+from tracker.core.clock import utcnow
 from tracker.db.models import Order, Provider
 from tracker.db.session import unit_of_work
+from tracker.orders.enqueue import track_orders
+from tracker.providers.gateway import Gateway
+from tracker.providers.registry import ProviderSpec, upsert_provider
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +104,39 @@ def test_the_client_reads_every_action_of_a_real_php_panel(tmp_path: Path, error
     assert [(record.error, record.salvaged) for record in records] == [(None, "warning")] * 9 + [
         ("InvalidKey", "warning")
     ]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_php_panel_reading_only_the_single_forms_is_polled_one_order_at_a_time(
+    tracker_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = get_settings()
+    with PhpPanel(tmp_path / "panel", TEST_API_KEY, single_forms=True) as panel:
+        # Under PHP's defaults a batch call prints the panel's "Undefined array key" warning.
+        batch = panel.post(key=TEST_API_KEY, action="status", orders="21,22").text
+        assert 'Undefined array key "order"' in batch and batch.rstrip().endswith('{"error":"Order not found."}')
+        ids = panel.seed([
+            PanelOrder(21, pending_s=600),
+            PanelOrder(22, pending_s=0, progress_s=0, final="Partial"),
+            PanelOrder(23, pending_s=0, progress_s=600),
+        ])
+        with unit_of_work() as session:
+            upsert_provider(
+                session, ProviderSpec(name="msm", url=panel.url, api_key=TEST_API_KEY, rate_limit=1000), settings, utcnow()
+            )
+            track_orders(session, "msm", ids, now=utcnow())
+        gateway = Gateway(settings, rate_limiter=None)
+        try:
+            for _ in range(2):  # the batch form refused once, then one call per order
+                for work in order_polls(settings, utcnow()):
+                    poll_orders(work.provider_id, work.claim.claim_id, work.claim.row_ids, settings=settings, gateway=gateway)
+        finally:
+            gateway.close()
+        assert len(panel.calls("status")) == 1 + 1 + len(ids)
+    with unit_of_work() as session:
+        states = dict(session.execute(select(Order.external_id, Order.status)).all())
+        assert states == {21: "Pending", 22: "Partial", 23: "In progress"}
+        assert session.scalar(select(Provider.supports_multi_status).where(Provider.name == "msm")) is False
 
 
 def final_states(name: str) -> dict[int, tuple[str | None, int | None]]:

@@ -61,13 +61,16 @@ class PhpPanel:
         *,
         errors: str = "codeigniter",
         shutdown_header: bool = False,
+        single_forms: bool = False,
         workers: int = 4,
     ) -> None:
         if errors not in ERROR_VIEWS:
             raise ValueError(f"errors is one of {ERROR_VIEWS}")
         self.state_dir = state_dir
         self.port = free_port()
-        self._settings: dict[str, Any] = {"api_key": api_key, "errors": errors, "shutdown_header": shutdown_header}
+        self._settings: dict[str, Any] = {
+            "api_key": api_key, "errors": errors, "shutdown_header": shutdown_header, "single_forms": single_forms,
+        }
         self._workers = workers
         self._proc: processes.Proc | None = None
 

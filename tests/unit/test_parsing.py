@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tracker.core.status import OrderStatus, RefillStatus
 from tracker.apiv2 import parsing
+from tracker.apiv2.messages import refuses_batch_form
 from tracker.apiv2.errors import (
     IncorrectRequest,
     InsufficientFunds,
@@ -814,6 +815,42 @@ def test_a_rejected_key_behind_php_warnings_is_invalid_key(name: str, parse: Cal
     with pytest.raises(InvalidKey):
         parse(body)
     assert parsing.top_level_error_message(body) == "Invalid API key"
+
+
+# Real answers of open-source PHP panels run under PHP 8.2 with php -S and PHP's own
+# output defaults (display_errors on, html_errors on, output_buffering off), their keys
+# absent from the bodies: BoostPanel (CodeIgniter 3) and an MSM "SMM Script" panel
+# (BoostedSMM), which reads only `order=` and `refill=`.
+REAL_PANELS = Path(__file__).resolve().parent.parent / "fixtures" / "real_panels"
+
+
+def real_answer(name: str) -> str:
+    return (REAL_PANELS / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("name", "parse"), [
+    ("msm_status_orders.txt", parsing.parse_status_multi),
+    ("msm_refill_status_refills.txt", parsing.parse_refill_status_multi),
+])
+def test_a_panel_reading_only_the_single_form_refuses_every_batch(name: str, parse: Callable[[str], object]) -> None:
+    body = real_answer(name)
+    assert "<b>Warning</b>" in body
+    with pytest.raises(ProviderRejected) as refused:
+        parse(body)
+    assert refuses_batch_form(refused.value)
+
+
+def test_the_msm_panels_refill_in_progress() -> None:
+    assert parsing.parse_refill_status(real_answer("msm_refill_status_refilling.txt")) == RefillReport(
+        RefillStatus.IN_PROGRESS, "Refilling"
+    )
+
+
+def test_boostpanel_without_a_refill_action_says_the_request_is_invalid() -> None:
+    body = real_answer("boostpanel_refill.txt")
+    assert body.count("A PHP Error was encountered") > 10
+    with pytest.raises(IncorrectRequest):
+        parsing.parse_refill(body)
 
 
 def test_a_body_of_many_blocks_is_read_whole() -> None:

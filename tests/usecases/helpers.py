@@ -21,10 +21,12 @@ API_KEY = "sk-USECASE-4b1d9e27c3a8f605"
 PANEL_URL = "https://panel.test/api/v2"
 
 
-def add_provider(db: MemoryDatabase, settings: Settings, clock: SettableClock, name: str = "panel", **spec: float) -> int:
+def add_provider(
+    db: MemoryDatabase, settings: Settings, clock: SettableClock, name: str = "panel", url: str = PANEL_URL, **spec: float
+) -> int:
     with db.unit_of_work() as session:
         provider, _ = upsert_provider(
-            session, ProviderSpec(name, PANEL_URL, API_KEY, **spec), settings, clock()  # type: ignore[arg-type]
+            session, ProviderSpec(name, url, API_KEY, **spec), settings, clock()  # type: ignore[arg-type]
         )
         return provider.id
 

@@ -392,12 +392,22 @@ def _refill_report(raw: str) -> RefillResult:
     return RefillReport(status=status, raw_status=clean_raw_status(raw))
 
 
+def _status_error_envelope(entry: dict[str, object]) -> str | None:
+    """The message of ``{"status": "error", "message": "..."}``, the error form of
+    SmartPanel-style panels: the call's error, not a state. None for anything else (the
+    MSM panels' ``{"status": "Error"}``, with no message, is a refill's last state)."""
+    status, message = entry.get("status"), entry.get("message")
+    if isinstance(status, str) and status.strip().lower() == "error" and isinstance(message, str):
+        return message.strip() or None
+    return None
+
+
 def _refill_status_entry(entry: object) -> RefillResult:
     """``"Completed"``, ``{"status": "Completed"}``, ``{"refill": 1, "status": {...}}``."""
     if isinstance(entry, str) and entry.strip():
         return _refill_report(entry)
     if isinstance(entry, dict):
-        message = _error_message(entry.get("error"))
+        message = _error_message(entry.get("error")) or _status_error_envelope(entry)
         if message is not None:
             return ItemError(message)
         if "status" in entry:

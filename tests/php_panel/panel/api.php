@@ -3,6 +3,11 @@
  * The API v2 controller: services, add, status (order= / orders=), refill, refill_status
  * (refill= / refills=) and balance, as the panels' own documentation shows them.
  *
+ * With "single_forms" set it reads only order= and refill=, as the MSM "SMM Script"
+ * panels do ($_POST["order"], no fallback): a batch (orders= / refills=) looks up
+ * nothing, PHP warns "Undefined array key", and the answer is "Order not found." /
+ * "Refill not found", one ID or a hundred.
+ *
  * An order's status follows its timeline in orders.json, counted from its "created_at":
  * Pending for "pending_s" seconds, then In progress (remains going down) for
  * "progress_s" seconds, then its "final" status (Completed, Partial or Canceled). A
@@ -127,6 +132,10 @@ class Panel_Controller
     private function status(): array
     {
         $orders = $this->orders();
+        if (!empty($this->settings['single_forms'])) {
+            $id = $_POST['order'];
+            return isset($orders[$id]) ? $this->order_state($orders[$id]) : ['error' => 'Order not found.'];
+        }
         $single = $this->input->post('order');
         if ($single !== null) {
             return isset($orders[$single]) ? $this->order_state($orders[$single]) : ['error' => 'Incorrect order ID'];
@@ -169,6 +178,11 @@ class Panel_Controller
     private function refill_status(): array
     {
         $refills = panel_read_json($this->state_dir . '/refills.json');
+        if (!empty($this->settings['single_forms'])) {
+            $id = $_POST['refill'];
+            $state = isset($refills[$id]) ? $this->refill_state($refills[$id]) : ['error' => 'Refill not found'];
+            return is_array($state) ? $state : ['status' => $state];
+        }
         $single = $this->input->post('refill');
         if ($single !== null) {
             $state = $this->refill_state($refills[$single] ?? null);
