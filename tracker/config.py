@@ -11,6 +11,12 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///tracker.db"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# The name Sentinel's own sample configuration gives the master it watches.
+DEFAULT_SENTINEL_MASTER = "mymaster"
+# After the broker's Redis changed (a failover), provider calls wait this long (plus one
+# call's spacing) before the rate limiter hands out slots again: see
+# tracker.providers.ratelimit. Also the longest a call waits for its slot.
+DEFAULT_FAILOVER_PAUSE = 10.0
 # `tracker run` writes its bundled Redis' URL here (in the state dir) while it runs, so
 # the other commands of a local install (`tracker stats`, a second `celery -A tracker
 # worker`) find the broker without TRACKER_BROKER_URL.
@@ -197,6 +203,10 @@ class Settings:
     state_dir: Path = Path(".tracker")
     # From <state_dir>/broker-url, read only when TRACKER_BROKER_URL is unset.
     running_broker_url: str | None = None
+    # With a sentinel:// broker URL: the master's name, and the Sentinels' own password.
+    sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    sentinel_password: str | None = field(default=None, repr=False)
+    failover_pause: float = DEFAULT_FAILOVER_PAUSE
 
     @property
     def broker_url(self) -> str:
@@ -313,6 +323,9 @@ class Settings:
             allow_http_providers=_flag(env, "TRACKER_ALLOW_HTTP_PROVIDERS"),
             state_dir=state_dir,
             running_broker_url=None if broker_url_setting else read_broker_url_file(state_dir),
+            sentinel_master=env.get("TRACKER_SENTINEL_MASTER", "").strip() or DEFAULT_SENTINEL_MASTER,
+            sentinel_password=env.get("TRACKER_SENTINEL_PASSWORD", "").strip() or None,
+            failover_pause=_number(env, "TRACKER_FAILOVER_PAUSE", DEFAULT_FAILOVER_PAUSE, minimum=1.0),
         )
         _check_time_limits(settings)
         return settings

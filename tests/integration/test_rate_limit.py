@@ -7,12 +7,16 @@ The sim counts arrivals in every sliding one-second window.
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+
 import pytest
 import redis
 
 from tests.conftest import TEST_API_KEY
 from tests.support.rate_limit_load import rate_limited_status_calls
-from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter
+from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimitBusy, RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +66,72 @@ def test_two_limiters_reserve_slots_exactly_one_spacing_apart(
     assert slept == [wait for wait in waits if wait > 0]
     # Each wait is at most the slots queued ahead of it.
     assert all(0 <= wait <= call * spacing_us / 1e6 + 0.001 for call, wait in enumerate(waits))
+
+
+def most_in_any_second(moments: list[float]) -> int:
+    moments = sorted(moments)
+    most = start = 0
+    for end, moment in enumerate(moments):
+        while moments[start] <= moment - 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_a_caller_that_wakes_late_takes_a_new_slot_instead_of_bunching(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded host (one core, a busy neighbour) a thread may wake from the limiter's
+    sleep long after its slot, while the callers of the next slots are on time: sent then,
+    its call would arrive together with theirs, over the rate. Here every third sleep
+    overruns by 0.4 s; the moments the callers are let through are what a provider sees."""
+    real_sleep = time.sleep
+    sleeps = itertools.count()
+
+    def oversleeping(seconds: float) -> None:
+        real_sleep(seconds + (0.4 if next(sleeps) % 3 == 0 else 0.0))
+
+    monkeypatch.setattr("tracker.providers.ratelimit.time.sleep", oversleeping)
+    rate = 5.0
+    limiter = RateLimiter.from_url(broker_url)
+    let_through: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        for _ in range(6):
+            limiter.acquire(PROVIDER_ID, rate, max_wait=60)
+            with lock:
+                let_through.append(time.monotonic())
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(let_through) == 24
+    assert most_in_any_second(let_through) <= rate
+
+
+def test_limits_another_server_wrote_pause_every_provider_once(broker_url: str) -> None:
+    """What the limiter does when its limits come from another server (a failover): the
+    note of the server that wrote them names another ``run_id``. The whole failover is
+    in test_sentinel.py."""
+    client = redis.Redis.from_url(broker_url)
+    limiter = RateLimiter(client, failover_pause=2.0)
+    spacing = (1 + ARRIVAL_MARGIN) / RATE
+    try:
+        # A fresh (or flushed) Redis has no note: no pause.
+        assert limiter.acquire(PROVIDER_ID, RATE) == 0.0
+        client.set("tracker:rate-server", "0" * 40)
+        with pytest.raises(RateLimitBusy) as noticed:
+            limiter.acquire(PROVIDER_ID, RATE, max_wait=3600)
+        # The pause and one spacing; even a caller ready to wait an hour is not granted a
+        # slot further ahead than the pause.
+        assert 2.0 < noticed.value.wait_seconds <= 2.0 + spacing + 0.05
+        # Every provider pauses, not only the one whose call noticed; once.
+        with pytest.raises(RateLimitBusy):
+            limiter.acquire(PROVIDER_ID + 1, RATE)
+        assert client.get("tracker:rate-server") == str(client.info("server")["run_id"]).encode()
+        assert client.exists("tracker:rate-resume")
+    finally:
+        client.close()

@@ -62,6 +62,14 @@ class Cluster(ExitStack):
             proc.wait_for_output(" ready.", timeout=60)
         return started
 
+    def plain_worker(self, name: str = "worker", *, cpus: str | None = None) -> Proc:
+        """``celery -A tracker worker`` as a stranger starts it (no pool flags), on the CPUs
+        ``cpus`` (``taskset -c``) when given, as a small VPS has them."""
+        pinned = ["taskset", "-c", cpus] if cpus is not None else []
+        proc = self._start(name, [*pinned, *processes.celery("worker", "--loglevel", "INFO")])
+        proc.wait_for_output(" ready.", timeout=60)
+        return proc
+
     def worker(
         self, name: str = "worker", concurrency: int = 4, *, queues: str | None = None, clock_offset: float = 0.0
     ) -> Proc:

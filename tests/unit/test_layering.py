@@ -26,8 +26,10 @@ RANKS: dict[str, int] = {
     "core": 0,
     "config": 0,
     # 1: apiv2: the API v2 client, its tolerant parsing, its error taxonomy and the
-    # reading of its free-text messages. It speaks core's statuses.
+    # reading of its free-text messages. It speaks core's statuses. redis_clients: the one
+    # factory of the tracker's Redis clients (plain, or the master through Sentinel).
     "apiv2": 1,
+    "redis_clients": 1,
     # 2: adapters every slice may use: the database (models, sessions, claims), logging,
     # metrics, and the task base; sim, the simulated provider (kept apart by the
     # entry-point rule below).

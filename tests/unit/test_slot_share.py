@@ -13,12 +13,12 @@ def test_without_announced_capacity_only_the_rate_budget_applies() -> None:
 
 
 def test_a_lone_provider_may_take_every_slot() -> None:
-    share = SlotShare(4, {SLOW: 0}, active={SLOW}, wanting={SLOW})
+    share = SlotShare(4, {SLOW: 0}, due={SLOW}, wanting={SLOW})
     assert share.allowed(SLOW) == 4
 
 
-def test_a_provider_leaves_a_slot_for_each_other_provider_with_work_and_nothing_in_flight() -> None:
-    share = SlotShare(4, {SLOW: 0, FAST: 0, TINY: 0}, active={SLOW, FAST, TINY}, wanting={SLOW})
+def test_a_provider_leaves_a_slot_for_each_other_provider_with_due_rows_and_nothing_in_flight() -> None:
+    share = SlotShare(4, {SLOW: 0, FAST: 0, TINY: 0}, due={SLOW, FAST, TINY}, wanting={SLOW})
     assert share.allowed(SLOW) == 2
     share.took(SLOW, 2, 2)
     # The others still find a slot each.
@@ -30,12 +30,12 @@ def test_a_provider_leaves_a_slot_for_each_other_provider_with_work_and_nothing_
 def test_a_provider_with_nothing_in_flight_gets_a_free_slot_even_when_others_are_waiting() -> None:
     # Three providers with work, two slots: whoever is served first is not locked out by
     # the slots kept for the other two.
-    share = SlotShare(2, {SLOW: 0, FAST: 0, TINY: 0}, active={SLOW, FAST, TINY}, wanting={SLOW, FAST, TINY})
+    share = SlotShare(2, {SLOW: 0, FAST: 0, TINY: 0}, due={SLOW, FAST, TINY}, wanting={SLOW, FAST, TINY})
     assert share.allowed(FAST) == 1
 
 
 def test_slots_are_split_evenly_between_providers_still_wanting_tasks() -> None:
-    share = SlotShare(4, {SLOW: 0, FAST: 0}, active={SLOW, FAST}, wanting={SLOW, FAST})
+    share = SlotShare(4, {SLOW: 0, FAST: 0}, due={SLOW, FAST}, wanting={SLOW, FAST})
     assert share.allowed(SLOW) == 2
     share.took(SLOW, 2, 2)
     assert share.allowed(SLOW) == 0
@@ -43,7 +43,7 @@ def test_slots_are_split_evenly_between_providers_still_wanting_tasks() -> None:
 
 
 def test_a_provider_that_took_less_than_allowed_leaves_its_share_to_the_others() -> None:
-    share = SlotShare(4, {SLOW: 0, TINY: 0}, active={SLOW, TINY}, wanting={SLOW, TINY})
+    share = SlotShare(4, {SLOW: 0, TINY: 0}, due={SLOW, TINY}, wanting={SLOW, TINY})
     share.took(TINY, 1, share.allowed(TINY))
     assert TINY not in share.wanting
     # Now SLOW may use what TINY does not: all but TINY's one.
@@ -51,7 +51,7 @@ def test_a_provider_that_took_less_than_allowed_leaves_its_share_to_the_others()
 
 
 def test_a_provider_holding_more_than_its_share_gets_nothing_more() -> None:
-    share = SlotShare(2, {SLOW: 2, FAST: 0}, active={SLOW, FAST}, wanting={SLOW, FAST})
+    share = SlotShare(2, {SLOW: 2, FAST: 0}, due={SLOW, FAST}, wanting={SLOW, FAST})
     assert share.allowed(SLOW) == 0
     # No slot is free: the other provider waits for one of SLOW's tasks to end.
     assert share.allowed(FAST) == 0

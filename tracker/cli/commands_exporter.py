@@ -32,19 +32,16 @@ def register(commands: Any) -> None:
 
 
 def _exporter(args: argparse.Namespace) -> int:
-    import redis
-
     from tracker.metrics import CallMetrics
     from tracker.ops.exporter import TrackerCollector, make_exporter_server
+    from tracker.redis_clients import NotARedisURL, broker_redis
 
     settings = get_settings()
     try:
         # No ping here: a broker that is down now is read again at the next scrape.
-        client = redis.Redis.from_url(
-            settings.broker_url, socket_connect_timeout=BROKER_TIMEOUT_SECONDS, socket_timeout=BROKER_TIMEOUT_SECONDS
-        )
-    except ValueError:
-        raise CLIError("TRACKER_BROKER_URL is not a Redis URL (redis://, rediss:// or unix://)") from None
+        client = broker_redis(settings, timeout=BROKER_TIMEOUT_SECONDS)
+    except NotARedisURL as error:
+        raise CLIError(str(error)) from None
     collector = TrackerCollector(settings, CallMetrics(client))
     try:
         server = make_exporter_server(collector, args.address, args.port)

@@ -36,13 +36,10 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
     import redis
 
     from tracker.metrics import CallMetrics
+    from tracker.redis_clients import broker_redis
 
     try:
-        client = redis.Redis.from_url(
-            settings.broker_url,
-            socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
-            socket_timeout=BROKER_TIMEOUT_SECONDS,
-        )
+        client = broker_redis(settings, timeout=BROKER_TIMEOUT_SECONDS)
         client.ping()
     except (redis.RedisError, OSError, ValueError):
         return None

@@ -28,11 +28,13 @@ def operator_gateway(settings: Settings) -> Iterator[Gateway]:
     from tracker.metrics import CallMetrics
     from tracker.providers.gateway import Gateway
     from tracker.providers.ratelimit import RateLimitBusy, RateLimiter
+    from tracker.redis_clients import NotARedisURL, broker_redis
 
-    client = redis.Redis.from_url(
-        settings.broker_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-    )
-    gateway = Gateway(settings, RateLimiter(client), CallMetrics(client))
+    try:
+        client = broker_redis(settings, timeout=REDIS_TIMEOUT_SECONDS)
+    except NotARedisURL as error:
+        raise CLIError(str(error)) from None
+    gateway = Gateway(settings, RateLimiter(client, failover_pause=settings.failover_pause), CallMetrics(client))
     try:
         client.ping()
         yield gateway

@@ -39,6 +39,7 @@ from tracker.ops.runner import Child, beat_command, first_exited, spawn, start_b
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL, SERVICE_LIKES_PLAIN, SERVICE_VIEWS_REFILL
 from tracker.sim.server import SimServer
 from tracker.providers.registry import ProviderSpec, upsert_provider
+from tracker.redis_clients import broker_transport_options
 
 DIALECTS = ("standard", "singles", "promobox")
 # (service, share of the orders): two services with refill, one without.
@@ -55,6 +56,8 @@ CATALOG_RETRY_EVERY = 15.0
 STARTUP_TIMEOUT = 60.0
 # What a Celery worker logs once it consumes tasks.
 WORKER_READY = b" ready."
+# The user's settings the demo keeps: which broker, and how to reach it through Sentinel.
+BROKER_SETTINGS = frozenset({"TRACKER_BROKER_URL", "TRACKER_SENTINEL_MASTER", "TRACKER_SENTINEL_PASSWORD"})
 # The demo's pace: a poll per order every 1-2 s, short leases, refill retries within 2 s.
 DEMO_SETTINGS = {
     "TRACKER_MODE": "local",
@@ -93,7 +96,7 @@ def demo_environment(workdir: Path, inherited: Mapping[str, str]) -> dict[str, s
     """The children's environment: the user's own TRACKER_* settings (a production
     database, webhooks) must not leak into the demo; only the broker may be chosen."""
     environment = {
-        name: value for name, value in inherited.items() if not name.startswith("TRACKER_") or name == "TRACKER_BROKER_URL"
+        name: value for name, value in inherited.items() if not name.startswith("TRACKER_") or name in BROKER_SETTINGS
     }
     environment.update(DEMO_SETTINGS)
     environment["TRACKER_DATABASE_URL"] = f"sqlite:///{workdir / 'demo.db'}"
@@ -239,6 +242,7 @@ class Demo:
         )
         say(f"tracker: worker and beat started, broker {'bundled Redis' if bundled else 'TRACKER_BROKER_URL'}")
         shop = Celery("tracker-demo-shop", broker=broker)
+        shop.conf.broker_transport_options = broker_transport_options(self.settings)
         stack.callback(shop.close)
         return shop
 

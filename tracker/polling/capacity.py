@@ -27,7 +27,7 @@ announcements by Redis' own clock (``TIME``, inside the scripts below).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -159,6 +159,26 @@ class InFlight:
 
     def finished(self, provider_id: int, token: str) -> None:
         self._redis.zrem(self._key(provider_id), token)
+
+
+class LastServed:
+    """When each provider was last handed a task, as a sequence number (higher is later):
+    the dispatcher serves the provider that has waited longest first
+    (``tracker.polling.dispatch.SlotShare``). A number, not a time, so no host's clock
+    decides the order; only the dispatcher, under its lock, writes it. Lost with Redis,
+    it starts afresh: providers are then served in id order once, and in turn after."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "tracker") -> None:
+        self._redis = client
+        self._key = f"{prefix}:last-served"
+
+    def load(self) -> dict[int, int]:
+        entries: Mapping[bytes | str, bytes | str] = self._redis.hgetall(self._key)
+        return {int(provider_id): int(stamp) for provider_id, stamp in entries.items()}
+
+    def record(self, stamps: Mapping[int, int]) -> None:
+        if stamps:
+            self._redis.hset(self._key, mapping={str(provider_id): stamp for provider_id, stamp in stamps.items()})
 
 
 # Announcements are judged by Redis' clock (TIME), never a worker's: a dispatcher whose

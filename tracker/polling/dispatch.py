@@ -18,9 +18,12 @@ second probe never goes out beside it.
 Besides the rate budget, each provider may hold only its share of the workers' poll slots
 with tasks queued or running (``SlotShare``, counted in ``tracker.polling.capacity``): the
 slots are split evenly between the providers that still want some this tick, and a
-provider that wants less leaves the rest to the others. A slow panel thus holds at most
-its share of the pool, and a provider with a million due orders cannot take the slots of
-one with a hundred: the one with fewer tasks in flight is served first.
+provider that wants less leaves the rest to the others. Slots are kept back only for
+providers with rows due now, and whoever has waited longest for a slot is served first
+(``SlotShare.turn``). A slow panel thus holds at most its share of the pool while others
+have due rows, and a provider with a million due orders cannot take the turn of seven
+with a hundred each: on S slots, each of P providers with due rows gets its next task
+within ceil(P/S) task lengths.
 
 Each round is one transaction, committed before it is yielded: the caller enqueues one
 task per piece of work only then, so a task never exists for an uncommitted claim. A run
@@ -84,23 +87,36 @@ Work = PollWork | AttemptWork
 
 @dataclass(slots=True)
 class SlotShare:
-    """How many more tasks each provider may have queued or running.
+    """How many more tasks each provider may have queued or running, and who goes first.
 
     ``slots`` None: no worker announced its capacity (a one-off run), so only the rate
     budget applies. Otherwise a provider may take (a) no more than an even split of the
     slots between the providers still wanting tasks this tick, and (b) only slots not
-    kept free for the other providers with unfinished work and nothing in flight, so a
-    provider whose rows come due later still finds a slot at once, however slow the
-    panel that holds the rest.
+    kept free for the other providers with rows due now and nothing in flight. A provider
+    with nothing due keeps no slot back: its rows find one when they come due, at the
+    next task end at the latest, since it will then have waited longest.
+
+    Whoever has waited longest goes first: providers are served in the order they were
+    last handed a task (``last_served``, a sequence number kept in Redis by
+    ``tracker.polling.capacity.LastServed``; never served counts as 0). Being served moves
+    a provider to the back. So while P providers have due rows, none gets a second task
+    before a waiting one gets its next: on S slots a waiting provider gets a task within
+    ceil(P/S) task lengths.
     """
 
     slots: int | None
     in_flight: dict[int, int]
-    # Providers with unfinished rows of any kind.
-    active: set[int] = field(default_factory=set)
+    # Updated in place as providers are served: the caller persists it.
+    last_served: dict[int, int] = field(default_factory=dict)
+    # Providers with rows of any kind due now.
+    due: set[int] = field(default_factory=set)
     # Providers still wanting tasks this tick; one that took less than it was allowed
     # leaves its share to the others in the next round.
     wanting: set[int] = field(default_factory=set)
+
+    def turn(self, provider_id: int) -> tuple[int, int]:
+        """Sort key: the provider served longest ago first."""
+        return (self.last_served.get(provider_id, 0), provider_id)
 
     def allowed(self, provider_id: int) -> int:
         if self.slots is None:
@@ -108,7 +124,7 @@ class SlotShare:
         share = -(-self.slots // max(1, len(self.wanting)))
         free = self.slots - sum(self.in_flight.values())
         kept_for_others = sum(
-            1 for other in self.active if other != provider_id and self.in_flight.get(other, 0) == 0
+            1 for other in self.due if other != provider_id and self.in_flight.get(other, 0) == 0
         )
         # A provider with nothing in flight is never kept out by slots kept for others.
         usable = max(free - kept_for_others, 1 if self.in_flight.get(provider_id, 0) == 0 and free > 0 else 0)
@@ -116,6 +132,8 @@ class SlotShare:
 
     def took(self, provider_id: int, tasks: int, allowed: int) -> None:
         self.in_flight[provider_id] = self.in_flight.get(provider_id, 0) + tasks
+        if tasks > 0:
+            self.last_served[provider_id] = max(self.last_served.values(), default=0) + 1
         if tasks < allowed:
             self.wanting.discard(provider_id)
 
@@ -150,10 +168,9 @@ def claim_rounds(
             if first_round:
                 share.wanting = {provider.id for provider in providers}
                 if share.slots is not None:
-                    share.active = {provider.id for provider in providers if _has_unfinished_rows(session, provider.id)}
+                    share.due = {provider.id for provider in providers if _has_due_rows(session, provider.id, now)}
                 first_round = False
-            # The provider with the fewest tasks in flight is served first.
-            providers = sorted(providers, key=lambda provider: (share.in_flight.get(provider.id, 0), provider.id))
+            providers = sorted(providers, key=lambda provider: share.turn(provider.id))
             for provider in providers:
                 if provider.id not in share.wanting:
                     continue
@@ -188,13 +205,15 @@ def claim_rounds(
         yield work
 
 
-def _has_unfinished_rows(session: Session, provider_id: int) -> bool:
-    for model in (Order, Refill, RefillRequest):
+def _has_due_rows(session: Session, provider_id: int, now: datetime) -> bool:
+    for model, due_column in ((Order, "next_poll_at"), (Refill, "next_poll_at"), (RefillRequest, "next_attempt_at")):
         table = model.__table__
-        # One index probe each: the partial due indexes (NOT final) lead with provider_id;
-        # on MySQL/MariaDB, ix_orders_status_counts (refills are few).
+        # One index probe each: the partial due indexes (NOT final) lead with provider_id
+        # and the due time.
         found = session.execute(
-            select(literal(1)).where(table.c.provider_id == provider_id, table.c.final == false()).limit(1)
+            select(literal(1))
+            .where(table.c.provider_id == provider_id, table.c.final == false(), table.c[due_column] <= now)
+            .limit(1)
         ).first()
         if found is not None:
             return True

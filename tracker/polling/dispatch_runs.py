@@ -22,7 +22,7 @@ from tracker.core.time_limits import Deadline
 from tracker.db.clock import database_now
 from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
-from tracker.polling.capacity import Capacity, TokenBudgets, attempt_token, poll_token
+from tracker.polling.capacity import Capacity, LastServed, TokenBudgets, attempt_token, poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
 from tracker.polling.slots import AGAIN_KEY, QUEUED_KEY, coordination, dispatch_soon, in_flight
 from tracker.task_base import enqueue_committed
@@ -82,7 +82,8 @@ def _dispatch_pass(
         now = database_now(session)
         provider_ids = list(session.scalars(select(Provider.id)))
     tracked = in_flight()
-    share = SlotShare(Capacity(coordination()).poll_slots(), tracked.counts(provider_ids, now))
+    served = LastServed(coordination())
+    share = SlotShare(Capacity(coordination()).poll_slots(), tracked.counts(provider_ids, now), served.load())
     budgets = TokenBudgets(coordination(), settings.tick_interval)
     lease_until = now + timedelta(seconds=settings.lease_seconds)
     enqueued = 0
@@ -96,6 +97,7 @@ def _dispatch_pass(
     for work in claim_rounds(settings, now, share, budgets, deadline=deadline):
         # claim_rounds yields each round once it is committed: only now may its tasks exist.
         enqueued += enqueue_committed(work, start)
+        served.record({piece.provider_id: share.last_served[piece.provider_id] for piece in work})
         if not _renew(lock):
             return None
     return enqueued

@@ -18,6 +18,7 @@ from celery import current_app
 
 from tracker.config import get_settings
 from tracker.polling.capacity import InFlight
+from tracker.redis_clients import broker_redis
 
 log = logging.getLogger("tracker.task_base")
 
@@ -26,13 +27,12 @@ _coordination: redis.Redis | None = None
 
 
 def coordination() -> redis.Redis:
-    """The process's Redis client for locks and counts between workers (the broker's Redis)."""
+    """The process's Redis client for locks and counts between workers (the broker's
+    Redis; through Sentinel, whichever server is the master now)."""
     global _coordination
     with _coordination_lock:
         if _coordination is None:
-            _coordination = redis.Redis.from_url(
-                get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5
-            )
+            _coordination = broker_redis(get_settings())
         return _coordination
 
 

@@ -28,6 +28,7 @@ from tracker.apiv2.errors import InsecureProviderURL
 from tracker.providers.ratelimit import MAX_WAIT_SECONDS, CallLimiter, RateLimiter
 from tracker.providers.secrets import decrypt_api_key
 from tracker.providers.registry import plain_http_refusal
+from tracker.redis_clients import broker_redis
 
 
 log = logging.getLogger("tracker.gateway")
@@ -169,9 +170,8 @@ def shared_gateway(settings: Settings) -> Gateway:
     global _shared
     with _shared_lock:
         if _shared is None:
+            client = broker_redis(settings)
             _shared = Gateway(
-                settings,
-                RateLimiter.from_url(settings.broker_url),
-                CallMetrics.from_url(settings.broker_url),
+                settings, RateLimiter(client, failover_pause=settings.failover_pause), CallMetrics(client)
             )
         return _shared

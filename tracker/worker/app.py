@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from tracker.config import Settings, get_settings
+from tracker.redis_clients import broker_transport_options
 from tracker.worker.queues import queue_config
 
 VISIBILITY_TIMEOUT = 900
@@ -29,7 +30,12 @@ def build_config() -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # "priority": a worker always takes from its first queue (control) when it can.
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"},
+        # A sentinel:// URL adds the master's name (and the Sentinels' password).
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "queue_order_strategy": "priority",
+            **broker_transport_options(settings),
+        },
         **queue_config(),
         "task_serializer": "json",
         "accept_content": ["json"],

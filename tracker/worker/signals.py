@@ -29,9 +29,12 @@ from celery.signals import (
 )
 
 from tracker import logs
+from tracker.config import DEFAULT_SENTINEL_MASTER
 from tracker.core.time_limits import treat_as_interruption
 from tracker.db.session import dispose_engines
 from tracker.polling.capacity import Capacity, poll_slots_of
+from tracker.polling.slots import dispatch_soon
+from tracker.redis_clients import redis_client
 from tracker.worker.queues import POLLS_QUEUE
 
 log = logging.getLogger("tracker.worker")
@@ -60,13 +63,32 @@ def _announcement(consumer: Any) -> _Announcement | None:
     return _Announcement(consumer.hostname, poll_slots_of(int(consumer.pool.num_processes)))
 
 
+def broker_redis_of(app: Celery, timeout: float) -> redis.Redis:
+    """A client of the Redis this worker's broker connection uses (a ``-b`` on the command
+    line included), through the same Sentinels for a ``sentinel://`` URL."""
+    options = app.conf.broker_transport_options or {}
+    return redis_client(
+        app.conf.broker_url,
+        master_name=options.get("master_name", DEFAULT_SENTINEL_MASTER),
+        sentinel_password=(options.get("sentinel_kwargs") or {}).get("password"),
+        timeout=timeout,
+    )
+
+
 def _keep_queues_declared(app: Celery, announcement: _Announcement | None) -> None:
-    capacity = Capacity(redis.Redis.from_url(app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5))
+    capacity = Capacity(broker_redis_of(app, timeout=5))
+    # A worker that lends poll slots has the dispatcher run as soon as they are announced:
+    # after a start or restart, polling resumes at once, not at beat's next tick (and a
+    # beat started after the worker ticks first one interval after its own start).
+    dispatch_wanted = announcement is not None
     while True:
         try:
             if announcement is not None:
                 capacity.announce(announcement.worker, announcement.poll_slots)
             redeclare_queues(app)
+            if dispatch_wanted:
+                dispatch_soon()
+                dispatch_wanted = False
         except Exception as error:  # noqa: BLE001 - the broker may be down; try again later
             log.debug("could not re-declare queues: %s", error)
         if _stop.wait(REDECLARE_EVERY_SECONDS):
@@ -96,9 +118,7 @@ def stop_queue_keeper(**_kwargs: Any) -> None:
     # than when the announcement lapses.
     for app, announcement in _announced:
         try:
-            Capacity(redis.Redis.from_url(app.conf.broker_url, socket_timeout=2, socket_connect_timeout=2)).withdraw(
-                announcement.worker
-            )
+            Capacity(broker_redis_of(app, timeout=2)).withdraw(announcement.worker)
         except redis.RedisError as error:
             log.debug("capacity not withdrawn (it lapses): %s", error)
 
