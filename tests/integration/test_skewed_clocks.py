@@ -32,7 +32,8 @@ from tracker.orders.enqueue import track_orders
 from tracker.polling.capacity import poll_slots_of
 from tracker.sim.server import SimServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Two hosts and beat at once: alone, after the parallel part of ./scripts/test.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial]
 
 AHEAD_SECONDS = 60
 POLL_WORKER_CONCURRENCY = 3
