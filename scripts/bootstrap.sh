@@ -12,7 +12,11 @@ fi
 stamp="$venv/.tracker-installed$extras"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root$extras"
+  # setuptools tells every editable install of a project laid out like this one (the
+  # migrations ship from alembic/) that same-named folders may shadow it: a notice, not a
+  # problem here, and the only line a first run would print. Other warnings still show.
+  PYTHONWARNINGS="ignore:Editable installation${PYTHONWARNINGS:+,$PYTHONWARNINGS}" \
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root$extras"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -3,12 +3,14 @@
 ``redis://``, ``rediss://`` and ``unix://`` URLs give a plain client. A Sentinel URL, in
 Celery's form ``sentinel://[:password@]host:port[/db];sentinel://host2:port2;…``, gives
 redis-py's own Sentinel client for the master named ``TRACKER_SENTINEL_MASTER``: it asks
-the Sentinels for the master's address whenever it opens a connection, and a connection
-that finds its server gone or demoted to a replica (``READONLY``) is dropped and the
-command retried (redis-py's ``Retry``) on the master the Sentinels name then. As in kombu's Sentinel transport
-(which carries the broker itself), the first URL's user, password and database number
-are those of the master; the Sentinels' own password, if they have one, is
-``TRACKER_SENTINEL_PASSWORD``.
+the Sentinels for the master's address whenever it opens a connection. When Sentinel
+demotes a master it closes every client connection to it, and a dead master's sockets
+close too, so the next command finds its connection closed and opens it again on the
+master the Sentinels name then. A connection still open to a demoted master answers
+``READONLY``: redis-py drops it, that command fails, and the next goes to the new master.
+As in kombu's Sentinel transport (which carries the broker itself), the first URL's user,
+password and database number are those of the master; the Sentinels' own password, if
+they have one, is ``TRACKER_SENTINEL_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_TIMEOUT_SECONDS = 5.0
-# A command that meets a demoted or vanished master is sent again, on the master the
-# Sentinels name by then: a few times, over about a second.
+# A command whose connection breaks is sent again a few times, over about a second.
+# redis-py retries on the address the connection had (redis/redis-py#3874), so this
+# rides out a blip, not a failover: a failover costs the commands in flight, and the
+# next ones ask the Sentinels.
 SENTINEL_RETRIES = 3
 SENTINEL_RETRY_BACKOFF = (0.1, 1.0)  # base and cap, seconds
 

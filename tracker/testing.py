@@ -326,7 +326,12 @@ class ScriptedPanel(BaseAdapter):
 
     It answers ``status`` (single and ``orders=``), ``refill``, ``refill_status`` and
     ``cancel`` from ``orders`` and ``refill_states``, and ``balance`` and ``services``
-    from ``balance`` and ``services``, as JSON. ``script(...)`` queues one-off answers
+    from ``balance`` and ``services``, as JSON. With ``multi_forms`` off it knows only the
+    single forms ``order=`` and ``refill=``, like the MSM "SMM Script" family of panels:
+    it reads ``order`` and ``refill`` alone, so a ``status`` call with ``orders=``, one ID
+    or a hundred, is answered ``{"error": "Order not found."}``, and a ``refill_status``
+    call with ``refills=`` ``{"error": "Refill not found"}``. ``script(...)`` queues
+    one-off answers
     (``html_page()``, ``too_many_requests()``, ``broken_json()``, ``cut_after_acting()``,
     ``timed_out_after(s)``, ``held_then_answered(s)``) that the next calls get instead,
     whatever their action. Every call is kept in
@@ -345,6 +350,7 @@ class ScriptedPanel(BaseAdapter):
         # Catalog entries as the panel lists them (API v2's ``services`` objects).
         self.services: list[dict[str, Any]] = []
         self.calls: list[PanelCall] = []
+        self.multi_forms = True
         self._script: deque[Scripted] = deque()
         self._released = threading.Event()
 
@@ -402,6 +408,8 @@ class ScriptedPanel(BaseAdapter):
         if not call.key_matched:
             return {"error": "Invalid API key"}
         if call.action == "status":
+            if "orders" in call.form and not self.multi_forms:
+                return {"error": "Order not found."}
             if "orders" in call.form:
                 return {order_id: self._order_answer(order_id) for order_id in call.ids()}
             return self._order_answer(call.form.get("order", ""))
@@ -414,6 +422,8 @@ class ScriptedPanel(BaseAdapter):
             self.refill_states[refill_id] = "Pending"
             return {"refill": refill_id}
         if call.action == "refill_status":
+            if "refills" in call.form and not self.multi_forms:
+                return {"error": "Refill not found"}
             if "refills" in call.form:
                 return [self._refill_answer(refill_id) for refill_id in call.ids()]
             return {"status": self.refill_states.get(call.form.get("refill", ""), "Not found")}

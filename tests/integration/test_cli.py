@@ -112,7 +112,9 @@ def _free_port() -> int:
 
 
 def test_tracker_run_starts_everything_on_embedded_defaults(tmp_path: Path) -> None:
-    """Nothing configured: SQLite in the working directory, the bundled Redis, Flower."""
+    """Nothing configured: SQLite in the working directory, the bundled Redis, Flower. The
+    start-up line names the broker URL a shop's script needs, and a first run prints no
+    warning that asks nothing of the user (Flower inspecting a worker not up yet)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRACKER_")}
     port = _free_port()
     log = (tmp_path / "run.log").open("wb")
@@ -137,9 +139,15 @@ def test_tracker_run_starts_everything_on_embedded_defaults(tmp_path: Path) -> N
             assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.5)
         assert (tmp_path / "tracker.db").exists()
+        broker_url = (tmp_path / ".tracker" / "broker-url").read_text().strip()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             process.kill()
         log.close()
+    output = (tmp_path / "run.log").read_text()
+    [started] = [line for line in output.splitlines() if line.startswith("tracker running:")]
+    assert f"broker {broker_url} (bundled Redis; also in .tracker/broker-url)" in started, started
+    assert "Inspect method" not in output, output[-3000:]
+    assert "deprecat" not in output.lower(), output[-3000:]

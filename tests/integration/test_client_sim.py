@@ -501,8 +501,7 @@ FAULT_CASES: dict[str, FaultCase] = {
     "html": FaultCase(HTTPError, retried=True, executed=False, status_code=503),
     "html_200": FaultCase(NotJSON, retried=False, executed=False),
     "broken_json": FaultCase(NotJSON, retried=False, executed=True),
-    "php_warning": FaultCase(NotJSON, retried=False, executed=True),
-    "codeigniter_warning": FaultCase(NotJSON, retried=False, executed=True),
+    "php_fatal": FaultCase(NotJSON, retried=False, executed=True),
     "slow": FaultCase(ProviderTimeout, retried=True, executed=True, seconds=SLOW_S),
     "rate_limit": FaultCase(RateLimited, retried=False, executed=False, status_code=429, seconds=7),
     "invalid_key": FaultCase(InvalidKey, retried=False, executed=False),
@@ -515,10 +514,16 @@ FAULT_CASES: dict[str, FaultCase] = {
 }
 
 
-# PHP notices and deprecations before the JSON: the answer is salvaged, not a failure.
-NOISE_KINDS = [
-    "php_deprecated", "php_notice", "php_notice_text", "codeigniter_notice", "laravel_deprecation",
-]
+# PHP warnings, notices and deprecations before the JSON: the answer is salvaged, not a failure.
+NOISE_KINDS: dict[str, str] = {
+    "php_warning": "warning",
+    "php_deprecated": "deprecated",
+    "php_notice": "notice",
+    "php_notice_text": "notice",
+    "codeigniter_notice": "notice",
+    "codeigniter_warning": "warning",
+    "laravel_deprecation": "deprecated",
+}
 
 
 def test_every_fault_kind_is_covered() -> None:
@@ -530,7 +535,7 @@ def test_every_fault_kind_is_covered() -> None:
 @pytest.mark.parametrize("kind", NOISE_KINDS)
 def test_noise_before_the_json_is_salvaged(sim: SimServer, kind: str, action: str) -> None:
     """The answer is used, the call is not retried, it is no failure, and the client's
-    call record says the answer was noisy (for ``tracker stats``)."""
+    call record gives the worst severity salvaged (for ``tracker stats``)."""
     records: list[CallRecord] = []
     client = ProviderClient(
         sim.url, KEY, timeout=(2.0, 5.0), retries=RETRIES, retry_backoff=0.01,
@@ -561,7 +566,7 @@ def test_noise_before_the_json_is_salvaged(sim: SimServer, kind: str, action: st
     stats = sim.stats()
     assert stats["actions"][wire_action]["calls"] == 1
     assert stats["faults_fired"] == {kind: 1}
-    assert [(r.action, r.error, r.noise) for r in records] == [(wire_action, None, True)]
+    assert [(r.action, r.error, r.salvaged) for r in records] == [(wire_action, None, NOISE_KINDS[kind])]
 
 
 def test_a_clean_answer_is_not_noisy(sim: SimServer) -> None:

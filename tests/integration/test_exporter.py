@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
@@ -20,10 +21,14 @@ from tests.integration.helpers import add_provider, count_orders, running_tracke
 from tests.support import processes
 from tests.support.network import answers
 from tests.support.processes import wait_until
+from tracker.apiv2.client import CallRecord
+from tracker.apiv2.php_noise import PhpSeverity
 from tracker.cli.main import main as tracker_cli
+from tracker.config import get_settings
 from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillRequest
 from tracker.db.session import unit_of_work
-from tracker.metrics import ACTIONS, OUTCOMES
+from tracker.metrics import ACTIONS, OUTCOMES, SEVERITIES, CallMetrics
+from tracker.ops.exporter import TrackerCollector
 from tracker.ops.bundled_redis import free_port
 from tracker.sim.server import SimServer
 
@@ -31,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 ORDERS = 60
 DROPS = 2
-LABEL_NAMES = {"provider", "status", "action", "outcome", "state", "currency"}
+LABEL_NAMES = {"provider", "status", "action", "outcome", "state", "currency", "severity"}
 Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
@@ -86,6 +91,8 @@ def check_labels_are_bounded(text: str, samples: Samples, sim_url: str) -> None:
                 assert labels["action"] in ACTIONS, labels
             if "outcome" in labels:
                 assert labels["outcome"] in OUTCOMES, labels
+            if "severity" in labels:
+                assert labels["severity"] in (*SEVERITIES, "unknown"), labels
 
 
 def database_orders() -> dict[tuple[str, str], float]:
@@ -147,6 +154,9 @@ def test_a_scrape_during_a_run_matches_the_database(
         assert tracker_cli(["provider", "sync", "panel"]) == 0
         # The operator's sync calls through the workers' gateway: Redis counts them too.
         ids = sim.seed_orders(count=ORDERS, service=1, pending_s=2, progress_s=8)
+        # A panel in debug mode for a moment: answers read from among PHP diagnostics.
+        sim.inject_fault("php_warning", actions=["status"], count=2)
+        sim.inject_fault("php_deprecated", actions=["status"], count=1)
         shop = shop_client(broker_url)
         with running_tracker(tracker_env, tmp_path / "logs"), running_exporter(tracker_env, tmp_path / "logs") as url:
             shop.send_task("tracker.track_orders", args=["panel", ids], kwargs={"service": 1})
@@ -206,6 +216,14 @@ def test_a_scrape_during_a_run_matches_the_database(
             refused = by(samples, "tracker_provider_calls_total", "action", "outcome", provider="locked")
             assert set(refused) == {("status", "InvalidKey")}
             assert sum(refused.values()) == locked.stats()["all"]["calls"] >= 1
+            # However many status calls the run took, each fault fired is one salvaged answer.
+            fired = served["faults_fired"]
+            assert fired.get("php_warning", 0) >= 1
+            assert by(samples, "tracker_provider_salvaged_answers_total", "provider", "severity") == {
+                ("panel", "deprecated"): fired.get("php_deprecated", 0), ("panel", "notice"): 0,
+                ("panel", "warning"): fired["php_warning"],
+                ("locked", "deprecated"): 0, ("locked", "notice"): 0, ("locked", "warning"): 0,
+            }
             assert by(samples, "tracker_database_up") == by(samples, "tracker_broker_up") == {(): 1}
 
 
@@ -224,3 +242,22 @@ def test_an_unreachable_database_or_broker_is_reported_not_hidden(
         text, samples = scrape(url)
     assert set(samples) == {"tracker_database_up"} and by(samples, "tracker_database_up") == {(): 0}
     assert "nobody" not in text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_salvaged_answers_counted_before_severities_were_show_as_unknown(
+    tracker_env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Totals an older tracker wrote (no severity) stay counted, under ``unknown``."""
+    add_provider("panel", "http://127.0.0.1:9/api/v2", monkeypatch)
+    provider = provider_row("panel")
+    metrics = CallMetrics.from_url(broker_url)
+    redis.Redis.from_url(broker_url).hincrby(f"tracker:call-totals:{provider.id}", "salvaged", 3)
+    metrics.record(provider.id, CallRecord("status", 4, 0.01, None, PhpSeverity.WARNING))
+    families = {family.name: family for family in TrackerCollector(get_settings(), metrics).collect()}
+    salvaged = {
+        sample.labels["severity"]: sample.value
+        for sample in families["tracker_provider_salvaged_answers"].samples
+        if sample.name.endswith("_total")
+    }
+    assert salvaged == {"deprecated": 0, "notice": 0, "warning": 1, "unknown": 3}

@@ -93,13 +93,38 @@ def test_a_shop_enqueues_through_flower_with_basic_auth(
                 rest = requests.post(enqueue, json={"args": [PROVIDER, [str(i) for i in ids[20:]]]}, auth=AUTH, timeout=10)
                 assert rest.status_code == 200, rest.text
                 wait_until(lambda: count_orders(PROVIDER, final=True) == len(ids), timeout=60, what="all orders final")
+                # Refused IDs beside one tracked already: the reasons are in the task's result, which
+                # Flower shows from the worker's task-succeeded event.
+                mixed = requests.post(
+                    enqueue, json={"args": [PROVIDER, ["12x", ids[0], -5, "sk-0123456789abcdef0123"]]}, auth=AUTH, timeout=10
+                )
+                assert mixed.status_code == 200, mixed.text
+                mixed_id = mixed.json()["task-id"]
+                wait_until(
+                    lambda: tracker_tasks(api).get(mixed_id, {}).get("state") in ("SUCCESS", "FAILURE"),
+                    timeout=30,
+                    what="Flower to show the mixed call's outcome",
+                )
+                shown = tracker_tasks(api)[mixed_id]
+                assert shown["state"] == "SUCCESS", shown
+                assert ast.literal_eval(shown["result"]) == {
+                    "added": 0,
+                    "already_tracked": 1,
+                    "rejected": 3,
+                    "refused": [
+                        {"id": "12x", "reason": "is not a positive whole number"},
+                        {"id": -5, "reason": "must be a positive number"},
+                        {"id": "a string of 23 characters", "reason": "is not a positive whole number"},
+                    ],
+                }
 
                 wait_until(
                     lambda: EXPECTED_TASKS <= {info["name"] for info in tracker_tasks(api).values()},
                     timeout=30,
                     what=f"Flower to list {sorted(EXPECTED_TASKS)}",
                 )
-                tasks = tracker_tasks(api)
+                # The shop's junk arguments aside, every task's arguments are IDs (below).
+                tasks = {uuid: info for uuid, info in tracker_tasks(api).items() if uuid != mixed_id}
         finally:
             flower.stop()
 

@@ -79,7 +79,7 @@ from tracker.ops.bundled_redis import free_port
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL, SERVICE_LIKES_PLAIN, SERVICE_VIEWS_REFILL
 
 # The scenario takes about 5 minutes; pytest-timeout's limit leaves room for a slow machine.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(int(os.environ.get("TRACKER_MULTIHOST_TIMEOUT", "480")))]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(int(os.environ.get("TRACKER_MULTIHOST_TIMEOUT", "480")))]
 
 # --- the deployment ------------------------------------------------------------------------------
 

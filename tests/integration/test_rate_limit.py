@@ -16,7 +16,7 @@ import redis
 
 from tests.conftest import TEST_API_KEY
 from tests.support.rate_limit_load import rate_limited_status_calls
-from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimiter
+from tracker.providers.ratelimit import ARRIVAL_MARGIN, RateLimitBusy, RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,28 @@ def test_a_caller_that_wakes_late_takes_a_new_slot_instead_of_bunching(
         thread.join(timeout=60)
     assert len(let_through) == 24
     assert most_in_any_second(let_through) <= rate
+
+
+def test_limits_another_server_wrote_pause_every_provider_once(broker_url: str) -> None:
+    """What the limiter does when its limits come from another server (a failover): the
+    note of the server that wrote them names another ``run_id``. The whole failover is
+    in test_sentinel.py."""
+    client = redis.Redis.from_url(broker_url)
+    limiter = RateLimiter(client, failover_pause=2.0)
+    spacing = (1 + ARRIVAL_MARGIN) / RATE
+    try:
+        # A fresh (or flushed) Redis has no note: no pause.
+        assert limiter.acquire(PROVIDER_ID, RATE) == 0.0
+        client.set("tracker:rate-server", "0" * 40)
+        with pytest.raises(RateLimitBusy) as noticed:
+            limiter.acquire(PROVIDER_ID, RATE, max_wait=3600)
+        # The pause and one spacing; even a caller ready to wait an hour is not granted a
+        # slot further ahead than the pause.
+        assert 2.0 < noticed.value.wait_seconds <= 2.0 + spacing + 0.05
+        # Every provider pauses, not only the one whose call noticed; once.
+        with pytest.raises(RateLimitBusy):
+            limiter.acquire(PROVIDER_ID + 1, RATE)
+        assert client.get("tracker:rate-server") == str(client.info("server")["run_id"]).encode()
+        assert client.exists("tracker:rate-resume")
+    finally:
+        client.close()

@@ -7,8 +7,10 @@ created for each order.
 
 - a 429 on the first ``refill`` call, with 10 requests waiting: all 10 go out soon after
   Retry-After, none twice;
-- the same drop reported 2 and 5 times, by task and CLI, at once and seconds apart,
-  before and after the first refill completed: one refill per order;
+- the same drop reported 2 and 5 times, by task and CLI, at once, seconds apart and
+  while its refill runs, with a cool-down of seconds: one refill per order, even after
+  the cool-down; a drop reported after the refill completed: one more, at the
+  cool-down's end;
 - the provider creates the refill and its answer is lost (connection cut, read timeout),
   and the first refill completes before any retry could go out: one refill per order,
   and the request is shown as sent with its answer unknown.
@@ -20,8 +22,9 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,10 @@ from sqlalchemy import func, select
 
 from tests.integration.helpers import add_provider, print_figures, running_tracker, shop_client
 from tests.support.cluster import Cluster
+from tests.support.deployment import applied_settings
 from tests.support.processes import wait_until
 from tracker.cli.main import main as tracker_cli
-from tracker.db.models import Order, Provider, Refill, RefillRequest, Service
+from tracker.db.models import Order, Provider, Refill, RefillAttempt, RefillRequest, Service
 from tracker.db.session import unit_of_work
 from tracker.sim.catalog import SERVICE_FOLLOWERS_REFILL_CANCEL as REFILL
 from tracker.sim.server import SimServer
@@ -44,10 +48,10 @@ SPEED = 10.0  # sim seconds per real second: a refill runs 1 s from request to C
 
 
 @contextmanager
-def panel() -> Iterator[SimServer]:
+def panel(refill_pending_s: float = 5.0, refill_progress_s: float = 5.0) -> Iterator[SimServer]:
     with SimServer(
         dialect="standard", speed=SPEED, seed=77, natural_drops=False,
-        refill_too_early_s=0.0, refill_pending_s=5.0, refill_progress_s=5.0,
+        refill_too_early_s=0.0, refill_pending_s=refill_pending_s, refill_progress_s=refill_progress_s,
     ) as sim:
         yield sim
 
@@ -139,17 +143,41 @@ def test_a_429_on_the_first_refill_delays_every_waiting_refill_only_by_its_retry
     )
 
 
-@pytest.mark.slow  # about 18 s here (each database)
-def test_the_same_drop_reported_again_and_again_gets_one_refill(
+# A cool-down short enough to pass within the test: 10.8 s.
+COOLDOWN_HOURS = 0.003
+COOLDOWN_S = COOLDOWN_HOURS * 3600
+
+
+def refill_attempt_times(order_id: int) -> list[datetime]:
+    """When the tracker sent each refill of this order that the provider accepted."""
+    with unit_of_work() as session:
+        return list(
+            session.scalars(
+                select(RefillAttempt.at)
+                .join(RefillRequest, RefillRequest.id == RefillAttempt.request_id)
+                .join(Order, Order.id == RefillRequest.order_id)
+                .where(Order.external_id == order_id, RefillAttempt.outcome == "accepted")
+                .order_by(RefillAttempt.at)
+            )
+        )
+
+
+@pytest.mark.slow  # about 27 s here (each database)
+def test_the_same_drop_reported_again_and_again_gets_one_refill_even_after_the_cooldown(
     tracker_env: dict[str, str],
     broker_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with panel() as sim, running_tracker(tracker_env, tmp_path / "logs"):
-        ids, shop = start(sim, tracker_env, broker_url, monkeypatch, orders=5)
-        twice_at_once, five_at_once, cli_apart, mixed, after_completion = ids
+    # A refill runs 4 s at the sim (2 s Pending, 2 s In progress), well inside the cool-down.
+    with (
+        applied_settings({"TRACKER_REFILL_COOLDOWN_HOURS": str(COOLDOWN_HOURS)}, monkeypatch) as env,
+        panel(refill_pending_s=20.0, refill_progress_s=20.0) as sim,
+        running_tracker(env, tmp_path / "logs"),
+    ):
+        ids, shop = start(sim, env, broker_url, monkeypatch, orders=7)
+        twice_at_once, five_at_once, mixed, cli_apart, twice_running, five_running, after_completion = ids
 
         def cli(order_id: int) -> None:
             tracker_cli(["report-drop", "panel", str(order_id)])
@@ -157,38 +185,58 @@ def test_the_same_drop_reported_again_and_again_gets_one_refill(
         def task(order_id: int) -> None:
             shop.send_task("tracker.report_drop", args=["panel", order_id])
 
+        def at_once(*reports: tuple[Callable[[int], None], int]) -> None:
+            threads = [threading.Thread(target=report, args=(order_id,)) for report, order_id in reports]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
         # At once: shop tasks and CLI calls in parallel threads.
-        reporters = [threading.Thread(target=task, args=(twice_at_once,)) for _ in range(2)]
-        reporters += [threading.Thread(target=task, args=(five_at_once,)) for _ in range(5)]
-        reporters += [threading.Thread(target=report, args=(mixed,)) for report in (task, cli, task, cli, task)]
-        for thread in reporters:
-            thread.start()
-        for thread in reporters:
-            thread.join()
+        at_once(
+            *[(task, twice_at_once)] * 2, *[(task, five_at_once)] * 5,
+            *[(report, mixed) for report in (task, cli, task, cli, task)],
+            (task, twice_running), (task, five_running), (task, after_completion),
+        )
         # Seconds apart, from the CLI.
         cli(cli_apart)
         time.sleep(2)  # on purpose: the two CLI reports seconds apart
         cli(cli_apart)
-        # After the first refill completed at the provider.
-        task(after_completion)
+        # While the refill runs: the tracker has it accepted, the provider still working on it.
+        for order_id in (twice_running, five_running):
+            wait_until(
+                lambda: tracked_refill_status(order_id) in ("Pending", "In progress"), timeout=30,
+                what="the refill seen running by the tracker",
+            )
+        at_once((task, twice_running), *[(task, five_running)] * 4)
+        # After the first refill completed (as the tracker saw it), it dropped again.
         wait_until(
-            lambda: tracked_refill_status(after_completion) == "Completed",
-            timeout=30,
+            lambda: tracked_refill_status(after_completion) == "Completed", timeout=30,
             what="the first refill seen Completed by the tracker",
         )
+        sim.drop(after_completion, 5)
         task(after_completion)
         cli(after_completion)
-        # Give the tracker every chance to send more: a few ticks and polls.
-        time.sleep(5)
-        wait_until(lambda: refills_per_order(sim).keys() >= set(ids), timeout=30, what="a refill for every order")
-        time.sleep(3)  # on purpose: time for a second refill of an order to show, if one were sent
+        # Every first refill went out before now: past every cool-down, and a few ticks more.
+        time.sleep(COOLDOWN_S + 4)  # on purpose: time for a refill after the cool-down, if one were sent
+        wait_until(lambda: refills_per_order(sim)[after_completion] >= 2, timeout=30, what="the second refill")
         per_order = refills_per_order(sim)
+        calls = refill_calls(sim)
+        sent = refill_attempt_times(after_completion)
         view = order_json(after_completion, capsys)
-    assert per_order == Counter({order_id: 1 for order_id in ids})
-    # The later reports were recorded, and one request waits for the cool-down to end.
+    assert per_order == Counter({**{order_id: 1 for order_id in ids}, after_completion: 2})
+    assert calls == len(ids) + 1
+    # The new drop waited for the cool-down's end, and went out then.
+    [first, second] = sent
+    waited = (second - first).total_seconds()
+    assert waited >= COOLDOWN_S
     assert len(view["drops"]) == 3
-    waiting = [request for request in view["refill_requests"] if request["state"] == "pending"]
-    assert len(waiting) == 1 and "cool-down" in waiting[0]["last_message"]
+    assert [request["state"] for request in view["refill_requests"]] == ["accepted", "accepted"]
+    print_figures(
+        f"one drop one refill {env['TRACKER_DATABASE_URL'].split(':')[0]}",
+        {"cooldown_s": COOLDOWN_S, "orders": len(ids), "refills_at_sim": sum(per_order.values()),
+         "refill_calls": calls, "second_refill_after_s": round(waited, 1)},
+    )
 
 
 @pytest.mark.parametrize("fault", ["act_then_drop", "act_then_hang"])

@@ -169,6 +169,11 @@ class CLI:
 
 
 @pytest.mark.parametrize("database_url", SERVER_DATABASES, indirect=True)
+def rejecting_paused() -> bool:
+    with unit_of_work() as session:
+        return bool(session.scalar(select(Provider.paused).where(Provider.name == "rejecting")))
+
+
 def test_no_key_leaks_anywhere_in_a_full_scenario(
     tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,6 +219,8 @@ def test_no_key_leaks_anywhere_in_a_full_scenario(
         shop.send_task("tracker.track_orders", args=["good", "1,2"])
 
         wait_until(lambda: count_orders("good", final=True) == len(good_ids), timeout=60, what="good orders final")
+        # The rejecting provider's first poll may come after the good orders are final.
+        wait_until(lambda: rejecting_paused(), timeout=30, what="the rejected key pausing its provider")
         with unit_of_work() as session:
             providers = {p.name: p for p in session.scalars(select(Provider))}
         assert providers["rejecting"].paused, "the rejected key paused its provider"

@@ -10,6 +10,7 @@ broker URL.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,12 @@ def test_a_worker_a_shop_and_the_dispatcher_follow_the_master_through_a_failover
             spec = ProviderSpec(name="panel", url=sim.url, api_key=TEST_API_KEY, rate_limit=100)
             provider_id = upsert_provider(session, spec, get_settings(), utcnow())[0].id
         worker = cluster.worker(concurrency=2)
+        # The worker's own dispatcher run at start (nothing to claim yet) is over before the
+        # orders exist, so the run below is the one that claims them.
+        wait_until(
+            lambda: re.search(r"tracker\.dispatch_polls\[[^\]]+\] succeeded", worker.output()) is not None,
+            timeout=30, what="the worker's dispatcher run at start",
+        )
         shop = shop_client(group.url())
         shop.conf.broker_transport_options = {"master_name": MASTER_NAME}
 

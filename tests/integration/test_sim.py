@@ -549,8 +549,32 @@ def test_not_enough_funds(sim: SimServer, api: Api) -> None:
 # -- protocol, key, limits -----------------------------------------------------------------
 
 
+def test_get_with_query_parameters_is_answered_like_post(sim: SimServer, api: Api) -> None:
+    """Real panels accept GET with the parameters in the query string, and some clients
+    (optsmm on PyPI) send nothing else."""
+    done = completed_orders(sim, count=3)
+
+    def get(**params: str) -> Any:
+        response = api.session.get(sim.url, params={"key": KEY, **params}, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert get(action="balance") == api(action="balance")
+    assert get(action="status", order=str(done[0])) == api(action="status", order=str(done[0]))
+    assert get(action="status", orders=ids_text(done)) == api(action="status", orders=ids_text(done))
+    created = get(action="refill", order=str(done[1]))
+    assert set(created) == {"refill"}
+    assert get(action="refill_status", refill=str(created["refill"])) == {"status": "Pending"}
+    assert get(action="frobnicate") == {"error": "Incorrect request"}
+    assert api.session.get(sim.url, params={"key": "wrong", "action": "balance"}, timeout=10).json() == {
+        "error": "Invalid API key"
+    }
+    assert sim.stats()["actions"]["balance"]["calls"] >= 2
+
+
 def test_protocol_errors(sim: SimServer, api: Api) -> None:
-    assert requests.get(sim.url, timeout=5).status_code == 405
+    refused = requests.put(sim.url, data={"key": KEY, "action": "balance"}, timeout=5)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET, POST"
     assert (
         api.session.post(sim.url + "/", data={"key": KEY, "action": "balance"}, timeout=5).json()[
             "currency"
@@ -679,6 +703,16 @@ def test_debug_mode_noise_comes_before_the_real_answer(
     assert marker in noise and not noise.lstrip().startswith("{")
     assert json.loads('{"balance"' + answer)["currency"] == "USD"
     assert sim.stats()["faults_fired"] == {kind: 1}
+
+
+def test_php_fatal_follows_the_real_answer(sim: SimServer, api: Api) -> None:
+    sim.inject_fault("php_fatal", count=1)
+    response = api.post(action="balance")
+    noise, _, rest = response.text.partition('{"balance"')
+    answer, _, fatal = rest.partition("}")
+    assert "<b>Deprecated</b>:" in noise and "<b>Fatal error</b>:  Uncaught" in fatal
+    assert json.loads('{"balance"' + answer + "}")["currency"] == "USD"
+    assert sim.stats()["faults_fired"] == {"php_fatal": 1}
 
 
 def test_single_id_orders_as_order(sim: SimServer, api: Api) -> None:
@@ -842,6 +876,8 @@ def test_the_sim_runs_as_a_process(sim_process: tuple[subprocess.Popen[str], str
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert isinstance(final["remains"], int) and "currency" not in final
+    by_get = requests.get(url, params={"key": KEY, "action": "status", "order": str(order_id)}, timeout=10)
+    assert by_get.status_code == 200 and by_get.json() == final
     admin.inject_fault("http_502", count=1)
     assert api.post(action="balance").status_code == 502
     assert admin.stats()["faults_fired"] == {"http_502": 1}

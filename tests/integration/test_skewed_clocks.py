@@ -32,7 +32,8 @@ from tracker.orders.enqueue import track_orders
 from tracker.polling.capacity import poll_slots_of
 from tracker.sim.server import SimServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Two hosts and beat at once: alone, after the parallel part of ./scripts/test.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial]
 
 AHEAD_SECONDS = 60
 POLL_WORKER_CONCURRENCY = 3
@@ -119,3 +120,31 @@ def test_hosts_a_minute_apart_deliver_each_event_once_within_the_slot_cap(
     assert set(posts) == events
     assert not twice, f"{len(twice)} of {len(events)} events delivered more than once"
     assert 1 <= sampler.most <= slots, f"{sampler.most} provider tasks in flight, {slots} poll slots announced"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_ahead_of_beat_still_runs_its_ticks(
+    tracker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat stamps each tick's message with an expiry on its own clock, and a worker reads
+    it on its own: a worker 90 s ahead took every tick for expired and dropped it, so
+    nothing it did not start itself was ever dispatched, and no event was ever delivered."""
+    require_faketime()
+    with ShopEndpoint() as shop, SimServer(dialect="standard", speed=30.0, seed=61) as sim:
+        settings = {"TRACKER_WEBHOOK_URL": shop.url, "TRACKER_WEBHOOK_SECRET": "whsec-skewed-ticks"}
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        env = {**tracker_env, **settings}
+        add_provider("panel", sim.url, monkeypatch, "--rate-limit", "50")
+        ids = sim.seed_orders(count=10, service=1)
+        with Cluster(env, tmp_path / "logs") as cluster:
+            worker = cluster.worker("ahead", concurrency=2, clock_offset=90)
+            # The worker's own dispatcher run at start is over before there is anything to
+            # poll: from here on only beat's ticks can start the work.
+            wait_until(lambda: "dispatch_polls[" in worker.output(), timeout=30, what="the worker's run at start")
+            with unit_of_work() as session:
+                track_orders(session, "panel", ids, now=database_now(session))
+            cluster.beat()
+            wait_until(lambda: unfinished() == (0, 0), timeout=60, what="every order final, every event delivered")
+    assert shop.posts, "events delivered"

@@ -31,6 +31,8 @@ from tracker.sim.server import SimServer
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
+    # Pins the worker to cores: run alone, not beside other tests' workers.
+    pytest.mark.serial,
     pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)"),
 ]
 

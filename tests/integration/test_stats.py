@@ -183,11 +183,12 @@ def test_tracker_run_tells_other_commands_where_its_bundled_broker_is(tmp_path: 
         dispose_engines()
 
 
-def test_answers_salvaged_from_php_notices_are_a_warning(
+def test_answers_salvaged_from_php_diagnostics_are_a_warning_counted_by_severity(
     tracker_env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Real workers' path: the Gateway's client counts each call in Redis, and `tracker
-    stats` shows the answers salvaged from PHP notices as a warning, not a failure."""
+    stats` shows the answers salvaged from PHP diagnostics as a warning, not a failure,
+    counted by the worst severity around their JSON."""
     with SimServer(dialect="standard", api_key=TEST_API_KEY) as sim:
         add_provider("debugmode", sim.url, monkeypatch)
         ids = sim.seed_orders(count=3, service=1, pending_s=5, progress_s=30)
@@ -200,17 +201,24 @@ def test_answers_salvaged_from_php_notices_are_a_warning(
             client = gateway.client(access)
             sim.inject_fault("php_notice", actions=["status"], count=1)
             sim.inject_fault("codeigniter_notice", actions=["status"], count=1)
-            assert set(client.status_multi(ids)) == set(ids)  # salvaged
-            assert set(client.status_multi(ids)) == set(ids)  # salvaged
+            sim.inject_fault("php_warning", actions=["status"], count=1)
+            sim.inject_fault("codeigniter_warning", actions=["status"], count=1)
+            sim.inject_fault("laravel_deprecation", actions=["status"], count=1)
+            for _ in range(5):
+                assert set(client.status_multi(ids)) == set(ids)  # salvaged
             assert set(client.status_multi(ids)) == set(ids)  # clean
         finally:
             gateway.close()
     views, code = stats(tracker_env)
     view = views["debugmode"]
     assert code == 0 and view["healthy"] is True and view["problems"] == []
-    assert (view["calls_last_hour"], view["errors_last_hour"]) == (3, 0)
-    assert view["salvaged_last_hour"] == 2
-    assert view["warnings"] == ["2 answers salvaged from PHP notices before their JSON in the last hour"]
+    assert (view["calls_last_hour"], view["errors_last_hour"]) == (6, 0)
+    assert view["salvaged_last_hour"] == 5
+    assert view["salvaged_last_hour_by_severity"] == {"deprecated": 1, "notice": 2, "warning": 2}
+    assert view["warnings"] == [
+        "5 answers salvaged from PHP diagnostics around their JSON in the last hour"
+        " (worst: warning 2, notice 2, deprecated 1)"
+    ]
     text = tracker(tracker_env, "stats")
     assert text.returncode == 0
-    assert "warning: 2 answers salvaged from PHP notices" in text.stdout
+    assert "warning: 5 answers salvaged from PHP diagnostics around their JSON" in text.stdout

@@ -24,6 +24,9 @@ class Proc:
     process: subprocess.Popen[bytes]
     log_path: Path
     _log_handle: object = field(repr=False, default=None)
+    # Started as the leader of a process group of its own: stop() signals the whole group,
+    # for servers that fork workers which outlive their parent (php -S).
+    group: bool = False
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -42,15 +45,31 @@ class Proc:
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.alive():
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait()
+        if self.group:
+            # Workers still there after their parent: end them, and wait until they are gone.
+            deadline = time.monotonic() + timeout
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                while time.monotonic() < deadline:
+                    os.killpg(self.process.pid, 0)
+                    time.sleep(0.05)
+            except ProcessLookupError:
+                pass
         handle = self._log_handle
         if handle is not None:
             handle.close()  # type: ignore[attr-defined]
+
+    def _signal(self, number: int) -> None:
+        if self.group:
+            os.killpg(self.process.pid, number)
+        else:
+            self.process.send_signal(number)
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -58,20 +77,21 @@ class Proc:
 
 
 def start(
-    name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None,
-    *, die_with_test: bool = False,
+    name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None, *,
+    group: bool = False, die_with_test: bool = False,
 ) -> Proc:
-    """Run ``command`` in ``cwd`` (the log directory unless told otherwise). With
-    ``die_with_test`` it gets SIGTERM when the test process dies, even by SIGKILL (only
-    for processes started from the test's main thread)."""
+    """Run ``command`` in ``cwd`` (the log directory unless told otherwise); ``group``: in a
+    process group of its own, which ``Proc.stop`` ends whole; ``die_with_test``: it gets
+    SIGTERM when the test process dies, even by SIGKILL (only for processes started from
+    the test's main thread)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")  # noqa: SIM115 - closed in Proc.stop
     process = subprocess.Popen(
-        command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or log_dir,
+        command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or log_dir, start_new_session=group,
         preexec_fn=die_with_parent if die_with_test else None,
     )
-    return Proc(name, process, log_path, handle)
+    return Proc(name, process, log_path, handle, group)
 
 
 def celery(*arguments: str) -> list[str]:

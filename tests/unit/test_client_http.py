@@ -461,3 +461,69 @@ def test_errors_are_provider_errors_with_the_action(provider: FakeProvider) -> N
     with pytest.raises(ProviderError) as caught:
         client_for(provider).refill(1)
     assert caught.value.action == "refill"
+
+
+# --- PHP diagnostics around the JSON -------------------------------------------------
+
+PHP_DEPRECATED = (
+    "<br />\n<b>Deprecated</b>:  Creation of dynamic property CI_URI::$config is deprecated in "
+    "<b>/var/www/panel/system/core/URI.php</b> on line <b>101</b><br />\n"
+)
+PHP_HEADER_WARNING = (
+    "<br />\n<b>Warning</b>:  Cannot modify header information - headers already sent by (output "
+    "started at /var/www/panel/system/core/URI.php:101) in <b>/var/www/panel/system/core/Output.php"
+    "</b> on line <b>471</b><br />\n"
+)
+PHP_OFFSET_WARNING = (
+    "<br />\n<b>Warning</b>:  Trying to access array offset on value of type null in "
+    "<b>/var/www/panel/application/controllers/Api.php</b> on line <b>37</b><br />\n"
+)
+
+
+@pytest.mark.parametrize("status", [200, 401, 403])
+def test_a_rejected_key_behind_php_warnings_is_invalid_key(provider: FakeProvider, status: int) -> None:
+    """The CodeIgniter panel's answer to a wrong key: warnings, then the JSON error. With a
+    4xx too: the client reads such a body the same way before deciding it is an error."""
+    body = PHP_DEPRECATED + PHP_OFFSET_WARNING + '{"error":"Invalid API key"}'
+    provider.default = lambda form: Reply(status, body, headers={"Content-Type": "text/html"})
+    records: list[CallRecord] = []
+    with pytest.raises(InvalidKey) as caught:
+        client_for(provider, after_call=records.append).balance()
+    assert_key_absent(caught.value)
+    assert [(r.error, r.salvaged) for r in records] == [("InvalidKey", "warning")]
+
+
+def test_the_call_record_names_the_worst_severity_salvaged(
+    provider: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.then(
+        Reply(body=PHP_DEPRECATED + '{"balance": "1.5", "currency": "USD"}'),
+        Reply(body=PHP_DEPRECATED + PHP_HEADER_WARNING + '{"balance": "1.5", "currency": "USD"}' + PHP_HEADER_WARNING),
+        Reply(body='{"balance": "1.5", "currency": "USD"}'),
+    )
+    records: list[CallRecord] = []
+    client = client_for(provider, after_call=records.append)
+    with caplog.at_level("INFO", logger="tracker.apiv2"):
+        for _ in range(3):
+            assert client.balance() == Balance(Decimal("1.5"), "USD")
+    assert [(r.error, r.salvaged, r.noise) for r in records] == [
+        (None, "deprecated", True), (None, "warning", True), (None, None, False)
+    ]
+    salvage_logs = [record.getMessage() for record in caplog.records if "salvaged" in record.getMessage()]
+    assert len(salvage_logs) == 2
+    assert "Warning: Cannot modify header information" in salvage_logs[1]
+
+
+def test_a_fatal_error_after_the_json_fails_the_call_naming_it(provider: FakeProvider) -> None:
+    fatal = (
+        f"<br />\n<b>Fatal error</b>:  Uncaught PDOException: access denied for key {KEY} in "
+        "/var/www/panel/Db.php:9\nStack trace:\n#0 {main}\n  thrown in <b>/var/www/panel/Db.php</b> "
+        "on line <b>9</b><br />\n"
+    )
+    provider.default = lambda form: Reply(body=PHP_DEPRECATED + '{"balance": "1.5"}' + fatal)
+    records: list[CallRecord] = []
+    with pytest.raises(NotJSON) as caught:
+        client_for(provider, after_call=records.append).balance()
+    assert "Uncaught PDOException" in str(caught.value) and "Creation of dynamic property" not in caught.value.block
+    assert_key_absent(caught.value)
+    assert [(r.error, r.salvaged) for r in records] == [("NotJSON", None)]

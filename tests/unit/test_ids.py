@@ -38,7 +38,7 @@ def test_invalid_ids_have_reasons(raw: object, reason: str) -> None:
 def test_valid_ids_survive_invalid_neighbours_and_duplicates_fold() -> None:
     parsed = parse_order_ids(["1", "x", 2, "1", -3, "3"])
     assert parsed.valid == [1, 2, 3]
-    assert [given for given, _ in parsed.rejected] == ["'x'", "-3"]
+    assert [refused.given for refused in parsed.rejected] == ["'x'", "-3"]
     assert parsed.duplicates == 1
 
 
@@ -64,3 +64,46 @@ def test_an_endless_line_is_cut_at_separators_with_bounded_memory() -> None:
 def test_binary_data_is_refused() -> None:
     with pytest.raises(NotTextError):
         list(iter_id_tokens(["12\n", "\x00\x01\x02"]))
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("12x", "'12x'"),
+        ("", "''"),
+        (" 7 a", "' 7 a'"),
+        (-7, "-7"),
+        (None, "None"),
+        ([3], "[3]"),
+        # An over-long number is named: it cannot be a secret, and the shop looks for it.
+        ("1" + "0" * 30, "'1" + "0" * 30 + "'"),
+        (10**30, str(10**30)),
+    ],
+)
+def test_a_refused_value_is_named_as_given_when_short_or_numeric(raw: object, named: str) -> None:
+    # ``given`` for people, ``value`` for the shop's program: what it sent.
+    assert parse_order_ids([raw]).rejected == [(named, parse_reason(raw), raw if raw != [3] else "[3]")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        # An API key passed as an order ID by mistake: named by its length, never echoed.
+        ("sk-live-0123456789abcdef0123456789abcdef", "a string of 40 characters"),
+        ("0123456789abcdef0123456789abcdef", "a string of 32 characters"),
+        (["sk-live-0123456789abcdef"], "a list of 1 item"),
+        ({"key": "sk-live-0123456789abcdef"}, "a dict of 1 item"),
+    ],
+)
+def test_a_long_refused_value_is_named_by_its_type_and_length_only(raw: object, named: str) -> None:
+    [(given, _reason, value)] = parse_order_ids([raw]).rejected
+    assert given == value == named
+    assert "0123456789abcdef" not in given
+
+
+def parse_reason(raw: object) -> str:
+    try:
+        parse_order_id(raw)
+    except ValueError as error:
+        return str(error)
+    raise AssertionError(f"{raw!r} was accepted")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tracker.core.status import OrderStatus, RefillStatus
 from tracker.apiv2 import parsing
+from tracker.apiv2.messages import refuses_batch_form
 from tracker.apiv2.errors import (
     IncorrectRequest,
     InsufficientFunds,
@@ -440,8 +441,9 @@ def test_wrong_shapes(parse: Callable[[str], object], body: str) -> None:
 
 # --- not JSON ------------------------------------------------------------------------
 
-PHP_WARNING = (
-    "<br />\n<b>Warning</b>:  Undefined array key \"currency\" in <b>/var/www/api.php</b>"
+PHP_FATAL = (
+    "<br />\n<b>Fatal error</b>:  Uncaught Error: Call to a member function get() on null in"
+    " /var/www/api.php:12\nStack trace:\n#0 {main}\n  thrown in <b>/var/www/api.php</b>"
     " on line <b>12</b><br />\n" + '{"charge": "1", "status": "Completed"}'
 )
 CLOUDFLARE = (
@@ -453,8 +455,9 @@ CLOUDFLARE = (
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (PHP_WARNING, "PHP warning"),
-        ("Warning: Undefined array key 1 in /srv/api.php on line 4\n{}", "PHP warning"),
+        (PHP_FATAL, "PHP fatal error"),
+        ("Fatal error: Allowed memory size exhausted in /srv/api.php on line 4\n{}", "PHP fatal error"),
+        ("<br />\n<b>Warning</b>:  Oops in <b>/srv/api.php</b> on line <b>4</b><br />\n", "no complete JSON"),
         (CLOUDFLARE, "HTML"),
         ("<html><body>502 Bad Gateway</body></html>", "HTML"),
         ('{"charge": "0.27819", "status": "Parti', "invalid JSON"),
@@ -472,7 +475,12 @@ def test_not_json(body: str, reason: str) -> None:
         assert reason in caught.value.reason
 
 
-# --- PHP notices and deprecations before the JSON (panels left in debug mode) ----------
+# --- PHP diagnostics around the JSON (panels left in debug mode) ---------------------
+#
+# PHP carries on after a deprecation, notice or warning, so the JSON that follows is what
+# the panel sends in production; a fatal error stops the script. The renderings below are
+# PHP 8.2's own (captured with `php -n -S`, paths shortened), CodeIgniter 3's error view,
+# Xdebug's table and a Laravel/Whoops block.
 
 STATUS_JSON = (
     '{"charge": "0.27819", "start_count": "3572", "status": "Partial", "remains": "157",'
@@ -487,8 +495,20 @@ RAW_NOTICE = (
     " on line <b>88</b><br />\n"
 )
 RAW_WARNING = (
-    "<br />\n<b>Warning</b>:  Undefined array key \"currency\" in <b>/var/www/api.php</b>"
-    " on line <b>12</b><br />\n"
+    "<br />\n<b>Warning</b>:  Cannot modify header information - headers already sent by (output"
+    " started at /var/www/panel/system/core/Exceptions.php:272) in <b>/var/www/panel/system/core/"
+    "Output.php</b> on line <b>471</b><br />\n"
+)
+RAW_SESSION_WARNINGS = (
+    "<br />\n<b>Warning</b>:  ini_set(): Session ini settings cannot be changed after headers have"
+    " already been sent in <b>/var/www/panel/system/libraries/Session/Session.php</b> on line"
+    " <b>284</b><br />\n"
+    "<br />\n<b>Warning</b>:  session_start(): Session cannot be started after headers have already"
+    " been sent in <b>/var/www/panel/system/libraries/Session/Session.php</b> on line <b>143</b><br />\n"
+)
+RAW_STRICT = (
+    "<br />\n<b>Strict Standards</b>:  Non-static method Api::db() should not be called statically"
+    " in <b>/var/www/panel/api.php</b> on line <b>5</b><br />\n"
 )
 PLAIN_PHP_DEPRECATED = (
     "PHP Deprecated:  strlen(): Passing null to parameter #1 ($string) of type string is "
@@ -496,11 +516,31 @@ PLAIN_PHP_DEPRECATED = (
 )
 PLAIN_DEPRECATED = "\nDeprecated: Function utf8_encode() is deprecated in /var/www/panel/api.php on line 40\n"
 PLAIN_NOTICE = "Notice: Undefined offset: 1 in /var/www/panel/api.php on line 7\n"
+PLAIN_WARNING = (
+    "\nWarning: Cannot modify header information - headers already sent by (output started at"
+    " /var/www/panel/api.php:3) in /var/www/panel/api.php on line 9\n"
+)
+PLAIN_PHP_WARNING = "PHP Warning:  Undefined variable $x in /var/www/api.php on line 2\n"
 
 
 def codeigniter(severity: str) -> str:
     """CodeIgniter 3's error_php.php view, as the sim serves it."""
     return codeigniter_error_block(severity).decode()
+
+
+def xdebug(kind: str, title: str) -> str:
+    """Xdebug 3's HTML error table (develop mode, html_errors on)."""
+    return (
+        "<br />\n<font size='1'><table class='xdebug-error xe-" + kind + "' dir='ltr' border='1'"
+        " cellspacing='0' cellpadding='1'>\n<tr><th align='left' bgcolor='#f57900' colspan=\"5\">"
+        "<span style='background-color: #cc0000; color: #fce94f; font-size: x-large;'>( ! )</span> "
+        + title + " in /var/www/panel/api.php on line <i>4</i></th></tr>\n"
+        "<tr><th align='left' bgcolor='#e9b96e' colspan='5'>Call Stack</th></tr>\n"
+        "<tr><td bgcolor='#eeeeec' align='center'>1</td><td bgcolor='#eeeeec' align='center'>0.0002"
+        "</td><td bgcolor='#eeeeec' align='right'>393440</td><td bgcolor='#eeeeec'>{main}(  )</td>"
+        "<td title='/var/www/panel/api.php' bgcolor='#eeeeec'>.../api.php<b>:</b>0</td></tr>\n"
+        "</table></font>\n"
+    )
 
 
 def laravel(title: str) -> str:
@@ -523,88 +563,303 @@ LARAVEL_DEPRECATION = laravel(
     "compatible with ArrayAccess::offsetGet(mixed $offset): mixed"
 )
 
-SALVAGEABLE = {
-    "raw deprecated": RAW_DEPRECATED,
-    "raw notice": RAW_NOTICE,
-    "raw deprecated then notice": RAW_DEPRECATED + RAW_NOTICE,
-    "plain PHP Deprecated": PLAIN_PHP_DEPRECATED,
-    "plain Deprecated": PLAIN_DEPRECATED,
-    "plain Notice": PLAIN_NOTICE,
-    "codeigniter Notice": codeigniter("Notice"),
-    "codeigniter Deprecated": codeigniter("Deprecated"),
-    "codeigniter 8192": codeigniter("8192"),
-    "codeigniter 8": codeigniter("8"),
-    "codeigniter twice": codeigniter("8192") + "\n" + codeigniter("Notice"),
-    "laravel deprecation": LARAVEL_DEPRECATION,
-    "all of them": RAW_NOTICE + PLAIN_DEPRECATED + codeigniter("8") + LARAVEL_DEPRECATION,
+# Noise before the JSON, and the worst severity salvaged from it.
+SALVAGEABLE: dict[str, tuple[str, str]] = {
+    "raw deprecated": (RAW_DEPRECATED, "deprecated"),
+    "raw notice": (RAW_NOTICE, "notice"),
+    "raw deprecated then notice": (RAW_DEPRECATED + RAW_NOTICE, "notice"),
+    "raw warning": (RAW_WARNING, "warning"),
+    "raw deprecation, then header and session warnings": (
+        RAW_DEPRECATED + RAW_SESSION_WARNINGS + RAW_WARNING, "warning"),
+    "raw strict standards": (RAW_STRICT, "notice"),
+    "plain PHP Deprecated": (PLAIN_PHP_DEPRECATED, "deprecated"),
+    "plain Deprecated": (PLAIN_DEPRECATED, "deprecated"),
+    "plain Notice": (PLAIN_NOTICE, "notice"),
+    "plain Warning": (PLAIN_WARNING, "warning"),
+    "plain PHP Warning": (PLAIN_PHP_WARNING, "warning"),
+    "codeigniter Notice": (codeigniter("Notice"), "notice"),
+    "codeigniter Deprecated": (codeigniter("Deprecated"), "deprecated"),
+    "codeigniter 8192": (codeigniter("8192"), "deprecated"),
+    "codeigniter 16384": (codeigniter("16384"), "deprecated"),
+    "codeigniter 8": (codeigniter("8"), "notice"),
+    "codeigniter 2048": (codeigniter("2048"), "notice"),
+    "codeigniter Runtime Notice": (codeigniter("Runtime Notice"), "notice"),
+    "codeigniter User Notice": (codeigniter("User Notice"), "notice"),
+    "codeigniter Warning": (codeigniter("Warning"), "warning"),
+    "codeigniter 2 (E_WARNING)": (codeigniter("2"), "warning"),
+    "codeigniter User Warning": (codeigniter("User Warning"), "warning"),
+    "codeigniter Core Warning": (codeigniter("Core Warning"), "warning"),
+    "codeigniter Compile Warning": (codeigniter("Compile Warning"), "warning"),
+    "codeigniter twice": (codeigniter("8192") + "\n" + codeigniter("Notice"), "notice"),
+    "codeigniter deprecation then warnings": (
+        codeigniter("8192") + "\n" + codeigniter("Warning") + "\n" + codeigniter("Warning"), "warning"),
+    "xdebug deprecated": (xdebug("deprecated", "Deprecated: Creation of dynamic property"), "deprecated"),
+    "xdebug notice": (xdebug("notice", "Notice: Undefined index: x"), "notice"),
+    "xdebug strict standards": (xdebug("strict-standards", "Strict standards: x"), "notice"),
+    "xdebug warning": (xdebug("warning", "Warning: session_start(): Session cannot be started"), "warning"),
+    "laravel deprecation": (LARAVEL_DEPRECATION, "deprecated"),
+    "all of them": (
+        RAW_NOTICE + PLAIN_DEPRECATED + codeigniter("8") + LARAVEL_DEPRECATION
+        + xdebug("warning", "Warning: x") + PLAIN_PHP_WARNING, "warning"),
 }
 
 
-@pytest.mark.parametrize("noise", SALVAGEABLE.values(), ids=SALVAGEABLE.keys())
-def test_json_after_php_notices_is_salvaged(noise: str) -> None:
+@pytest.mark.parametrize(("noise", "severity"), SALVAGEABLE.values(), ids=SALVAGEABLE.keys())
+def test_json_after_non_fatal_php_diagnostics_is_salvaged(noise: str, severity: str) -> None:
     body = noise + STATUS_JSON + "\n"
     assert parsing.parse_status(body) == partial_usd()
     salvaged = parsing.strip_php_notices(body)
     assert salvaged.noisy and json.loads(salvaged.text) == json.loads(STATUS_JSON)
+    assert salvaged.severity == severity and salvaged.refusal is None
     batch = noise + '{"7": ' + STATUS_JSON + ', "8": {"error": "Incorrect order ID"}}'
     assert parsing.parse_status_multi(batch) == {7: partial_usd(), 8: ItemError("Incorrect order ID")}
     assert parsing.parse_services(noise + seed("000_services.json")) == panel_services(True, None)
     assert parsing.parse_services("\ufeff" + noise + "[]") == []
 
 
-def test_a_clean_body_is_not_noisy() -> None:
-    for body in (STATUS_JSON, " \ufeff" + STATUS_JSON, "[]", "<html></html>", ""):
-        salvaged = parsing.strip_php_notices(body)
-        assert not salvaged.noisy and salvaged.text == body
-
-
-NOT_SALVAGEABLE = {
-    "raw warning": RAW_WARNING,
-    "raw notice then warning": RAW_NOTICE + RAW_WARNING,
-    "raw fatal": (
-        "<br />\n<b>Fatal error</b>:  Uncaught Error: Call to a member function get() on null"
-        " in <b>/var/www/api.php</b> on line <b>3</b><br />\n"
-    ),
-    "raw parse error": (
-        "<br />\n<b>Parse error</b>:  syntax error, unexpected '}' in <b>/var/www/api.php</b>"
-        " on line <b>9</b><br />\n"
-    ),
-    "plain warning": "PHP Warning:  Undefined variable $x in /var/www/api.php on line 2\n",
-    "plain notice then fatal": PLAIN_NOTICE + "PHP Fatal error:  Oops in /var/www/api.php on line 3\n",
-    "codeigniter Warning": codeigniter("Warning"),
-    "codeigniter Error": codeigniter("Error"),
-    "codeigniter 2 (E_WARNING)": codeigniter("2"),
-    "codeigniter notice then warning": codeigniter("Notice") + codeigniter("Warning"),
-    "laravel warning": laravel("Warning: Undefined array key 1").replace("E_DEPRECATED", "E_WARNING"),
-    "laravel other exception": LARAVEL_DEPRECATION.replace("ErrorException", "QueryException"),
-    "unrecognised html": "<div>Deprecated: see the maintenance notice</div>\n",
-    "notice without its file and line": "Notice: the API moves soon\n",
-    "text between notice and json": RAW_NOTICE + "debug: ok\n",
+# Non-fatal diagnostics after the one JSON document: a destructor, a shutdown function.
+TRAILING: dict[str, tuple[str, str]] = {
+    "raw warning": ("<br />\n<b>Warning</b>:  Cannot modify header information - headers already sent"
+                    " in <b>/var/www/api.php</b> on line <b>9</b><br />\n", "warning"),
+    "raw notice, no newline": (RAW_NOTICE.rstrip("\n"), "notice"),
+    "plain warning": (PLAIN_WARNING.lstrip("\n"), "warning"),
+    "codeigniter warning": ("\n" + codeigniter("Warning"), "warning"),
+    "xdebug deprecated": (xdebug("deprecated", "Deprecated: x"), "deprecated"),
+    "two of them": (RAW_NOTICE + PLAIN_DEPRECATED, "notice"),
 }
 
 
-@pytest.mark.parametrize("noise", NOT_SALVAGEABLE.values(), ids=NOT_SALVAGEABLE.keys())
-def test_warnings_errors_and_unknown_noise_stay_failures(noise: str) -> None:
+@pytest.mark.parametrize(("tail", "severity"), TRAILING.values(), ids=TRAILING.keys())
+def test_non_fatal_diagnostics_after_the_json_are_salvaged(tail: str, severity: str) -> None:
+    for head, worst in (("", severity), (RAW_DEPRECATED, severity), (RAW_WARNING, "warning")):
+        body = head + STATUS_JSON + tail
+        assert parsing.parse_status(body) == partial_usd()
+        salvaged = parsing.strip_php_notices(body)
+        assert salvaged.severity == worst and json.loads(salvaged.text) == json.loads(STATUS_JSON)
+
+
+def test_a_clean_body_is_not_noisy() -> None:
+    for body in (STATUS_JSON, " \ufeff" + STATUS_JSON, "[]", "<html></html>", "", '{"a": 1} x'):
+        salvaged = parsing.strip_php_notices(body)
+        assert not salvaged.noisy and salvaged.text == body
+        assert salvaged.severity is None and salvaged.refusal is None
+
+
+RAW_FATAL_UNCAUGHT = (
+    "<br />\n<b>Fatal error</b>:  Uncaught RuntimeException: SMTP &lt;down&gt; for key=abc in"
+    " /var/www/panel/api.php:8\nStack trace:\n#0 {main}\n  thrown in <b>/var/www/panel/api.php</b>"
+    " on line <b>8</b><br />\n"
+)
+PLAIN_FATAL_UNCAUGHT = (
+    "Fatal error: Uncaught RuntimeException: SMTP <down> for key=abc in /var/www/panel/api.php:8\n"
+    "Stack trace:\n#0 {main}\n  thrown in /var/www/panel/api.php on line 8\n"
+)
+CODEIGNITER_EXCEPTION = (
+    '<div style="border:1px solid #990000;padding-left:20px;margin:0 0 10px 0;">\n\n'
+    "<h4>An uncaught Exception was encountered</h4>\n\n<p>Type: RuntimeException</p>\n"
+    "<p>Message: SMTP down</p>\n<p>Filename: /var/www/panel/application/libraries/Mailer.php</p>\n"
+    "<p>Line Number: 40</p>\n</div>"
+)
+
+# Anything that refuses the body: a fatal error before or after the JSON, anything else
+# around it, no complete JSON document. With a word the refusal's block must contain.
+NOT_SALVAGEABLE: dict[str, tuple[str, str]] = {
+    "raw fatal": ("<br />\n<b>Fatal error</b>:  Database is gone in <b>/var/www/api.php</b> on line"
+                  " <b>5</b><br />\n", "Database is gone"),
+    "raw uncaught": (RAW_FATAL_UNCAUGHT, "Uncaught RuntimeException"),
+    "raw parse error": ("<br />\n<b>Parse error</b>:  syntax error, unexpected token &quot;;&quot; in"
+                        " <b>/var/www/api.php</b> on line <b>9</b><br />\n", "syntax error"),
+    "raw recoverable fatal": ("<br />\n<b>Recoverable fatal error</b>:  Object could not be converted"
+                              " in <b>/var/www/api.php</b> on line <b>3</b><br />\n", "could not be converted"),
+    "raw notice then fatal": (RAW_NOTICE + RAW_FATAL_UNCAUGHT, "Uncaught RuntimeException"),
+    "plain fatal": ("PHP Fatal error:  Oops in /var/www/api.php on line 3\n", "Oops"),
+    "plain uncaught": (PLAIN_FATAL_UNCAUGHT, "Uncaught RuntimeException"),
+    "plain notice then parse error": (
+        PLAIN_NOTICE + "Parse error: syntax error in /var/www/api.php on line 3\n", "syntax error"),
+    "codeigniter Error": (codeigniter("Error"), "Severity: Error"),
+    "codeigniter Parsing Error": (codeigniter("Parsing Error"), "Parsing Error"),
+    "codeigniter Core Error": (codeigniter("Core Error"), "Core Error"),
+    "codeigniter Compile Error": (codeigniter("Compile Error"), "Compile Error"),
+    "codeigniter User Error": (codeigniter("User Error"), "User Error"),
+    "codeigniter 4096": (codeigniter("4096"), "Severity: 4096"),
+    "codeigniter 1": (codeigniter("1"), "Severity: 1"),
+    "codeigniter unknown level": (codeigniter("32768"), "Severity: 32768"),
+    "codeigniter warning then uncaught exception": (
+        codeigniter("Warning") + CODEIGNITER_EXCEPTION, "An uncaught Exception"),
+    "xdebug fatal": (xdebug("fatal-error", "Fatal error: Allowed memory size exhausted"), "Allowed memory"),
+    "xdebug uncaught": (xdebug("uncaught-exception", "Fatal error: Uncaught Error: Call to undefined"),
+                        "Uncaught Error"),
+    "xdebug parse error": (xdebug("parse-error", "Parse error: syntax error"), "syntax error"),
+    "laravel warning": (laravel("Warning: Undefined array key 1").replace("E_DEPRECATED", "E_WARNING"),
+                        "Undefined array key"),
+    "laravel other exception": (LARAVEL_DEPRECATION.replace("ErrorException", "QueryException"), "QueryException"),
+    "unrecognised html": ("<div>Deprecated: see the maintenance notice</div>\n", ""),
+    "notice without its file and line": ("Notice: the API moves soon\n", ""),
+    "text between notice and json": (RAW_NOTICE + "debug: ok\n", "debug: ok"),
+    "text between warning and json": (RAW_WARNING + "<pre>array(0) {}</pre>", "array(0)"),
+}
+
+
+@pytest.mark.parametrize(("noise", "block"), NOT_SALVAGEABLE.values(), ids=NOT_SALVAGEABLE.keys())
+def test_fatal_errors_and_unknown_noise_stay_failures(noise: str, block: str) -> None:
     body = noise + STATUS_JSON
     assert not parsing.strip_php_notices(body).noisy
     for parse in (parsing.parse_status, parsing.parse_status_multi, parsing.parse_balance):
-        with pytest.raises(NotJSON):
+        with pytest.raises(NotJSON) as caught:
             parse(body)
+        assert block in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("tail", "block"),
+    [
+        (RAW_FATAL_UNCAUGHT, "Uncaught RuntimeException"),  # the script died after its JSON
+        (PLAIN_FATAL_UNCAUGHT, "Uncaught RuntimeException"),
+        ("\n" + codeigniter("Warning") + CODEIGNITER_EXCEPTION, "An uncaught Exception"),
+        (RAW_NOTICE + " trailing", "trailing"),
+        (RAW_NOTICE + STATUS_JSON, "Partial"),  # a second document
+        ('{"b": 2}', ""),
+        ("<br />", ""),
+    ],
+)
+def test_a_fatal_error_or_anything_else_after_the_json_refuses_it(tail: str, block: str) -> None:
+    for head in ("", RAW_DEPRECATED):
+        with pytest.raises(NotJSON) as caught:
+            parsing.parse_status(head + STATUS_JSON + tail)
+        assert block in caught.value.message
 
 
 @pytest.mark.parametrize(
     "tail",
     [
-        STATUS_JSON + RAW_NOTICE,  # noise after the JSON
         STATUS_JSON + " trailing",
         '"just a string"',
         "157",
         STATUS_JSON[:-1],  # cut short
+        "",  # no JSON at all
+        "[[[[" * 300,
     ],
 )
-def test_salvage_wants_the_whole_rest_to_be_one_json_document(tail: str) -> None:
-    with pytest.raises(NotJSON):
-        parsing.parse_status(RAW_NOTICE + tail)
+def test_salvage_wants_one_complete_json_document(tail: str) -> None:
+    for head in (RAW_NOTICE, RAW_WARNING, codeigniter("Warning")):
+        with pytest.raises(NotJSON):
+            parsing.parse_status(head + tail)
+        assert not parsing.strip_php_notices(head + tail).noisy
+
+
+def test_the_refusal_names_the_block_that_decided_not_the_first() -> None:
+    """A deprecation, a warning, the JSON, then the fatal error that stopped the script:
+    the error names the fatal block, key-free, and the body's start as before."""
+    body = RAW_DEPRECATED + RAW_WARNING + STATUS_JSON + RAW_FATAL_UNCAUGHT.replace("abc", KEY)
+    with pytest.raises(NotJSON) as caught:
+        parsing.parse_status(body, secrets=[KEY])
+    error = caught.value
+    assert "fatal" in error.reason
+    assert error.block.startswith("Fatal error: Uncaught RuntimeException: SMTP <down> for key=***")
+    assert "Deprecated" not in error.block and "Cannot modify header" not in error.block
+    assert error.excerpt.startswith("<br /> <b>Deprecated</b>")
+    assert KEY not in str(error) and KEY not in repr(vars(error))
+    refused = parsing.strip_php_notices(body, secrets=[KEY])
+    assert refused.refusal is not None and refused.block == error.block and refused.text == body
+
+
+def test_a_salvaged_body_names_its_worst_block() -> None:
+    body = RAW_DEPRECATED + RAW_NOTICE + RAW_WARNING + RAW_WARNING + STATUS_JSON + RAW_NOTICE
+    salvaged = parsing.strip_php_notices(body)
+    assert (salvaged.severity, salvaged.diagnostics) == ("warning", 5)
+    assert salvaged.block.startswith("Warning: Cannot modify header information")
+
+
+def test_every_excerpt_of_a_block_is_key_free() -> None:
+    body = codeigniter("Warning").replace("Undefined index: currency", f"bad key {KEY}") + STATUS_JSON
+    salvaged = parsing.strip_php_notices(body, secrets=[KEY])
+    assert salvaged.severity == "warning" and KEY not in salvaged.block and "bad key ***" in salvaged.block
+
+
+# Real answers of the project's PHP panel (tests/php_panel), captured from `php -n -S`.
+PHP_ANSWERS = Path(__file__).resolve().parent.parent / "fixtures" / "php"
+
+
+def php_answer(name: str) -> str:
+    return (PHP_ANSWERS / name).read_text(encoding="utf-8")
+
+
+def test_real_codeigniter_answer_with_warnings_before_and_after_the_json() -> None:
+    body = php_answer("codeigniter_status_multi.txt")
+    assert len(body) > 10_000 and body.count("A PHP Error was encountered") > 10
+    assert parsing.parse_status_multi(body) == {
+        7: OrderReport(OrderStatus.PARTIAL, "Partial", Decimal("0.90000"), 3572, 157, "USD"),
+        8: OrderReport(OrderStatus.PENDING, "Pending", Decimal("0.90000"), 3572, 1000, "USD"),
+        9: ItemError("Incorrect order ID"),
+    }
+    salvaged = parsing.strip_php_notices(body)
+    assert salvaged.severity == "warning" and salvaged.diagnostics == body.count("A PHP Error was encountered")
+
+
+def test_real_php_html_answer() -> None:
+    body = php_answer("php_html_status.txt")
+    assert "<b>Deprecated</b>" in body and "session_start(): Session cannot be started" in body
+    assert parsing.parse_status(body) == OrderReport(
+        OrderStatus.PARTIAL, "Partial", Decimal("0.90000"), 3572, 157, "USD")
+
+
+@pytest.mark.parametrize("name", ["codeigniter_invalid_key.txt", "php_html_invalid_key.txt"])
+@pytest.mark.parametrize("parse", [
+    parsing.parse_services, parsing.parse_add, parsing.parse_status, parsing.parse_status_multi,
+    parsing.parse_refill, parsing.parse_refill_multi, parsing.parse_refill_status,
+    parsing.parse_refill_status_multi, parsing.parse_cancel, parsing.parse_balance,
+])
+def test_a_rejected_key_behind_php_warnings_is_invalid_key(name: str, parse: Callable[[str], object]) -> None:
+    body = php_answer(name)
+    assert "Trying to access array offset on value of type null" in body
+    with pytest.raises(InvalidKey):
+        parse(body)
+    assert parsing.top_level_error_message(body) == "Invalid API key"
+
+
+# Real answers of open-source PHP panels run under PHP 8.2 with php -S and PHP's own
+# output defaults (display_errors on, html_errors on, output_buffering off), their keys
+# absent from the bodies: BoostPanel (CodeIgniter 3) and an MSM "SMM Script" panel
+# (BoostedSMM), which reads only `order=` and `refill=`.
+REAL_PANELS = Path(__file__).resolve().parent.parent / "fixtures" / "real_panels"
+
+
+def real_answer(name: str) -> str:
+    return (REAL_PANELS / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("name", "parse"), [
+    ("msm_status_orders.txt", parsing.parse_status_multi),
+    ("msm_refill_status_refills.txt", parsing.parse_refill_status_multi),
+])
+def test_a_panel_reading_only_the_single_form_refuses_every_batch(name: str, parse: Callable[[str], object]) -> None:
+    body = real_answer(name)
+    assert "<b>Warning</b>" in body
+    with pytest.raises(ProviderRejected) as refused:
+        parse(body)
+    assert refuses_batch_form(refused.value)
+
+
+def test_the_msm_panels_refill_in_progress() -> None:
+    assert parsing.parse_refill_status(real_answer("msm_refill_status_refilling.txt")) == RefillReport(
+        RefillStatus.IN_PROGRESS, "Refilling"
+    )
+
+
+def test_boostpanel_without_a_refill_action_says_the_request_is_invalid() -> None:
+    body = real_answer("boostpanel_refill.txt")
+    assert body.count("A PHP Error was encountered") > 10
+    with pytest.raises(IncorrectRequest):
+        parsing.parse_refill(body)
+
+
+def test_a_body_of_many_blocks_is_read_whole() -> None:
+    """Real answers reach 80 KB: every block is read, however many (timing in
+    benchmarks/php_noise.py)."""
+    noise = (codeigniter("8192") + "\n" + RAW_WARNING) * 150
+    assert len(noise) > 80_000
+    salvaged = parsing.strip_php_notices(noise + STATUS_JSON + RAW_NOTICE)
+    assert salvaged.severity == "warning" and salvaged.diagnostics == 301
 
 
 @pytest.mark.parametrize("wrapping", ["\ufeff{}", "\n\t {} \r\n", "\ufeff\n{}\n"])

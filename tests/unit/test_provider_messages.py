@@ -79,6 +79,11 @@ def test_does_not_mean_not_found(message: str) -> None:
         ("Missing parameter", IncorrectRequest),
         ("missing required parameter: link", IncorrectRequest),
         ("Parameter link is required", IncorrectRequest),
+        # BoostPanel (CodeIgniter) for an action it does not have (refill, cancel), and
+        # SmartPanel's wording of the same.
+        ("Request Invalid", IncorrectRequest),
+        ("This action is invalid", IncorrectRequest),
+        ("Action not supported", IncorrectRequest),
         ("Incorrect order ID", ProviderRefused),
         ("Refill is disabled", ProviderRefused),
         ("Quantity less than minimal 50", ProviderRefused),

@@ -19,16 +19,21 @@ from tracker.core.refills import (
     Eligibility,
     GiveUp,
     Ineligible,
+    NewDrop,
+    RefillsOfOrder,
     RefillState,
     RefillTerms,
     RefillTransition,
     RetryAt,
     RetryPolicy,
     SENT_OUTCOMES,
+    UNFOLLOWED_OUTCOMES,
+    SameDrop,
     apply_refill_observation,
     auto_refill_hours,
     cooldown_hours,
     decide_after_attempt,
+    drop_verdict,
     expected_count,
     may_send_refill_at,
     next_auto_refill,
@@ -411,6 +416,87 @@ def test_no_refill_goes_out_inside_the_cool_down_or_while_one_runs() -> None:
     assert may_send_refill_at(
         last_sent_at=at(-100_000), cooldown_hours=24, refill_in_flight=True, now=at(0), recheck=recheck
     ) == at(0) + recheck
+
+
+# --- one drop, one refill -------------------------------------------------------------------
+
+HOUR = 3600
+
+
+def verdict(refills: RefillsOfOrder, now: float, cooldown: float = 24) -> SameDrop | NewDrop:
+    return drop_verdict(refills, cooldown_hours=cooldown, now=at(now))
+
+
+def test_a_first_drop_opens_a_request_due_at_once() -> None:
+    assert verdict(RefillsOfOrder(), 0) == NewDrop(at(0))
+
+
+def test_a_drop_while_the_request_is_open_or_the_refill_runs_is_the_same_drop() -> None:
+    waiting = verdict(RefillsOfOrder(open_request_id=7), 0)
+    assert isinstance(waiting, SameDrop) and "request 7" in waiting.reason
+    # Accepted and running, however long after it went out, cool-down over or not.
+    for now in (10, 2 * HOUR, 30 * HOUR):
+        running = verdict(RefillsOfOrder(running_refill="r-9", last_sent_at=at(0)), now)
+        assert isinstance(running, SameDrop) and "r-9" in running.reason and "still running" in running.reason
+
+
+def test_a_drop_after_the_refill_ended_waits_for_the_cooldowns_end() -> None:
+    ended = RefillsOfOrder(last_sent_at=at(0))
+    assert verdict(ended, 2 * HOUR) == NewDrop(at(24 * HOUR))
+    assert verdict(ended, 25 * HOUR) == NewDrop(at(25 * HOUR))
+    assert verdict(ended, 2 * HOUR, cooldown=0) == NewDrop(at(2 * HOUR))
+
+
+def test_a_refill_that_cannot_be_followed_counts_as_running_until_its_cooldown_ends() -> None:
+    lost = RefillsOfOrder(last_sent_at=at(0), last_unfollowed_at=at(0))
+    inside = verdict(lost, 23 * HOUR)
+    assert isinstance(inside, SameDrop) and "answer is unknown" in inside.reason
+    assert verdict(lost, 24 * HOUR) == NewDrop(at(24 * HOUR))
+    # A followed refill sent after it: the cool-down runs from the later one.
+    assert verdict(RefillsOfOrder(last_sent_at=at(30 * HOUR), last_unfollowed_at=at(0)), 31 * HOUR) == NewDrop(
+        at(54 * HOUR)
+    )
+
+
+def test_only_refills_the_tracker_cannot_follow_are_unfollowed() -> None:
+    assert UNFOLLOWED_OUTCOMES < SENT_OUTCOMES
+    assert AttemptOutcome.ACCEPTED not in UNFOLLOWED_OUTCOMES
+
+
+moments = st.integers(min_value=-100 * HOUR, max_value=100 * HOUR)
+
+
+@given(
+    open_request=st.none() | st.integers(min_value=1, max_value=10),
+    running=st.none() | st.just("r-1"),
+    sent=st.none() | moments,
+    unfollowed_before=st.none() | st.integers(min_value=0, max_value=50 * HOUR),
+    cooldown=st.floats(min_value=0, max_value=48),
+    now=moments,
+)
+def test_a_drop_opens_a_request_only_when_no_refill_is_in_flight_and_never_inside_the_cooldown(
+    open_request: int | None, running: str | None, sent: int | None, unfollowed_before: int | None, cooldown: float, now: int
+) -> None:
+    unfollowed = sent - unfollowed_before if sent is not None and unfollowed_before is not None else None
+    refills = RefillsOfOrder(
+        open_request_id=open_request,
+        running_refill=running,
+        last_sent_at=at(sent) if sent is not None else None,
+        last_unfollowed_at=at(unfollowed) if unfollowed is not None else None,
+    )
+    result = verdict(refills, now, cooldown)
+    span = timedelta(hours=cooldown)
+    in_flight = (
+        open_request is not None
+        or running is not None
+        or (unfollowed is not None and at(now) < at(unfollowed) + span)
+    )
+    assert isinstance(result, SameDrop) == in_flight
+    if isinstance(result, NewDrop):
+        assert result.due_at >= at(now)
+        if sent is not None:
+            assert result.due_at >= at(sent) + span
+        assert result.due_at in (at(now), at(sent or 0) + span)
 
 
 def test_the_attempt_cap_ends_the_retries() -> None:

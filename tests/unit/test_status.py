@@ -14,8 +14,8 @@ from tracker.core.status import (
     normalize_order_status,
     normalize_refill_status,
 )
-from tracker.apiv2.parsing import parse_refill_status, parse_status
-from tracker.apiv2.types import OrderReport, RefillReport
+from tracker.apiv2.parsing import parse_refill_status, parse_refill_status_multi, parse_status
+from tracker.apiv2.types import ItemError, OrderReport, RefillReport
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,10 @@ def test_order_status_spellings(raw: str, expected: OrderStatus) -> None:
         ("Rejected", RefillStatus.REJECTED),
         ("Canceled", RefillStatus.CANCELED),
         ("Cancelled", RefillStatus.CANCELED),
+        # The MSM "SMM Script" panels' refill states: Pending, Refilling, Completed,
+        # Rejected, Error (the refill failed; nothing more happens to it).
+        ("Refilling", RefillStatus.IN_PROGRESS),
+        ("Error", RefillStatus.REJECTED),
         ("Partial", RefillStatus.UNKNOWN),
         ("Whatever", RefillStatus.UNKNOWN),
     ],
@@ -88,6 +92,21 @@ def test_a_raw_status_is_stored_without_control_characters_and_within_its_column
 def test_unknown_refill_status_keeps_raw() -> None:
     report = parse_refill_status('{"status": "Awaiting moderation"}')
     assert report == RefillReport(RefillStatus.UNKNOWN, "Awaiting moderation")
+
+
+def test_a_refill_in_error_is_rejected_but_an_error_envelope_is_no_status() -> None:
+    # The MSM "SMM Script" panels' failed refill: a status like any other, and final.
+    assert parse_refill_status('{"status": "Error"}') == RefillReport(RefillStatus.REJECTED, "Error")
+    assert parse_refill_status_multi('[{"refill": 7, "status": "Error"}]') == {
+        "7": RefillReport(RefillStatus.REJECTED, "Error")
+    }
+    # SmartPanel-style {"status": "error", "message": ...}: the call's error, not the
+    # refill's state (a transient one must not end the refill as rejected).
+    envelope = '{"status": "error", "message": "Refill not found"}'
+    assert parse_refill_status(envelope) == ItemError("Refill not found")
+    assert parse_refill_status_multi('[{"refill": 7, "status": "error", "message": "Try later"}]') == {
+        "7": ItemError("Try later")
+    }
 
 
 def test_unknown_and_in_flight_statuses_are_not_final() -> None:

@@ -8,10 +8,9 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
 from tests.support.soft_limit import soft_limit_after
-
-from tests.usecases.helpers import poll_due, track
+from tests.usecases.helpers import completed_with_refill
 from tracker.config import Settings
-from tracker.db.models import Provider, RefillAttempt, RefillRequest, Service
+from tracker.db.models import Provider, RefillAttempt, RefillRequest
 from tracker.polling.dispatch import AttemptWork, claim_all
 from tracker.providers.gateway import Gateway
 from tracker.refills.attempts import AttemptReport, attempt_refill
@@ -29,12 +28,7 @@ class WorkerKilled(BaseException):
 @pytest.fixture
 def drop_reported(db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel, clock: SettableClock, provider_id: int) -> int:
     """A completed order whose drop the shop reported: one refill request, due now."""
-    with db.unit_of_work() as session:
-        session.add(Service(provider_id=provider_id, service_id=SERVICE, name="Followers", refill=True, updated_at=clock()))
-    track(db, clock, [ORDER], service=SERVICE)
-    panel.set_order(ORDER, "Completed", start_count=100)
-    poll_due(db, settings, gateway, clock)
-    clock.advance(3600)
+    completed_with_refill(db, settings, gateway, panel, clock, provider_id, ORDER, SERVICE)
     with db.unit_of_work() as session:
         report = report_drop(session, "panel", ORDER, settings=settings, now=clock())
     assert report.request_id is not None

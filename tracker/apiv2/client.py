@@ -35,6 +35,7 @@ from tracker.apiv2.errors import (
     RateLimited,
     TransportError,
 )
+from tracker.apiv2.php_noise import PhpSeverity
 from tracker.apiv2.redact import excerpt, redact
 from tracker.apiv2.types import (
     Balance,
@@ -84,14 +85,19 @@ V = TypeVar("V")
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One HTTP call, for metrics. ``error`` is the error class name, None on success.
-    ``noise``: the answer had PHP notices or deprecations before its JSON, which were
-    stripped (``parsing.strip_php_notices``); the call still succeeded."""
+    ``salvaged``: the answer's JSON was read from among PHP diagnostics
+    (``parsing.strip_php_notices``), the worst of which had this severity; the call then
+    went on as any other (it succeeded, or the JSON said the key is rejected...)."""
 
     action: str
     ids: int
     seconds: float
     error: str | None = None
-    noise: bool = False
+    salvaged: PhpSeverity | None = None
+
+    @property
+    def noise(self) -> bool:
+        return self.salvaged is not None
 
 
 class _Parser(Protocol[T_co]):
@@ -224,9 +230,11 @@ class ProviderClient:
     Redirects are not followed: a redirected POST either loses its body or, with 307/308,
     resends the key to another address. A 3xx is an ``HTTPError`` naming the new location.
 
-    PHP notices and deprecations printed before the JSON (a panel in debug mode) are
-    stripped and the answer used; ``CallRecord.noise`` says so. Warnings and errors there
-    still fail the call (``NotJSON``), as any other text before the JSON does.
+    PHP deprecations, notices and warnings printed around the JSON (a panel in debug mode,
+    PHP's default settings) are stripped and the answer used, a rejected key included;
+    ``CallRecord.salvaged`` gives the worst severity, and an INFO log line names its block.
+    A fatal error there, or any other text, still fails the call (``NotJSON``, naming the
+    block that decided).
 
     A 4xx whose body is a JSON ``{"error": ...}`` is parsed like a 2xx one, so a panel that
     answers "Invalid API key" with HTTP 401 still raises ``InvalidKey``.
@@ -456,24 +464,30 @@ class ProviderClient:
         while send_by is not None and time.monotonic() > send_by:
             send_by = self._wait_for_slot(action, finish_by)
         started = time.monotonic()
+        severity: PhpSeverity | None = None
         try:
             response = self._post(action, request)
             raw = self._read_body(action, response, started + self._deadline)
-            body = parsing.strip_php_notices(self._text(action, response, raw))
+            body = parsing.strip_php_notices(self._text(action, response, raw), self._secrets)
+            severity = body.severity
+            if severity is not None:
+                log.info(
+                    "%s answer salvaged from %d PHP diagnostics around its JSON, the worst a %s: %s",
+                    action, body.diagnostics, severity.value, body.block,
+                )
+            # A refused body goes to the parser as it came: its NotJSON names the block.
             result = parse(body.text, secrets=self._secrets)
         except ProviderError as error:
-            self._record(action, ids, started, type(error).__name__)
+            self._record(action, ids, started, type(error).__name__, severity)
             raise
-        if body.noisy:
-            log.info("%s answer salvaged from PHP notices before its JSON", action)
-        self._record(action, ids, started, None, noise=body.noisy)
+        self._record(action, ids, started, None, severity)
         return result
 
     def _record(
-        self, action: str, ids: int, started: float, error: str | None, *, noise: bool = False
+        self, action: str, ids: int, started: float, error: str | None, salvaged: PhpSeverity | None = None
     ) -> None:
         if self._after_call is not None:
-            self._after_call(CallRecord(action, ids, time.monotonic() - started, error, noise))
+            self._after_call(CallRecord(action, ids, time.monotonic() - started, error, salvaged))
 
     def _wait_for_slot(self, action: str, finish_by: Deadline | None) -> float | None:
         """The rate limiter's wait (the hook); by when the request must then be sent."""
@@ -571,7 +585,7 @@ class ProviderClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), _answered_at(response))
             raise RateLimited(action, body, retry_after)
         if 400 <= code < 500 and code != 408 and parsing.top_level_error_message(text):
-            return text  # the parser raises the matching ProviderRejected
+            return text  # the parser raises the matching ProviderRejected (PHP noise or not)
         if 300 <= code < 400:
             location = redact(response.headers.get("Location", "?"), self._secrets)
             body = f"redirect to {location} (not followed); {body}"

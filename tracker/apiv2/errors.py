@@ -6,7 +6,7 @@ Callers choose what to do by class, never by message:
 - ``HTTPError``: a non-2xx answer. 5xx: retry later. ``RateLimited`` (429): wait
   ``retry_after`` seconds before calling this provider again.
 - ``InvalidResponse``: a 2xx answer we cannot understand (HTML, Cloudflare page, truncated
-  JSON, a PHP warning before the JSON, or JSON of the wrong shape). Retry later; if it
+  JSON, a PHP fatal error, or JSON of the wrong shape). Retry later; if it
   persists the provider's circuit opens.
 - ``ProviderRejected``: a well-formed top-level ``{"error": ...}``. Its subclasses say
   whether to pause the provider (``InvalidKey``), alert (``InsufficientFunds``), or give up
@@ -73,7 +73,14 @@ class InvalidResponse(ProviderError):
 
 
 class NotJSON(InvalidResponse):
-    """HTML, a Cloudflare page, truncated JSON, a PHP warning in front of the JSON."""
+    """HTML, a Cloudflare page, truncated JSON, a PHP fatal error. ``block``: when PHP
+    diagnostics were read around the JSON, a short, key-free excerpt of the block that
+    refused the body (a fatal error, or text that is no diagnostic), else empty."""
+
+    def __init__(self, action: str, reason: str, excerpt: str, *, block: str = "") -> None:
+        super().__init__(action, f"{reason}: {block!r}" if block else reason, excerpt)
+        self.reason = reason
+        self.block = block
 
 
 class AnswerTooLarge(InvalidResponse):

@@ -24,6 +24,7 @@ from tracker.apiv2.errors import (
     ProviderRefused,
     ProviderRejected,
     RateLimited,
+    UnexpectedShape,
     UnusableRefillId,
 )
 
@@ -62,6 +63,22 @@ def means_not_found(message: str) -> bool:
     return _matches_any(_NOT_FOUND, message)
 
 
+def refuses_batch_form(error: ProviderError) -> bool:
+    """Whether a failed batch call (``orders=`` / ``refills=``) may mean the panel does not
+    read that form at all: "incorrect request", a shape no batch answer has, or a
+    top-level "not found" for the whole batch. The MSM "SMM Script" panels read only
+    ``order``/``refill`` and so answer any batch ``{"error": "Order not found."}`` /
+    ``{"error": "Refill not found"}``. Only meaningful while the batch form is unproven:
+    from a panel whose batches worked, the same answer is a failure like any other."""
+    if isinstance(error, IncorrectRequest | UnexpectedShape):
+        return True
+    return (
+        isinstance(error, ProviderRejected)
+        and not isinstance(error, InvalidKey | InsufficientFunds)
+        and means_not_found(error.provider_message)
+    )
+
+
 _INVALID_KEY = _compile(
     r"\b(invalid|incorrect|wrong|bad|unknown) (api )?key\b",
     r"\b(api )?key (is )?(invalid|incorrect|wrong|not valid|not found|disabled|inactive|"
@@ -79,6 +96,8 @@ _INSUFFICIENT_FUNDS = _compile(
 _INCORRECT_REQUEST = _compile(
     r"\b(incorrect|invalid|unknown|bad|wrong|unsupported) (request|action|method|param|"
     r"params|parameter|parameters)\b",
+    # "Request Invalid" (BoostPanel), "This action is invalid" (SmartPanel)
+    r"\b(request|action|method) (is )?(invalid|incorrect|unknown|not supported|unsupported)\b",
     r"\bmissing (required )?(param|params|parameter|parameters|field|fields|action)\b",
     r"\b(param|parameter|field) \w+ (is )?required\b",
     r"\brequired (param|parameter|field)\b",
@@ -97,6 +116,7 @@ def classify_top_level_error(message: str) -> type[ProviderRejected]:
     InsufficientFunds    "Not enough funds", "insufficient balance/funds",
                          "low balance", "balance is too low"
     IncorrectRequest     "Incorrect request", "Incorrect action", "invalid action",
+                         "Request Invalid", "This action is invalid",
                          "unknown method", "missing parameter", "parameter X is
                          required"
     ProviderRefused      anything else (refill refusals, add refusals, ...)

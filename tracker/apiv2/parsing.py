@@ -4,12 +4,13 @@ One function per action. Each takes the decoded body text and returns typed resu
 or raises:
 
 - ``NotJSON``: the body is not one JSON document (HTML, a Cloudflare page, truncated
-  JSON, a PHP warning or error in front of the JSON). A body with a PHP warning in front
-  is *not* salvaged by looking for the first ``{``: the warning means the script that
-  produced the JSON misbehaved, and a half-trusted body must never be applied to orders.
-  Only PHP *notices and deprecations* in front are removed (``strip_php_notices``): then
-  the rest must be exactly one JSON document. Leading/trailing whitespace and a UTF-8 BOM
-  are fine.
+  JSON, a PHP fatal error). PHP deprecations, notices and warnings around the JSON (a
+  panel in debug mode, under PHP's default settings) are removed first
+  (``strip_php_notices``, see ``tracker.apiv2.php_noise``): PHP carries on after them, so
+  the one JSON document among them is the panel's real answer. It is *not* found by
+  looking for the first ``{``: every block around it must be a diagnostic PHP carries on
+  after, or the body is refused, and ``NotJSON.block`` names the block that decided.
+  Leading/trailing whitespace and a UTF-8 BOM are fine.
 - ``UnexpectedShape``: valid JSON that is not what the action answers with, including an
   ID in a batch answer that is not a valid ID.
 - a ``ProviderRejected`` subclass (chosen by ``classify_top_level_error``) for a top-level
@@ -35,7 +36,6 @@ Every message and excerpt stored in an exception or ``ItemError`` goes through `
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -55,6 +55,8 @@ from tracker.core.status import (
 )
 from tracker.apiv2.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
 from tracker.apiv2.messages import classify_top_level_error, means_not_found
+# Re-exported: the client and older callers read PHP noise through this module.
+from tracker.apiv2.php_noise import Salvaged as Salvaged, strip_php_notices as strip_php_notices
 from tracker.apiv2.redact import excerpt, redact
 from tracker.apiv2.types import (
     Balance,
@@ -122,137 +124,10 @@ class _Answer:
             return self.item_error(f"unreadable answer: {bad}")
 
 
-# --- PHP notices before the JSON -----------------------------------------------------
-#
-# Panels left in debug mode print PHP diagnostics before the answer. Notices and
-# deprecations say nothing about the JSON that follows, so it is salvaged; a warning, a
-# fatal or parse error, or anything unrecognised means the script misbehaved, and the body
-# stays a failure. Each recogniser below matches one whole diagnostic at a position and
-# says whether it is benign; the body is salvaged only if nothing but benign diagnostics
-# (and whitespace) come before a ``{`` or ``[``, and the JSON parser then insists that the
-# rest is exactly one document.
-
-_BENIGN_LEVELS = frozenset({"deprecated", "notice", "php deprecated", "php notice"})
-# CodeIgniter 3 names E_NOTICE "Notice" and prints unnamed levels as numbers:
-# 8 E_NOTICE, 1024 E_USER_NOTICE, 8192 E_DEPRECATED, 16384 E_USER_DEPRECATED.
-_BENIGN_SEVERITIES = frozenset(
-    {"notice", "deprecated", "user notice", "user deprecated", "8", "1024", "8192", "16384"}
-)
-
-# PHP with html_errors: "<br />\n<b>Deprecated</b>:  msg in <b>file</b> on line <b>12</b><br />".
-# The message is HTML-escaped, so it holds no "<".
-_RAW_PHP = re.compile(
-    r"(?:<br\s*/?>\s*)?<b>\s*(?P<level>[A-Za-z ]{1,30}?)\s*</b>:[^<]*? in <b>[^<]*</b>"
-    r" on line <b>\d+</b>(?:[ \t]*<br\s*/?>)?",
-    re.IGNORECASE,
-)
-# Plain text, one line: "PHP Deprecated:  msg in /path/file.php on line 12". Matched as
-# a line, then checked for its " in FILE on line N" ending (no nested lazy scans: linear).
-_PLAIN_PHP = re.compile(r"(?P<level>[A-Za-z ]{1,30}?):(?P<message>[^\n]*)(?:\n|$)")
-_PLAIN_PHP_ENDING = re.compile(r" on line \d+\s*$")
-_CODEIGNITER = re.compile(
-    r"<div\b[^>]*>\s*<h4>\s*A PHP Error was encountered\s*</h4>\s*"
-    r"<p>\s*Severity:\s*(?P<level>[^<]*?)\s*</p>(?:(?!</?div\b).)*</div>",
-    re.IGNORECASE | re.DOTALL,
-)
-_DIV_TAG = re.compile(r"<(/?)div\b[^>]*>", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]*>")
-# A framework's error block (Laravel/Whoops/Ignition, Symfony) for a PHP error that it
-# turned into an ErrorException: benign only when it names a notice or deprecation, names
-# nothing worse, and names no other exception class.
-_FRAMEWORK_BENIGN = re.compile(
-    r"\b(?:deprecated|notice|E_DEPRECATED|E_USER_DEPRECATED|E_NOTICE|E_USER_NOTICE)\b",
-    re.IGNORECASE,
-)
-_FRAMEWORK_WORSE = re.compile(
-    r"\b(?:warning|fatal|parse error|E_WARNING|E_USER_WARNING|E_ERROR|E_USER_ERROR|E_PARSE|"
-    r"E_CORE_\w+|E_COMPILE_\w+|E_RECOVERABLE_ERROR)\b",
-    re.IGNORECASE,
-)
-_EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
-
-
-def _div_block_end(body: str, start: int) -> int | None:
-    """The end of the balanced ``<div>...</div>`` that starts at ``start``."""
-    depth = 0
-    for tag in _DIV_TAG.finditer(body, start):
-        if depth == 0 and tag.start() != start:
-            return None
-        depth += -1 if tag.group(1) else 1
-        if depth == 0:
-            return tag.end()
-    return None
-
-
-def _framework_block_end(body: str, start: int) -> int | None:
-    end = _div_block_end(body, start)
-    if end is None:
-        return None
-    text = html.unescape(_TAG.sub(" ", body[start:end]))
-    exceptions = set(_EXCEPTION_NAME.findall(text))
-    if (
-        exceptions == {"ErrorException"}
-        and _FRAMEWORK_BENIGN.search(text)
-        and not _FRAMEWORK_WORSE.search(text)
-    ):
-        return end
-    return None
-
-
-def _names_its_line(message: str) -> bool:
-    ending = _PLAIN_PHP_ENDING.search(message)
-    return ending is not None and " in " in message[: ending.start()]
-
-
-def _benign_diagnostic_end(body: str, start: int) -> int | None:
-    """Where the benign diagnostic at ``start`` ends; None if none starts there."""
-    for pattern, benign in (
-        (_RAW_PHP, _BENIGN_LEVELS),
-        (_PLAIN_PHP, _BENIGN_LEVELS),
-        (_CODEIGNITER, _BENIGN_SEVERITIES),
-    ):
-        match = pattern.match(body, start)
-        if match is not None and pattern is _PLAIN_PHP and not _names_its_line(match["message"]):
-            return None
-        if match is not None:
-            level = " ".join(match.group("level").lower().split())
-            return match.end() if level in benign else None
-    return _framework_block_end(body, start)
-
-
-@dataclass(frozen=True, slots=True)
-class Salvaged:
-    """A body with the PHP notices in front of its JSON removed. ``noisy``: there were some."""
-
-    text: str
-    noisy: bool
-
-
-_MAX_DIAGNOSTICS = 100
-
-
-def strip_php_notices(text: str) -> Salvaged:
-    """The JSON after PHP notices and deprecations (raw PHP, plain text, CodeIgniter and
-    Laravel-style blocks), or ``text`` unchanged when it has none, or anything else before
-    its JSON (a warning, an error, unknown HTML: left for the parser to refuse)."""
-    body = text.lstrip().lstrip("\ufeff").lstrip()
-    if not body or body[0] in "{[":
-        return Salvaged(text, False)
-    position = 0
-    for _ in range(_MAX_DIAGNOSTICS):
-        end = _benign_diagnostic_end(body, position)
-        if end is None:
-            return Salvaged(text, False)
-        position = end
-        while position < len(body) and body[position].isspace():
-            position += 1
-        if body.startswith(("{", "["), position):
-            return Salvaged(body[position:], True)
-    return Salvaged(text, False)
-
-
 # --- loading -------------------------------------------------------------------------
 
+# Left by ``strip_php_notices`` for the parser when nothing before the JSON is a diagnostic
+# it knows; a PHP diagnostic somewhere in such a body still deserves its name.
 _PHP_DIAGNOSTIC = re.compile(
     r"<b>\s*(warning|notice|deprecated|fatal error|parse error)\s*</b>|"
     r"^\s*(php )?(warning|notice|deprecated|fatal error|parse error)\s*:",
@@ -269,7 +144,7 @@ def _reject_constant(name: str) -> object:
 
 def _why_not_json(body: str, error: Exception) -> str:
     if _PHP_DIAGNOSTIC.search(body) or _CODEIGNITER_BLOCK.search(body):
-        return "PHP warning or error in the body (not salvaged: half-trusted body)"
+        return "PHP diagnostic in a form not recognised (not salvaged)"
     if body.startswith("<"):
         return "HTML instead of JSON"
     if isinstance(error, json.JSONDecodeError):
@@ -281,7 +156,10 @@ def _why_not_json(body: str, error: Exception) -> str:
 
 def _load(action: str, text: str, secrets: Sequence[str]) -> tuple[_Answer, object]:
     answer = _Answer(action, text, tuple(secrets))
-    body = strip_php_notices(text).text.strip().lstrip("\ufeff").strip()
+    salvaged = strip_php_notices(text, answer.secrets)
+    if salvaged.refusal is not None:
+        raise NotJSON(action, salvaged.refusal, excerpt(text, answer.secrets), block=salvaged.block)
+    body = salvaged.text.strip().lstrip("\ufeff").strip()
     if not body:
         raise NotJSON(action, "empty body", "")
     try:
@@ -319,9 +197,13 @@ def _raise_top_level_error(answer: _Answer, data: object) -> None:
 
 
 def top_level_error_message(text: str) -> str | None:
-    """The top-level ``{"error": ...}`` message of a body, or None (also for non-JSON)."""
+    """The top-level ``{"error": ...}`` message of a body, or None (also for non-JSON).
+    PHP diagnostics around it are read as ``_load`` reads them."""
+    salvaged = strip_php_notices(text)
+    if salvaged.refusal is not None:
+        return None
     try:
-        data = json.loads(strip_php_notices(text).text.strip().lstrip("\ufeff"), parse_float=Decimal)
+        data = json.loads(salvaged.text.strip().lstrip("\ufeff"), parse_float=Decimal)
     except (ValueError, RecursionError):
         return None
     return _top_level_error(data)
@@ -510,12 +392,22 @@ def _refill_report(raw: str) -> RefillResult:
     return RefillReport(status=status, raw_status=clean_raw_status(raw))
 
 
+def _status_error_envelope(entry: dict[str, object]) -> str | None:
+    """The message of ``{"status": "error", "message": "..."}``, the error form of
+    SmartPanel-style panels: the call's error, not a state. None for anything else (the
+    MSM panels' ``{"status": "Error"}``, with no message, is a refill's last state)."""
+    status, message = entry.get("status"), entry.get("message")
+    if isinstance(status, str) and status.strip().lower() == "error" and isinstance(message, str):
+        return message.strip() or None
+    return None
+
+
 def _refill_status_entry(entry: object) -> RefillResult:
     """``"Completed"``, ``{"status": "Completed"}``, ``{"refill": 1, "status": {...}}``."""
     if isinstance(entry, str) and entry.strip():
         return _refill_report(entry)
     if isinstance(entry, dict):
-        message = _error_message(entry.get("error"))
+        message = _error_message(entry.get("error")) or _status_error_envelope(entry)
         if message is not None:
             return ItemError(message)
         if "status" in entry:

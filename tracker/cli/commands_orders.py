@@ -134,7 +134,7 @@ def _track(args: argparse.Namespace) -> int:
             total.rejected.extend(result.rejected[: max(0, room)])
             processed += len(chunk)
             bar.update(completed=min(read, size) if size else None, detail=f"{processed:,} IDs")
-    for given, reason in total.rejected:
+    for given, reason, _ in total.rejected:
         print(f"rejected {given}: {reason}", file=sys.stderr)
     if rejected_total > len(total.rejected):
         print(f"... and {rejected_total - len(total.rejected)} more rejected", file=sys.stderr)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
-from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 if TYPE_CHECKING:
@@ -23,8 +22,9 @@ def register(commands: Any) -> None:
         "report-drop",
         help="record that an order dropped, so a refill is requested",
         description="Record a drop of a tracked order. When the order is refill-eligible a "
-        "refill request is opened and the worker sends it; otherwise the drop is still "
-        "recorded and the command exits 1 with the reason.",
+        "refill request is opened and the worker sends it, unless a refill of the order is "
+        "in flight (the same drop reported again opens nothing); when it is not eligible "
+        "the drop is still recorded and the command exits 1 with the reason.",
     )
     drop.add_argument("provider")
     drop.add_argument("order_id")
@@ -69,11 +69,15 @@ def register(commands: Any) -> None:
 
 
 def _report_drop(args: argparse.Namespace) -> int:
+    from tracker.db.clock import database_now
     from tracker.refills.drops import UnknownOrder, report_drop
 
     try:
         with database() as session:
-            report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=database_now(session))
+            # The database's clock, as the worker's: the cool-down is measured from times
+            # the workers wrote, and this host's clock may be a minute off theirs.
+            now = database_now(session)
+            report = report_drop(session, args.provider, args.order_id, settings=get_settings(), now=now)
     except UnknownOrder as error:
         raise CLIError(str(error)) from None
     except ValueError as error:

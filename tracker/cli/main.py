@@ -22,7 +22,9 @@ benchmarks/cli_startup.py measures the time.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,7 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left early (`tracker stats | head`): nothing more to say.
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as `yes | head` ends
     return code
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so Python's own flush at exit does not report the
+    closed pipe a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is no file (a test's stand-in): nothing will flush it
 
 
 if __name__ == "__main__":

@@ -10,22 +10,57 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_ORDER_ID = 2**63 - 1
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
+class RefusedId(NamedTuple):
+    # The value as people read it (the log, the CLI): strings in quotes.
+    given: str
+    reason: str
+    # The value as the shop sent it, for a program to match (the task's result); ``given``
+    # when the value is not echoed.
+    value: int | float | str | None
+
+
 @dataclass(slots=True)
 class ParsedIds:
     valid: list[int] = field(default_factory=list)
-    # (what was given, why it was refused), in input order.
-    rejected: list[tuple[str, str]] = field(default_factory=list)
+    # In input order.
+    rejected: list[RefusedId] = field(default_factory=list)
     duplicates: int = 0
+
+
+# A refused value is named as given (in the log, the CLI and the task's result) only when
+# it is short or a number: a long string given as an order ID may be a mistake that
+# carries an API key, so it is named by its type and length alone.
+ECHOED_LENGTH = 18
 
 
 def _describe(raw: object) -> str:
     text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
+    numeric = isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())
+    if len(text) <= ECHOED_LENGTH or (numeric and not isinstance(raw, bool)):
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(raw, str):
+        return f"a string of {len(raw)} characters"
+    try:
+        size = len(raw)  # type: ignore[arg-type]
+    except TypeError:
+        return f"a {type(raw).__name__}"
+    return f"a {type(raw).__name__} of {size} item{'' if size == 1 else 's'}"
+
+
+def _refused(raw: object, reason: str) -> RefusedId:
+    given = _describe(raw)
+    value: int | float | str | None = given
+    if raw is None or (isinstance(raw, int | float) and len(repr(raw)) <= 40):
+        value = raw
+    elif isinstance(raw, str) and given == repr(raw):  # named whole
+        value = raw
+    return RefusedId(given, reason, value)
 
 
 def parse_order_id(raw: object) -> int:
@@ -60,7 +95,7 @@ def parse_order_ids(items: Iterable[object]) -> ParsedIds:
         try:
             value = parse_order_id(raw)
         except ValueError as exc:
-            parsed.rejected.append((_describe(raw), str(exc)))
+            parsed.rejected.append(_refused(raw, str(exc)))
             continue
         if value in seen:
             parsed.duplicates += 1

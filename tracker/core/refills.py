@@ -25,6 +25,11 @@ gone between the call and the write) may have created a refill whose ID we will 
 learn (API v2 cannot list refills by order): it counts as a refill sent at that moment
 and is never repeated. A refill sent starts the order's refill cool-down, during which no
 new ``refill`` for the order goes out.
+
+Drops. One drop, one refill: a drop reported while the order's refill request is open or
+its refill still runs is the same drop and opens nothing; a refill that cannot be followed
+counts as running until its cool-down ends. A drop after the last refill ended is a new
+one, and its request is due when the cool-down ends (``drop_verdict``).
 """
 
 from __future__ import annotations
@@ -232,6 +237,8 @@ class AttemptOutcome(StrEnum):
 AMBIGUOUS_OUTCOMES = frozenset({AttemptOutcome.SENT, AttemptOutcome.NO_ANSWER})
 # Outcomes that count as a refill sent: they start the order's refill cool-down.
 SENT_OUTCOMES = frozenset({AttemptOutcome.ACCEPTED, AttemptOutcome.BAD_REFILL_ID, *AMBIGUOUS_OUTCOMES})
+# Outcomes after which a refill may run that the tracker cannot follow to its end.
+UNFOLLOWED_OUTCOMES = frozenset({AttemptOutcome.BAD_REFILL_ID, *AMBIGUOUS_OUTCOMES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +339,64 @@ def may_send_refill_at(
     if refill_in_flight and at <= now:
         at = now + recheck
     return at
+
+
+# --- a drop: the same one, or a new one ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefillsOfOrder:
+    """What a drop report needs to know of an order's refills."""
+
+    # A request not ended yet: waiting to go out, being retried, or its call out now.
+    open_request_id: int | None = None
+    # The provider's ID of an accepted refill the tracker has not seen end yet.
+    running_refill: str | None = None
+    # The last ``refill`` call that may have created a refill: the cool-down runs from it.
+    last_sent_at: datetime | None = None
+    # The last such call whose refill cannot be followed (its answer lost, or an ID that
+    # cannot be polled): nobody can tell when that refill ends.
+    last_unfollowed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SameDrop:
+    """The drop is the one a refill in flight answers: recorded, and opens nothing."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDrop:
+    """A drop after the order's last refill ended: one request, due at ``due_at`` (now,
+    or when the cool-down after the last refill sent ends)."""
+
+    due_at: datetime
+
+
+DropVerdict = SameDrop | NewDrop
+
+
+def drop_verdict(refills: RefillsOfOrder, *, cooldown_hours: float, now: datetime) -> DropVerdict:
+    """One drop, one refill. A drop reported while the order's refill request is open or
+    its refill still runs is the drop that refill answers. A refill whose answer was lost
+    (or whose ID cannot be polled) may run unseen: it counts as running until its
+    cool-down ends. Only a drop after the last refill ended is a new one, and its refill
+    waits for the cool-down's end."""
+    if refills.open_request_id is not None:
+        return SameDrop(f"refill request {refills.open_request_id} of this order is already open: the same drop")
+    if refills.running_refill is not None:
+        return SameDrop(f"refill {refills.running_refill} of this order is still running: the same drop")
+    cooldown = timedelta(hours=cooldown_hours)
+    if refills.last_unfollowed_at is not None and now < refills.last_unfollowed_at + cooldown:
+        return SameDrop(
+            f"a refill of this order went out at {refills.last_unfollowed_at.isoformat()} and its answer is "
+            f"unknown, so it may still be running: the same drop until its cool-down ends at "
+            f"{(refills.last_unfollowed_at + cooldown).isoformat()}"
+        )
+    if refills.last_sent_at is None:
+        return NewDrop(now)
+    return NewDrop(max(now, refills.last_sent_at + cooldown))
 
 
 # --- drops, auto-refill --------------------------------------------------------------------

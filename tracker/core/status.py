@@ -105,6 +105,7 @@ _REFILL_SPELLINGS: dict[str, RefillStatus] = {
     "processing": RefillStatus.IN_PROGRESS,
     "inprogress": RefillStatus.IN_PROGRESS,
     "inprocess": RefillStatus.IN_PROGRESS,
+    "refilling": RefillStatus.IN_PROGRESS,
     "completed": RefillStatus.COMPLETED,
     "complete": RefillStatus.COMPLETED,
     "done": RefillStatus.COMPLETED,
@@ -112,6 +113,8 @@ _REFILL_SPELLINGS: dict[str, RefillStatus] = {
     "rejected": RefillStatus.REJECTED,
     "refused": RefillStatus.REJECTED,
     "declined": RefillStatus.REJECTED,
+    # The MSM "SMM Script" panels' last state for a refill that failed.
+    "error": RefillStatus.REJECTED,
     "canceled": RefillStatus.CANCELED,
     "cancelled": RefillStatus.CANCELED,
 }

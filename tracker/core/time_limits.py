@@ -44,6 +44,14 @@ class Deadline:
         return self if other is None or self.at <= other.at else other
 
 
+# The shortest expiry the tracker puts on a message it sends to itself (beat's ticks, the
+# dispatcher's wake-ups). Celery stamps an expiry with the sender's wall clock and checks
+# it with the receiver's: a worker a minute ahead of beat would take every tick for
+# expired and drop it. Hosts' clocks may differ by up to this much without a message
+# being lost; a redundant tick or wake-up costs one quick dispatcher run.
+MESSAGE_EXPIRY_FLOOR_SECONDS = 300.0
+
+
 _interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
 
 

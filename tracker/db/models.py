@@ -87,6 +87,8 @@ class Provider(Base):
     circuit_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Learned from the provider: None until tried. Some panels only answer single `refill=`.
     supports_multi_refill_status: Mapped[bool | None] = mapped_column(Boolean)
+    # Likewise for `status`: some panels only answer single `order=` (polling/orders.py).
+    supports_multi_status: Mapped[bool | None] = mapped_column(Boolean)
     balance: Mapped[Decimal | None] = mapped_column(Money)
     balance_currency: Mapped[str | None] = mapped_column(String(8))
     balance_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -35,7 +35,7 @@ from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
 from tracker.core.health import CircuitState
 from tracker.core.status import OrderStatus, RefillStatus
-from tracker.metrics import CallMetrics, CallTotals
+from tracker.metrics import SEVERITIES, CallMetrics, CallTotals
 from tracker.orders.stats import (
     NOT_POLLED_YET,
     lag_limit,
@@ -246,8 +246,9 @@ def _call_metrics(snapshot: Snapshot, totals: dict[int, CallTotals]) -> Iterator
     )
     salvaged = CounterMetricFamily(
         "tracker_provider_salvaged_answers",
-        "Answers used after stripping PHP notices before their JSON (a panel left in debug mode)",
-        labels=["provider"],
+        "Answers read from among PHP diagnostics around their JSON (a panel left in debug mode), "
+        "by the worst severity: deprecated, notice, warning (unknown: counted before severities were)",
+        labels=["provider", "severity"],
     )
     for name, provider in sorted(snapshot.providers.items()):
         counted = totals.get(provider.id)
@@ -257,7 +258,11 @@ def _call_metrics(snapshot: Snapshot, totals: dict[int, CallTotals]) -> Iterator
             calls.add_metric([name, action, outcome], number)
         for action, number in sorted(counted.ids.items()):
             ids.add_metric([name, action], number)
-        salvaged.add_metric([name], counted.salvaged)
+        for severity in SEVERITIES:
+            salvaged.add_metric([name, severity], counted.salvaged_by_severity.get(severity, 0))
+        unsplit = counted.salvaged - sum(counted.salvaged_by_severity.values())
+        if unsplit > 0:
+            salvaged.add_metric([name, "unknown"], unsplit)
     yield from (calls, ids, salvaged)
 
 

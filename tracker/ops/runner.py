@@ -10,11 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+from celery import Celery
+from celery.utils.nodenames import default_nodename, host_format
+from kombu.exceptions import OperationalError
 
 from tracker.config import Settings, broker_url_file
 from tracker.db import migrate
@@ -23,6 +27,8 @@ from tracker.ops.children import die_with_parent
 from tracker.ops.local_flower import require_flower_auth
 
 STOP_GRACE_SECONDS = 20.0
+# How long Flower waits for the workers to answer a ping before it starts anyway.
+WORKERS_READY_SECONDS = 60.0
 
 
 @dataclass
@@ -39,10 +45,41 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tracker", *arguments]
 
 
-def worker_command(loglevel: str, index: int = 0) -> list[str]:
+def worker_node(index: int = 0) -> str:
     # Distinct node names: Flower and `celery inspect` tell the processes apart.
-    name = "tracker" if index == 0 else f"tracker{index + 1}"
-    return celery_command("worker", "--loglevel", loglevel, "--hostname", f"{name}@%h")
+    return f"{'tracker' if index == 0 else f'tracker{index + 1}'}@%h"
+
+
+def worker_command(loglevel: str, index: int = 0) -> list[str]:
+    return celery_command("worker", "--loglevel", loglevel, "--hostname", worker_node(index))
+
+
+def wait_for_workers(
+    broker_url: str, nodes: Collection[str], keep_waiting: Callable[[], bool], timeout: float = WORKERS_READY_SECONDS
+) -> bool:
+    """Until every worker node (``worker_node``) answers a ping, or ``timeout`` passes, or
+    ``keep_waiting`` says stop. True when all answered.
+
+    Flower inspects the workers once when it starts; a worker not listening yet misses
+    the broadcast and Flower logs "Inspect method ... failed" for nothing. Started after
+    this, Flower finds them all, and such a line again means something."""
+    expected = {host_format(default_nodename(node)) for node in nodes}
+    pinger = Celery("tracker-run-ping", broker=broker_url, set_as_current=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while keep_waiting() and time.monotonic() < deadline:
+            # A broadcast sent before a worker listens is lost: ask again until all answer.
+            try:
+                replies = pinger.control.ping(destination=sorted(expected), timeout=0.5, limit=len(expected))
+            except OperationalError:
+                # The broker is not reachable (yet): the workers will say so in their log.
+                time.sleep(0.5)
+                continue
+            if expected <= {node for reply in replies for node in reply}:
+                return True
+        return False
+    finally:
+        pinger.close()
 
 
 def beat_command(loglevel: str, state_dir: Path) -> list[str]:
@@ -138,8 +175,8 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             for index in range(settings.worker_processes)
         },
         "beat": beat_command(loglevel, state_dir),
-        "flower": celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}"),
     }
+    flower_command = celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}")
     children: list[Child] = []
     stopping = False
 
@@ -154,9 +191,19 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             publish_broker_url(state_dir, bundled.url)
         for name, command in commands.items():
             children.append(spawn(name, command, environment))
+        wait_for_workers(
+            broker,
+            [worker_node(index) for index in range(settings.worker_processes)],
+            keep_waiting=lambda: not stopping and first_exited(children) is None,
+        )
+        if stopping:
+            return 0
+        children.append(spawn("flower", flower_command, environment))
+        # The shop's scripts need the bundled broker's URL (a new port each run): say it,
+        # and where the other commands read it.
+        where = f"{broker} (bundled Redis; also in {broker_url_file(state_dir)})" if bundled else "from TRACKER_BROKER_URL"
         print(
-            f"tracker running: database {_describe_database(settings.database_url)}, "
-            f"broker {'bundled Redis at ' + broker if bundled else 'TRACKER_BROKER_URL'}, "
+            f"tracker running: database {_describe_database(settings.database_url)}, broker {where}, "
             f"Flower at http://127.0.0.1:{flower_port} ({flower_login or 'FLOWER_BASIC_AUTH'}). Ctrl-C stops.",
             flush=True,
         )

@@ -86,7 +86,7 @@ def cancel_orders(
     compared with the workers' times)."""
     parsed = parse_order_ids(raw_ids)
     lines = [
-        CancelLine(str(given), REFUSED, reason) for given, reason in parsed.rejected
+        CancelLine(str(given), REFUSED, reason) for given, reason, _ in parsed.rejected
     ]
     sendable: dict[int, int] = {}  # provider order ID -> row id
     with unit_of_work() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -12,11 +13,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tracker.db.models import Order
-from tracker.core.ids import parse_order_ids, parse_positive
+from tracker.core.ids import RefusedId, parse_order_ids, parse_positive
 from tracker.providers.lookup import provider_by_name
 
 # Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 INSERT_CHUNK = 2000
+# Refusals named one by one in the log and in the task's result; the count has them all.
+# Twenty fit the 4 KiB of the result Flower shows (``tracker.orders.tasks``).
+SHOWN_REFUSALS = 20
 
 
 @dataclass(slots=True)
@@ -25,7 +29,7 @@ class TrackResult:
     added: int = 0
     already_tracked: int = 0
     duplicates: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[RefusedId] = field(default_factory=list)
 
     def describe(self) -> str:
         text = (
@@ -35,6 +39,17 @@ class TrackResult:
         if self.duplicates:
             text += f", {self.duplicates} duplicates ignored"
         return text
+
+    def task_result(self) -> dict[str, Any]:
+        """What ``tracker.track_orders`` returns, and Flower shows. ``rejected`` stays a
+        count, as before; ``refused`` names the first refusals with their reasons: each
+        value as the shop sent it, or by its type and length when long (``core.ids``)."""
+        return {
+            "added": self.added,
+            "already_tracked": self.already_tracked,
+            "rejected": len(self.rejected),
+            "refused": [{"id": value, "reason": reason} for _, reason, value in self.rejected[:SHOWN_REFUSALS]],
+        }
 
 
 def track_orders(

@@ -34,7 +34,7 @@ def reopen_orders(session: Session, provider_name: object, raw_ids: Iterable[obj
     """Reopen these orders of the provider; every ID that cannot be is refused with why."""
     provider = provider_by_name(session, provider_name)
     parsed = parse_order_ids(raw_ids)
-    result = Reopened(refused=[(str(given), reason) for given, reason in parsed.rejected])
+    result = Reopened(refused=[(str(given), reason) for given, reason, _ in parsed.rejected])
     found = dict(
         session.execute(
             select(Order.external_id, Order.status).where(

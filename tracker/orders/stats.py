@@ -3,7 +3,8 @@
 A provider is unhealthy when it is paused, its circuit is open (or probing), or its
 oldest overdue order waits longer than ``max(60 s, 2 × its poll interval)``: then the
 workers are not keeping up, or are not running at all. Warnings do not make it unhealthy:
-answers salvaged from PHP notices (a panel left in debug mode) are one.
+answers salvaged from PHP diagnostics (a panel left in debug mode) are one, with the
+count by the worst severity around their JSON (deprecated, notice, warning).
 
 It sits with the orders' other read views because what it mostly reads is the orders'
 progress (by status, and how late the oldest due one is); the provider's health and call
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from tracker.config import Settings
 from tracker.db.models import Order, OutboxEvent, Provider, Refill, RefillRequest
 from tracker.core.health import CircuitState
-from tracker.metrics import CallCounts, CallMetrics
+from tracker.metrics import SEVERITIES, CallCounts, CallMetrics
 from tracker.providers.health import base_interval, health_of
 from tracker.core.rendering import iso, money
 
@@ -79,6 +80,7 @@ def provider_stats(
                 "errors_last_hour": calls.errors if calls else None,
                 "ids_last_hour": calls.ids if calls else None,
                 "salvaged_last_hour": calls.noisy if calls else None,
+                "salvaged_last_hour_by_severity": dict(calls.noisy_by_severity) if calls else None,
                 "consecutive_failures": provider.consecutive_failures,
                 "circuit_open_until": iso(provider.circuit_open_until),
                 "key_probe_at": iso(provider.key_probe_at),
@@ -97,7 +99,12 @@ def _warnings(calls: CallCounts | None) -> list[str]:
         return []
     answers = "answer" if calls.noisy == 1 else "answers"
     their = "its" if calls.noisy == 1 else "their"
-    return [f"{calls.noisy} {answers} salvaged from PHP notices before {their} JSON in the last hour"]
+    worst_first = sorted(calls.noisy_by_severity.items(), key=lambda item: -SEVERITIES.index(item[0]))
+    by_severity = ", ".join(f"{severity} {number}" for severity, number in worst_first if number)
+    return [
+        f"{calls.noisy} {answers} salvaged from PHP diagnostics around {their} JSON in the last hour"
+        + (f" (worst: {by_severity})" if by_severity else "")
+    ]
 
 
 def _probe_note(provider: Provider) -> str:

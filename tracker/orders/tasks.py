@@ -1,7 +1,8 @@
 """The shop's entry point: ``tracker.track_orders``, sent by name from any language.
 
 Thin, like every task: check the arguments, call ``enqueue.track_orders`` in one unit of
-work, log what was rejected. Arguments are IDs only (Flower shows them), never keys.
+work, log what was rejected and return it with the counts. Arguments are IDs only
+(Flower shows them), never keys.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
 log = logging.getLogger("tracker.task_base")
 
 
-@shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS)
+# Flower shows a task's result as its repr, cut at ``resultrepr_maxsize`` (1 KiB by
+# default): room for the refusals the result names.
+@shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS, resultrepr_maxsize=4096)
 def track_orders(
     provider: str, order_ids: list[int | str], service: int | None = None, quantity: int | None = None
 ) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def track_orders(
         result = enqueue.track_orders(
             session, provider, order_ids, service=service, quantity=quantity, now=database_now(session)
         )
-    for given, reason in result.rejected[:20]:
+    for given, reason, _ in result.rejected[: enqueue.SHOWN_REFUSALS]:
         log.warning("rejected order ID %s: %s", given, reason, extra={"provider": result.provider})
     log.info("track_orders %s", result.describe(), extra={"provider": result.provider})
-    return {"added": result.added, "already_tracked": result.already_tracked, "rejected": len(result.rejected)}
+    return result.task_result()

@@ -205,6 +205,8 @@ class _Calls(Generic[RowT]):
     answered: list[tuple[RowT, Any, datetime]] = field(default_factory=list)
     unasked: list[int] = field(default_factory=list)
     provider_updates: dict[str, Any] = field(default_factory=dict)
+    # A call said the rest must be asked another way (``Fetched.stop``).
+    stopped: bool = False
     # A provider's failure: its back-off applies to the unasked rows.
     error: ProviderError | RateLimitBusy | None = None
     # Anything else (Redis down under the rate limiter, a bug): re-raised once the
@@ -245,7 +247,10 @@ def poll_batch(
         paused = provider.paused
         access = ProviderAccess.of(provider, settings)
         group_size = kind.rows_per_call(provider)
-        facts = {"supports_multi_refill_status": provider.supports_multi_refill_status}
+        facts = {
+            "supports_multi_refill_status": provider.supports_multi_refill_status,
+            "supports_multi_status": provider.supports_multi_status,
+        }
         # A provider whose last call failed is asked once before the rest go out.
         slow_start = provider.consecutive_failures > 0
     if not rows:
@@ -276,11 +281,14 @@ def poll_batch(
         # Answers received were applied and the rest given back; now let it be seen.
         raise calls.unexpected
     if calls.unasked:
+        if calls.error is not None:
+            reason = type(calls.error).__name__
+        elif calls.stopped:
+            reason = "to be asked in another form from the next tick"
+        else:
+            reason = "lease or time limit running out"
         log.info(
-            "gave back %d %s unasked (%s)",
-            len(calls.unasked),
-            kind.name,
-            type(calls.error).__name__ if calls.error else "lease or time limit running out",
+            "gave back %d %s unasked (%s)", len(calls.unasked), kind.name, reason,
             extra={"provider": access.name, "claim_id": claim_id},
         )
     return summary
@@ -413,6 +421,7 @@ class _CallRun(Generic[RowT]):
                 # Logged with the provider's name when the failure is recorded.
                 outcome = Fetched(error=forgot)
             calls.provider_updates.update(outcome.provider_updates)
+            calls.stopped = calls.stopped or outcome.stop
             for row in group:
                 if row.external_id in outcome.answered:
                     calls.answered.append((row, outcome.results.get(row.external_id), observed_at))

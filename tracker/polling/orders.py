@@ -2,10 +2,20 @@
 
 The claimed rows are read with their state in one SELECT (Core, no ORM objects: this is
 the hot path), and judged by the pure state machine ``tracker.core.tracking``.
+
+One order alone is asked with the single form (``order=``), which every panel answers.
+Some panels know no other: the MSM "SMM Script" family reads ``order`` only, and answers
+a batch (``orders=``) with ``{"error": "Order not found."}``, a one-ID batch included,
+of an order it has. So while the batch form is unproven, a batch answered with a
+top-level "not found", "incorrect request" or a shape no batch answer has marks the
+provider ``supports_multi_status = False``, and its orders are asked one per call from
+the next tick, each call through the rate limit. The first batch answer that reports an
+order marks it ``True``: from then on such an answer is the provider failing, as before.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +32,17 @@ from tracker.core.status import COMPLETION_STATUSES, OrderStatus
 from tracker.core.tracking import OrderState, apply_observation
 from tracker.polling.engine import ClaimedRow, Fetched, Observation, history_row, polled_columns
 from tracker.apiv2.client import ProviderClient
+from tracker.apiv2.errors import ProviderError
+from tracker.apiv2.messages import refuses_batch_form
+from tracker.apiv2.types import OrderReport
 from tracker.providers.gateway import ProviderAccess
+from tracker.providers.ratelimit import RateLimitBusy
+
+log = logging.getLogger("tracker.poll")
 
 _orders = cast(Table, Order.__table__)
+
+MULTI_FACT = "supports_multi_status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +95,7 @@ class OrderKind:
     concurrent_calls = True
 
     def rows_per_call(self, provider: Provider) -> int:
-        return provider.batch_size
+        return 1 if provider.supports_multi_status is False else provider.batch_size
 
     def read_claimed(self, session: Session, claim_id: int, row_ids: Sequence[int]) -> list[ClaimedOrder]:
         rows = session.execute(
@@ -120,7 +138,22 @@ class OrderKind:
 
     def fetch(self, client: ProviderClient, rows: Sequence[ClaimedOrder], facts: dict[str, Any]) -> Fetched:
         ids = [row.external_id for row in rows]
-        return Fetched(results=dict(client.status_multi(ids)), answered=set(ids))
+        multi: bool | None = facts.get(MULTI_FACT)
+        if len(ids) == 1 or multi is False:
+            return _single_calls(client, ids)
+        try:
+            results = client.status_multi(ids)
+        except ProviderError as error:
+            if multi is True or not refuses_batch_form(error):
+                raise
+            log.info("provider refused the batch status form (orders=); single calls from the next tick")
+            # The dispatcher budgeted this group as one call: the single calls it now
+            # needs wait for the next tick, which counts one call per order.
+            return Fetched(provider_updates={MULTI_FACT: False}, stop=True)
+        fetched = Fetched(results=dict(results), answered=set(ids))
+        if multi is None and any(isinstance(result, OrderReport) for result in results.values()):
+            fetched.provider_updates[MULTI_FACT] = True
+        return fetched
 
     def observe(
         self,
@@ -165,6 +198,19 @@ class OrderKind:
                 at=observed_at,
             )
         return Observation(columns, state.unchanged_polls, event, shop_event)
+
+
+def _single_calls(client: ProviderClient, ids: Sequence[int]) -> Fetched:
+    """``order=`` calls, one per ID; a failure stops them and keeps what was answered."""
+    fetched = Fetched()
+    for order_id in ids:
+        try:
+            fetched.results[order_id] = client.status(order_id)
+        except (ProviderError, RateLimitBusy) as error:
+            fetched.error = error
+            return fetched
+        fetched.answered.add(order_id)
+    return fetched
 
 
 ORDERS = OrderKind()

@@ -1,11 +1,13 @@
 """Refills as a polled kind: ``refill_status`` calls, followed to each refill's end.
 
-The multi form (``refills=``, at most 100 IDs) is used while the provider accepts it.
-Some panels only answer the single form (``refill=``): when the multi form is refused as
-an incorrect request (or answered in a shape no multi answer has, before it ever
-worked), the provider is marked ``supports_multi_refill_status = False`` and its refills
-go out as single calls, one ID per call, each through the rate limit; the dispatcher
-then counts one call per refill.
+The multi form (``refills=``, at most 100 IDs) is used while the provider accepts it; a
+refill alone is asked with the single form (``refill=``), which every panel answers.
+Some panels only answer the single form: when the multi form is refused as an incorrect
+request (or, before it ever worked, answered in a shape no multi answer has or with a
+top-level "Refill not found" for the whole batch, as the MSM "SMM Script" panels do),
+the provider is marked ``supports_multi_refill_status = False`` and its refills go out
+as single calls, one ID per call, each through the rate limit; the dispatcher then
+counts one call per refill.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from tracker.apiv2.errors import (
     InvalidKey,
     ProviderError,
     ProviderRejected,
-    UnexpectedShape,
 )
+from tracker.apiv2.messages import refuses_batch_form
 from tracker.apiv2.types import ItemError
 from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import ProviderAccess
@@ -56,7 +58,7 @@ class ClaimedRefill(ClaimedRow):
 def _demotes_multi(error: ProviderError, multi_proven: bool) -> bool:
     if isinstance(error, IncorrectRequest):
         return True
-    return isinstance(error, UnexpectedShape) and not multi_proven
+    return not multi_proven and refuses_batch_form(error)
 
 
 class RefillKind:
@@ -106,7 +108,7 @@ class RefillKind:
         ids = [row.external_id for row in rows]
         multi: bool | None = facts.get(MULTI_FACT)
         fetched = Fetched()
-        if multi is not False:
+        if multi is not False and len(ids) > 1:
             try:
                 fetched.results = dict(client.refill_status_multi(ids))
             except ProviderError as error:

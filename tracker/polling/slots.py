@@ -17,6 +17,7 @@ import redis
 from celery import current_app
 
 from tracker.config import get_settings
+from tracker.core.time_limits import MESSAGE_EXPIRY_FLOOR_SECONDS
 from tracker.polling.capacity import InFlight
 from tracker.redis_clients import broker_redis
 
@@ -74,8 +75,9 @@ DISPATCH_SOON_EXPIRES = 15
 
 
 def dispatch_soon() -> None:
-    """Run the dispatcher now rather than at the next tick. At most one such run is queued;
-    the marker lapses with the message, so a message that expired unread (every pool child
-    busy) stops no later one."""
+    """Run the dispatcher now rather than at the next tick. At most one such run is queued
+    per DISPATCH_SOON_EXPIRES: the marker lapses then, so a message still unread (every
+    pool child busy) stops no later one. The message itself expires only after hosts'
+    clocks may differ (a worker ahead of this one would drop it at once otherwise)."""
     if coordination().set(QUEUED_KEY, 1, nx=True, ex=DISPATCH_SOON_EXPIRES):
-        current_app.send_task("tracker.dispatch_polls", expires=DISPATCH_SOON_EXPIRES)
+        current_app.send_task("tracker.dispatch_polls", expires=MESSAGE_EXPIRY_FLOOR_SECONDS)

@@ -43,6 +43,7 @@ import redis
 
 from tracker.config import DEFAULT_FAILOVER_PAUSE, DEFAULT_SENTINEL_MASTER
 from tracker.redis_clients import redis_client
+
 # The longest a caller waits for its slot before ``RateLimitBusy`` (a task near its soft
 # time limit waits less: see ``tracker.apiv2.client.calls_finish_by``).
 MAX_WAIT_SECONDS = 10.0
@@ -146,10 +147,8 @@ class RateLimiter:
             # Measured from before the reservation: the slot is no earlier than this plus
             # the wait, so lateness is never underestimated.
             asked = time.monotonic()
-            wait_left = longest_wait - (asked - started)
-            wait_us = int(
-                self._script(keys=self._keys(provider_id), args=[spacing_us, int(wait_left * 1e6), pause_us])
-            )
+            wait_left_us = int((longest_wait - (asked - started)) * 1e6)
+            wait_us = int(self._script(keys=self._keys(provider_id), args=[spacing_us, wait_left_us, pause_us]))
             if wait_us < 0:
                 raise RateLimitBusy(provider_id, -wait_us / 1e6)
             if wait_us:

@@ -116,7 +116,12 @@ def upsert_provider(session: Session, spec: ProviderSpec, settings: Settings, no
             raise ProviderConfigError("a new provider needs an API key")
         provider = Provider(name=spec.name, created_at=now, batch_size=100, rate_limit=5.0, refill_days=30)
         session.add(provider)
-    provider.api_url = validate_url(spec.url)
+    url = validate_url(spec.url)
+    if url != provider.api_url:
+        # Another panel: which batch forms it answers is learned again.
+        provider.supports_multi_status = None
+        provider.supports_multi_refill_status = None
+    provider.api_url = url
     if spec.api_key is not None:
         register_secret(spec.api_key.strip())
         provider.api_key_encrypted = encrypt_api_key(settings, spec.api_key.strip())

@@ -81,7 +81,13 @@ def decrypt_api_key(settings: Settings, token: str) -> str:
         ) from None
 
 
+# Keys shorter than this show no character at all: four of a 6-character key would give
+# most of it away. From 12 on, the last four are at most a third of the key.
+KEY_HINT_MIN_LENGTH = 12
+
+
 def key_hint(api_key: str) -> str:
-    """What listings show instead of the key: never more than its last four characters."""
-    tail = api_key[-4:] if len(api_key) >= 12 else ""
+    """What listings show instead of the key: ``****`` plus its last four characters, for
+    keys of at least ``KEY_HINT_MIN_LENGTH`` characters; ``****`` alone for shorter ones."""
+    tail = api_key[-4:] if len(api_key) >= KEY_HINT_MIN_LENGTH else ""
     return f"****{tail}"

@@ -3,9 +3,12 @@ guarantee window, and let the provider decide whether anything dropped.
 
 N comes from the service, else the provider, else ``TRACKER_AUTO_REFILL_HOURS``; 0
 switches it off at that level. The first scheduled request comes N hours after
-completion. A scheduled request records no drop (none was seen) and respects the one-
-refill-in-flight rule: when one is in flight, that turn is skipped. ``orders.
-next_auto_refill_at`` holds each order's next turn, so a scan only touches due orders.
+completion. A scheduled request records no drop (none was seen) and follows the rule of
+drops (``tracker.core.refills.drop_verdict``): while a refill is in flight (a request
+open, a refill running, or one whose answer was lost, inside its cool-down) that turn is
+skipped; after a refill ended inside the cool-down, the request waits for its end.
+``orders.next_auto_refill_at`` holds each order's next turn, so a scan only touches due
+orders.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def schedule_auto_refills(settings: Settings, now: datetime, *, unit_of_work: Un
                 .order_by(Order.id)
                 .limit(SCAN_LIMIT)
             ).all()
-            busy = orders_with_refill_in_flight(session, [order.id for order in orders])
+            busy = orders_with_refill_in_flight(session, provider, orders, services, settings, now)
             for order in orders:
                 if order.service_id is None or order.completed_at is None:
                     continue  # the query excludes these; this narrows the types

@@ -1,10 +1,12 @@
 """Running the count probe: read eligible orders' counts and record the drops it finds.
 
-Each run takes up to ``PROBE_BATCH`` refill-eligible orders with nothing in flight, least
+Each run takes up to ``PROBE_BATCH`` refill-eligible orders with no refill in flight (for
+which a drop would be the same drop, ``tracker.core.refills.drop_verdict``), least
 recently probed first, in three steps: a transaction to pick them (and stamp
 ``count_probed_at``), the probe calls with no transaction open, and a transaction that
-records each drop found (``source='probe'``), opening refill requests that are due at
-once. A count below ``start_count`` plus what the order delivered is a drop.
+records each drop found (``source='probe'``) as a shop's report would be, opening a
+refill request due at once or when the cool-down ends. A count below ``start_count``
+plus what the order delivered is a drop.
 
 A run starts a probe only while one (``PROBE_TIMEOUT``, or the longest seen in this run
 if longer) can still end before the task's soft time limit; the orders it did not get to
@@ -84,7 +86,7 @@ def probe_counts(
     if clock is None:
         with unit_of_work(read_only=True) as session:
             clock = database_clock(session)
-    planned = _plan(clock(), unit_of_work)
+    planned = _plan(clock(), settings, unit_of_work)
     drops: list[tuple[_Planned, int]] = []
     probed = 0
     longest = sum(PROBE_TIMEOUT)
@@ -160,7 +162,7 @@ def _record(
     return requests
 
 
-def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
+def _plan(now: datetime, settings: Settings, unit_of_work: UnitOfWork) -> list[_Planned]:
     planned: list[_Planned] = []
     with unit_of_work() as session:
         providers = session.scalars(
@@ -184,7 +186,7 @@ def _plan(now: datetime, unit_of_work: UnitOfWork) -> list[_Planned]:
                 .limit(room)
             ).all()
             row_ids = [order.id for order in orders]
-            busy = orders_with_refill_in_flight(session, row_ids)
+            busy = orders_with_refill_in_flight(session, provider, orders, services, settings, now)
             quantities = max_remains_seen(session, row_ids)
             for order in orders:
                 probed_before = order.count_probed_at

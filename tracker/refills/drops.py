@@ -1,12 +1,22 @@
 """Drops and refill requests: when an order may be refilled, record a drop, open a request.
 
-A drop is always recorded, eligible or not, with the reason when it is not. An eligible
-drop opens a refill request, unless the order already has one open: at most one per
-order, which a partial unique index on ``refill_requests`` also enforces. A drop
-reported while a refill of the order is running, or within the refill cool-down after
-the last refill sent (``TRACKER_REFILL_COOLDOWN_HOURS``, per provider and per service),
-opens one request due when the cool-down ends; further reports until then add nothing.
-So a shop that reports the same drop twice, or five times, gets one refill.
+A drop is always recorded, eligible or not, with what it led to: the reason it is not
+eligible, the request it opened, or why it opened none. One drop, one refill
+(``tracker.core.refills.drop_verdict``):
+
+- a drop reported while the order's refill request is open (waiting, being retried, or
+  its call out now) or its refill still runs (accepted, not seen final yet) is the same
+  drop: it opens nothing, however often it is reported;
+- a refill whose answer was lost, or whose ID cannot be polled, may run unseen: it
+  counts as running until its cool-down ends;
+- a drop reported after the order's last refill ended is a new drop. It opens one
+  request, due at once, or, within the refill cool-down after the last refill sent
+  (``TRACKER_REFILL_COOLDOWN_HOURS``, per provider and per service), when it ends;
+  further reports until then find that request open.
+
+At most one request is open per order: reports of one order are serialised by a lock on
+its row (SQLite: by the write lock), and a partial unique index on ``refill_requests``
+refuses a second open request whatever races (a task is then retried and finds it).
 
 The dispatcher sends each due request within the provider's budget, as one attempt
 (``tracker.refills.attempts``).
@@ -15,12 +25,12 @@ The dispatcher sends each due request within the provider's budget, as one attem
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Select, Table, false, func, or_, select, union
+from sqlalchemy import Select, Table, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
@@ -37,9 +47,14 @@ from tracker.db.models import (
 from tracker.core.ids import parse_order_id
 from tracker.core.refills import (
     SENT_OUTCOMES,
+    UNFOLLOWED_OUTCOMES,
+    AttemptOutcome,
     Eligibility,
+    RefillsOfOrder,
     RefillTerms,
+    SameDrop,
     cooldown_hours,
+    drop_verdict,
     may_send_refill_at,
     refill_eligibility,
     window_days,
@@ -169,28 +184,83 @@ class DropReport:
 
 _requests = cast(Table, RefillRequest.__table__)
 _refills = cast(Table, Refill.__table__)
+_attempts = cast(Table, RefillAttempt.__table__)
 
 
-def orders_with_refill_in_flight(session: Session, order_ids: Sequence[int]) -> set[int]:
-    """Orders that have an open refill request or a refill not yet final."""
+def refills_of_orders(session: Session, order_ids: Sequence[int]) -> dict[int, RefillsOfOrder]:
+    """What ``drop_verdict`` needs to know of each order's refills."""
     if not order_ids:
-        return set()
-    pending = select(_requests.c.order_id).where(_requests.c.order_id.in_(order_ids), _requests.c.final == false())
-    running = select(_refills.c.order_id).where(_refills.c.order_id.in_(order_ids), _refills.c.final == false())
-    return set(session.scalars(select(union(pending, running).subquery().c.order_id)))
-
-
-def last_refill_sent_at(session: Session, order_id: int) -> datetime | None:
-    """When the last ``refill`` call for this order went out that may have created a
-    refill (accepted, or its answer lost): the start of its cool-down."""
-    return session.scalar(
-        select(func.max(RefillAttempt.at))
-        .join(RefillRequest, RefillRequest.id == RefillAttempt.request_id)
-        .where(
-            RefillRequest.order_id == order_id,
-            RefillAttempt.outcome.in_([outcome.value for outcome in SENT_OUTCOMES]),
-        )
+        return {}
+    # Three statements, read in this order on purpose. Each sees what is committed when it
+    # starts, and an attempt's answer ends its request and records its outcome and its
+    # refill in one commit; a refill ends after that. So whatever commits between two
+    # reads, a later read finds what an earlier one saw leave: a report never falls
+    # between two states and takes a running refill for an ended one.
+    open_requests = dict(
+        session.execute(
+            select(_requests.c.order_id, func.min(_requests.c.id))
+            .where(_requests.c.order_id.in_(order_ids), _requests.c.final == false())
+            .group_by(_requests.c.order_id)
+        ).all()
     )
+    sent = session.execute(
+        select(_requests.c.order_id, _attempts.c.outcome, func.max(_attempts.c.at))
+        .join(_requests, _requests.c.id == _attempts.c.request_id)
+        .where(
+            _requests.c.order_id.in_(order_ids),
+            _attempts.c.outcome.in_([outcome.value for outcome in SENT_OUTCOMES]),
+        )
+        .group_by(_requests.c.order_id, _attempts.c.outcome)
+    ).all()
+    last_sent: dict[int, datetime] = {}
+    last_unfollowed: dict[int, datetime] = {}
+    for order_id, outcome, at in sent:
+        last_sent[order_id] = max(at, last_sent.get(order_id, at))
+        if AttemptOutcome(outcome) in UNFOLLOWED_OUTCOMES:
+            last_unfollowed[order_id] = max(at, last_unfollowed.get(order_id, at))
+    running = dict(
+        session.execute(
+            select(_refills.c.order_id, func.min(_refills.c.external_id))
+            .where(_refills.c.order_id.in_(order_ids), _refills.c.final == false())
+            .group_by(_refills.c.order_id)
+        ).all()
+    )
+    return {
+        order_id: RefillsOfOrder(
+            open_request_id=open_requests.get(order_id),
+            running_refill=running.get(order_id),
+            last_sent_at=last_sent.get(order_id),
+            last_unfollowed_at=last_unfollowed.get(order_id),
+        )
+        for order_id in order_ids
+    }
+
+
+def orders_with_refill_in_flight(
+    session: Session,
+    provider: Provider,
+    orders: Sequence[Order],
+    services: Mapping[int, Service],
+    settings: Settings,
+    now: datetime,
+) -> set[int]:
+    """The orders whose drop now would be the same drop as a refill in flight: the
+    periodic scans (count probe, auto-refill) leave them alone this turn."""
+    refills = refills_of_orders(session, [order.id for order in orders])
+    return {
+        order.id
+        for order in orders
+        if isinstance(
+            drop_verdict(
+                refills[order.id],
+                cooldown_hours=cooldown_of(
+                    provider, services.get(order.service_id) if order.service_id is not None else None, settings
+                ),
+                now=now,
+            ),
+            SameDrop,
+        )
+    }
 
 
 def max_remains_seen(session: Session, order_ids: Sequence[int]) -> dict[int, int]:
@@ -206,26 +276,28 @@ def max_remains_seen(session: Session, order_ids: Sequence[int]) -> dict[int, in
     return {order_id: remains for order_id, remains in rows if remains is not None}
 
 
-def refill_cooldown_of(session: Session, provider: Provider, service_id: int | None, settings: Settings) -> float:
-    service_hours = None
-    if service_id is not None:
-        service_hours = session.scalar(
-            select(Service.refill_cooldown_hours).where(
-                Service.provider_id == provider.id, Service.service_id == service_id
-            )
-        )
+def cooldown_of(provider: Provider, service: Service | None, settings: Settings) -> float:
+    """The refill cool-down of an order of this service, in hours."""
+    service_hours = service.refill_cooldown_hours if service is not None else None
     return cooldown_hours(service_hours, provider.refill_cooldown_hours, settings.refill_cooldown_hours)
+
+
+def refill_cooldown_of(session: Session, provider: Provider, service_id: int | None, settings: Settings) -> float:
+    service = None
+    if service_id is not None:
+        service = session.scalar(
+            select(Service).where(Service.provider_id == provider.id, Service.service_id == service_id)
+        )
+    return cooldown_of(provider, service, settings)
 
 
 def next_refill_allowed_at(session: Session, provider: Provider, order: Order, settings: Settings, now: datetime) -> datetime:
     """When a ``refill`` for this order may go out, by the cool-down and the refill in flight."""
-    running = session.scalar(
-        select(func.count()).where(_refills.c.order_id == order.id, _refills.c.final == false())
-    )
+    refills = refills_of_orders(session, [order.id])[order.id]
     return may_send_refill_at(
-        last_sent_at=last_refill_sent_at(session, order.id),
+        last_sent_at=refills.last_sent_at,
         cooldown_hours=refill_cooldown_of(session, provider, order.service_id, settings),
-        refill_in_flight=bool(running),
+        refill_in_flight=refills.running_refill is not None,
         now=now,
         recheck=timedelta(seconds=settings.refill_retry_base),
     )
@@ -252,13 +324,14 @@ def open_request(
     drop_id: int | None = None,
 ) -> Opened:
     """A new pending request, due when a refill may go out (at once, or when the cool-down
-    ends); no request when the order already has one open."""
-    open_id = session.scalar(
-        select(RefillRequest.id).where(RefillRequest.order_id == order.id, RefillRequest.final == false())
+    ends); none while a refill of the order is in flight (``drop_verdict``)."""
+    verdict = drop_verdict(
+        refills_of_orders(session, [order.id])[order.id],
+        cooldown_hours=refill_cooldown_of(session, provider, order.service_id, settings),
+        now=now,
     )
-    if open_id is not None:
-        return Opened(None, f"refill request {open_id} of this order is already open; no new request")
-    due_at = next_refill_allowed_at(session, provider, order, settings, now)
+    if isinstance(verdict, SameDrop):
+        return Opened(None, f"{verdict.reason}, no new request")
     request = RefillRequest(
         provider_id=order.provider_id,
         order_id=order.id,
@@ -267,12 +340,12 @@ def open_request(
         state=PENDING,
         final=False,
         attempts=0,
-        next_attempt_at=due_at,
+        next_attempt_at=verdict.due_at,
         created_at=now,
         updated_at=now,
     )
-    if due_at > now:
-        request.last_message = cooldown_message(due_at)
+    if verdict.due_at > now:
+        request.last_message = cooldown_message(verdict.due_at)
     session.add(request)
     session.flush()
     return Opened(request, request.last_message)

@@ -28,6 +28,9 @@ endless            not processed; an answer that never ends, written as fast as 
                    reads it, for at most ``seconds`` (default 30)
 broken_json        processed, then the JSON answer is cut in half (HTTP 200)
 php_warning        processed, then a PHP warning is printed before the valid JSON
+php_fatal          processed, then a PHP deprecation before the valid JSON and a PHP
+                   "Fatal error: Uncaught ..." after it (a destructor or shutdown
+                   function that died): the body is refused
 php_deprecated     processed, then a PHP "Deprecated" (html_errors) before the valid JSON
 php_notice         processed, then a PHP "Notice" (html_errors) before the valid JSON
 php_notice_text    processed, then plain-text "PHP Deprecated:" and "Notice:" lines
@@ -42,11 +45,11 @@ hold               blocks until ``POST /admin/release`` (or ``seconds``, default
                    then processed normally
 =================  ==========================================================================
 
-``broken_json``, ``act_then_drop`` and ``act_then_hang`` process the request on purpose:
-a provider that created a refill and then failed to answer is exactly the case a client
-must survive. The notice and
-deprecation kinds are what panels left in debug mode print; a client salvages the JSON
-after them, while ``php_warning`` and ``codeigniter_warning`` stay failures.
+``broken_json``, ``act_then_drop``, ``act_then_hang`` and ``php_fatal`` process the
+request on purpose: a provider that created a refill and then failed to answer is exactly
+the case a client must survive. The warning, notice and deprecation kinds are what panels
+left in debug mode print; PHP carries on after them and a client salvages the JSON, while
+``php_fatal`` stays a failure.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class FaultKind(StrEnum):
     HTML_200 = "html_200"
     BROKEN_JSON = "broken_json"
     PHP_WARNING = "php_warning"
+    PHP_FATAL = "php_fatal"
     PHP_DEPRECATED = "php_deprecated"
     PHP_NOTICE = "php_notice"
     PHP_NOTICE_TEXT = "php_notice_text"
@@ -331,7 +335,7 @@ _NOISE_BEFORE_JSON: dict[FaultKind, bytes] = {
 def canned_reply(rule: FaultRule) -> CannedReply | None:
     """The answer a short-circuiting fault sends instead of processing the request.
 
-    ``None`` for kinds that let the request through (slow, hold, broken_json, the PHP
+    ``None`` for kinds that let the request through (slow, hold, broken_json, php_fatal, the PHP
     and framework noise kinds) and for ``drop_connection``, which sends nothing at all.
     """
     kind = rule.kind
@@ -356,9 +360,18 @@ def canned_reply(rule: FaultRule) -> CannedReply | None:
     return None
 
 
+_PHP_FATAL_AFTER_JSON = (
+    b"<br />\n<b>Fatal error</b>:  Uncaught RuntimeException: SMTP server unreachable in "
+    b"/var/www/panel/app/Mailer.php:88\nStack trace:\n#0 [internal function]: Mailer->__destruct()\n"
+    b"#1 {main}\n  thrown in <b>/var/www/panel/app/Mailer.php</b> on line <b>88</b><br />\n"
+)
+
+
 def damage_body(rule: FaultRule, body: bytes) -> bytes:
     """Apply a body-damaging fault to a real answer (no-op for other kinds)."""
     if rule.kind is FaultKind.BROKEN_JSON:
         return body[: max(1, len(body) // 2)]
+    if rule.kind is FaultKind.PHP_FATAL:
+        return _PHP_DEPRECATED + body + _PHP_FATAL_AFTER_JSON
     noise = _NOISE_BEFORE_JSON.get(rule.kind)
     return noise + body if noise is not None else body

@@ -1,9 +1,10 @@
 """The simulated provider's HTTP server, and ``SimServer`` to run it inside a process.
 
-One ``ThreadingHTTPServer`` serves both the API (``POST /api/v2``, form-encoded) and the
-admin API (``/admin/...``, JSON). HTTP/1.1 keep-alive, one daemon thread per connection,
-no per-request logging, and each answer goes out in a single write (headers and body
-together, Nagle off) so a keep-alive client never waits on a delayed ACK.
+One ``ThreadingHTTPServer`` serves both the API (``/api/v2``: a form-encoded POST, or a GET
+with the same parameters in the query string) and the admin API (``/admin/...``, JSON).
+HTTP/1.1 keep-alive, one daemon thread per connection, no per-request logging, and each
+answer goes out in a single write (headers and body together, Nagle off) so a keep-alive
+client never waits on a delayed ACK.
 """
 
 from __future__ import annotations
@@ -146,10 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             if url.path in API_PATHS:
-                if method == "POST":
+                # Real panels take GET with the parameters in the query string as well
+                # (PHP reads $_REQUEST), and some clients send nothing else.
+                if method in ("GET", "POST"):
                     self._api(raw, url.query)
                 else:
-                    self._send_json(405, {"error": "Method not allowed"}, (("Allow", "POST"),))
+                    self._send_json(405, {"error": "Method not allowed"}, (("Allow", "GET, POST"),))
             elif url.path.startswith("/admin") or url.path == "/count":
                 self._admin(method, url.path, url.query, raw)
             else:

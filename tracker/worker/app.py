@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from tracker.config import Settings, get_settings
+from tracker.core.time_limits import MESSAGE_EXPIRY_FLOOR_SECONDS
 from tracker.redis_clients import broker_transport_options
 from tracker.worker.queues import queue_config
 
@@ -72,8 +73,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     tick_interval = settings.tick_interval
 
     def every(task: str, seconds: float) -> dict[str, Any]:
-        # A run that waited longer than its own interval in the queue is worthless: drop it.
-        return {"task": task, "schedule": seconds, "options": {"expires": max(1.0, seconds)}}
+        # A run that waited longer than its own interval in the queue is worthless: drop it;
+        # but never sooner than hosts' clocks may differ (see MESSAGE_EXPIRY_FLOOR_SECONDS).
+        expires = max(MESSAGE_EXPIRY_FLOOR_SECONDS, seconds)
+        return {"task": task, "schedule": seconds, "options": {"expires": expires}}
 
     schedule = {
         # One dispatcher for every call kind: one budget per provider per tick.
