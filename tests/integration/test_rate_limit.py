@@ -135,3 +135,28 @@ def test_limits_another_server_wrote_pause_every_provider_once(broker_url: str) 
         assert client.exists("tracker:rate-resume")
     finally:
         client.close()
+
+
+def test_a_caller_whose_wait_ran_out_gets_a_slot_or_a_refusal_never_a_free_pass(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that woke too late for its slot and has no wait left may go only on a slot
+    it reserved again, or not at all: never on nothing (the limit's state untouched, so
+    the next caller would get the same moment)."""
+    real_sleep = time.sleep
+    monkeypatch.setattr("tracker.providers.ratelimit.time.sleep", lambda seconds: real_sleep(seconds + 0.3))
+    limiter = RateLimiter.from_url(broker_url)
+    reader = redis.Redis.from_url(broker_url)
+    key = f"tracker:rate:{PROVIDER_ID}"
+    try:
+        limiter.acquire(PROVIDER_ID, RATE)
+        reserved_before = int(reader.get(key) or 0)
+        try:
+            limiter.acquire(PROVIDER_ID, RATE, max_wait=0.25)  # waits its slot, wakes 0.3 s late
+        except RateLimitBusy:
+            return  # refused: fine
+        assert int(reader.get(key) or 0) > reserved_before + 1_000_000 * (1 + ARRIVAL_MARGIN) / RATE, (
+            "let through without a slot of its own"
+        )
+    finally:
+        reader.close()

@@ -137,9 +137,12 @@ class Gateway:
             if limiter is None:
                 return None
             wait = MAX_WAIT_SECONDS if max_wait is None else min(MAX_WAIT_SECONDS, max_wait)
-            limiter.acquire(access.id, access.rate_limit, max_wait=wait)
-            # The slot is now: the request must leave within the limiter's tolerance.
-            return time.monotonic() + LATE_TOLERANCE
+            asked = time.monotonic()
+            waited = limiter.acquire(access.id, access.rate_limit, max_wait=wait)
+            # The request must leave within the tolerance of its slot, not of the moment the
+            # limiter returned: the limiter may already have let its caller be late. The slot
+            # came no earlier than this (asked before its reservation), so this errs early.
+            return asked + waited + LATE_TOLERANCE
 
         return before_call
 

@@ -84,7 +84,7 @@ if resume > 0 then
 end
 local wait = start - now
 if wait > tonumber(ARGV[2]) then
-  return -wait
+  return -math.max(wait, 1)
 end
 redis.call('SET', KEYS[1], string.format('%.0f', start + spacing), 'PX', math.ceil((wait + spacing) / 1000) + 1000)
 return wait
@@ -147,7 +147,9 @@ class RateLimiter:
             # Measured from before the reservation: the slot is no earlier than this plus
             # the wait, so lateness is never underestimated.
             asked = time.monotonic()
-            wait_left_us = int((longest_wait - (asked - started)) * 1e6)
+            # Never below 0: the script reads a wait above a negative limit as a refusal of
+            # -0 µs, which would let the caller through with nothing reserved.
+            wait_left_us = max(0, int((longest_wait - (asked - started)) * 1e6))
             wait_us = int(self._script(keys=self._keys(provider_id), args=[spacing_us, wait_left_us, pause_us]))
             if wait_us < 0:
                 raise RateLimitBusy(provider_id, -wait_us / 1e6)
