@@ -160,3 +160,30 @@ def test_a_backlog_of_events_never_has_more_delivery_tasks_out_than_the_cap(
     # A delivery task that never ran (its worker killed) holds its place only for its lease.
     clock.advance(delivery_lease(shop_settings) + 1)
     assert len(claim_due_events(shop_settings, clock(), unit_of_work=db.unit_of_work)) == DELIVERIES_IN_FLIGHT
+
+
+class RefusingFirstSink(RecordingSink):
+    """The shop refuses its order's first event (an "In progress"), and takes the rest."""
+
+    def __call__(self, name: str, args: list[Any], queue: str) -> None:
+        if args[0].get("to_status") == "In progress":
+            raise ConnectionError("the shop refused it")
+        super().__call__(name, args, queue)
+
+
+def test_an_event_that_failed_for_good_holds_back_nothing_after_it(
+    db: MemoryDatabase, shop_settings: Settings, clock: SettableClock, limiter: Any, metrics: Any, panel: ScriptedPanel,
+    provider_id: int,
+) -> None:
+    """Order is kept while an earlier event may still arrive; one that failed for good
+    never will, so its order's later events go out in the same batch."""
+    settings = replace(shop_settings, webhook_max_attempts=1)
+    gateway = Gateway(settings, limiter, metrics, transport=panel)
+    track(db, clock, [21])
+    for status in ("In progress", "Completed"):
+        panel.set_order(21, status, start_count=5)
+        poll_due(db, settings, gateway, clock)
+        clock.advance(settings.poll_interval * settings.max_poll_backoff_factor * 2)
+    sink = RefusingFirstSink()
+    assert deliver_due(db, settings, sink, clock) == (1, 0)
+    assert [event["to_status"] for event in sink.sent] == ["Completed"]

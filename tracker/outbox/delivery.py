@@ -277,9 +277,10 @@ def deliver_claimed(
             raise
         outcome, values = _attempt_values(row, error, now(), settings)
         counts[outcome] += 1
-        if outcome != "delivered" and row.order_id is not None:
-            # Its order's later events wait until it is tried again (or has failed for good).
-            blocked[row.order_id] = values.get("next_attempt_at")
+        if outcome == "retrying" and row.order_id is not None:
+            # Its order's later events wait until it is tried again. One that failed for
+            # good will never arrive: nothing waits for it.
+            blocked[row.order_id] = values["next_attempt_at"]
         # One short transaction per event: a delivered event is marked before the next POST.
         with unit_of_work() as session:
             marked = _mark(session, claim_id, row, values)
