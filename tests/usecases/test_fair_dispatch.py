@@ -133,3 +133,20 @@ def test_a_backlogged_provider_takes_the_slots_nobody_with_due_rows_needs(
     share = SlotShare(4, {provider_id: 0 for provider_id in [backlogged, *others]})
     work = claim_all(settings, clock(), share, InMemoryBudgets(settings.tick_interval), unit_of_work=db.unit_of_work)
     assert [piece.provider_id for piece in work] == [backlogged] * 4
+
+
+def test_no_slot_is_kept_for_a_provider_that_cannot_use_it(
+    db: MemoryDatabase, settings: Settings, clock: SettableClock
+) -> None:
+    """A provider with due rows but an open circuit (or no budget) takes no task this tick:
+    a slot kept back for it would only sit idle beside a backlog."""
+    backlogged, broken = add_providers(db, settings, clock, 2, orders=600)
+    with db.unit_of_work() as session:
+        session.execute(
+            update(Provider).where(Provider.id == broken).values(
+                consecutive_failures=5, circuit_open_until=clock() + timedelta(minutes=5)
+            )
+        )
+    share = SlotShare(2, {backlogged: 0, broken: 0})
+    work = claim_all(settings, clock(), share, InMemoryBudgets(settings.tick_interval), unit_of_work=db.unit_of_work)
+    assert [piece.provider_id for piece in work] == [backlogged] * 2

@@ -136,6 +136,10 @@ class SlotShare:
             self.last_served[provider_id] = max(self.last_served.values(), default=0) + 1
         if tasks < allowed:
             self.wanting.discard(provider_id)
+        if tasks == 0 and allowed > 0:
+            # Due rows it could not take (its circuit is open, its budget spent): a slot
+            # kept back for it would only sit idle this tick.
+            self.due.discard(provider_id)
 
 
 UNLIMITED = 1 << 30
