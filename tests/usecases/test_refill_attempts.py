@@ -9,13 +9,15 @@ from sqlalchemy import select
 
 from tests.support.soft_limit import soft_limit_after
 from tests.usecases.helpers import completed_with_refill
-from tracker.config import Settings
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline
 from tracker.db.models import Provider, RefillAttempt, RefillRequest
 from tracker.polling.dispatch import AttemptWork, claim_all
 from tracker.providers.gateway import Gateway
+from tracker.providers.ratelimit import RateLimitBusy
 from tracker.refills.attempts import AttemptReport, attempt_refill
 from tracker.refills.drops import report_drop
-from tracker.testing import MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting, held_then_answered
+from tracker.testing import InMemoryCallMetrics, MemoryDatabase, ScriptedPanel, SettableClock, cut_after_acting, held_then_answered
 
 ORDER = 501
 SERVICE = 7
@@ -120,3 +122,32 @@ def test_a_refill_call_abandoned_at_the_soft_limit_counts_against_the_provider(
     assert attempts(db, drop_reported) == ["sent"]
     with db.unit_of_work(read_only=True) as session:
         assert session.get_one(Provider, provider_id).consecutive_failures == 1
+
+
+class SlotInFiveSeconds:
+    """A rate limit whose next slot for the provider is 5 s away."""
+
+    def acquire(self, provider_id: int, rate: float, *, max_wait: float = 10.0) -> float:
+        if max_wait < 5.0:
+            raise RateLimitBusy(provider_id, 5.0)
+        return 5.0
+
+    def cool_down(self, provider_id: int, seconds: float) -> None:
+        return None
+
+
+def test_a_refill_is_not_sent_when_its_wait_and_call_would_outlast_the_soft_limit(
+    db: MemoryDatabase, settings: Settings, panel: ScriptedPanel, clock: SettableClock, drop_reported: int,
+) -> None:
+    """A refill is not idempotent: one abandoned at the soft limit stays sent with its
+    answer unknown, and blocks the order's next refill for its cool-down. So it goes out
+    only when the rate limit's wait and one whole try fit before the limit: here 2 s are
+    left beyond the try, and the slot is 5 s away."""
+    gateway = Gateway(settings, SlotInFiveSeconds(), InMemoryCallMetrics(), transport=panel)
+    deadline = Deadline.after(settings.provider_try_seconds + WRITE_MARGIN_SECONDS + 2.0)
+    try:
+        [report] = attempt_due(db, settings, gateway, clock, deadline=deadline)
+    finally:
+        gateway.close()
+    assert "refill" not in panel.actions()
+    assert report.outcome == "not_sent"

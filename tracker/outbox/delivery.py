@@ -47,6 +47,7 @@ from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent, next_delivery_attempt, provider_alert
 from tracker.apiv2.redact import excerpt
 from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.outbox")
 
@@ -237,7 +238,7 @@ def deliver_claimed(
     before ``deadline`` (the task's soft time limit; by default TRACKER_TASK_SOFT_TIME_LIMIT
     from now); the rest go back, due now. ``now``: by default the database's clock."""
     settings = sinks.settings
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     with unit_of_work() as session:
         if now is None:
             now = database_clock(session)

@@ -50,6 +50,7 @@ from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_events, sink_configured
 from tracker.providers.health import base_interval, record_success, retry_delay_after
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.poll")
 
@@ -233,7 +234,7 @@ def poll_batch(
     ``done_calling``: told when the task has no call left to make, before it writes (its
     provider slot may go to the next task while this one writes). ``unit_of_work``: where
     its transactions are opened (tests pass ``tracker.testing``'s)."""
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
     with unit_of_work(read_only=True) as session:
         if clock is None:

@@ -84,7 +84,9 @@ def request_refill(
     # was added lack it; their entries lapse with the lease).
     settings = get_settings()
     with holding_slot(provider_id, attempt_token(request_id, claim_id)):
-        result = attempt_refill(request_id, claim_id, settings=settings, gateway=shared_gateway(settings))
+        result = attempt_refill(
+            request_id, claim_id, settings=settings, gateway=shared_gateway(settings), deadline=task_deadline()
+        )
     if result.retry_in is not None:
         # The answer is recorded and the claim kept: retry this same task shortly.
         raise self.retry(countdown=result.retry_in)

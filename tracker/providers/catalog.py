@@ -30,6 +30,7 @@ from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
 from tracker.providers.health import record_abandoned_call, record_call
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.catalog")
 
@@ -156,7 +157,7 @@ def check_balances(
     """Fetch the balance of every active provider not checked for a balance interval.
     ``now``: by default the database's clock; ``deadline``: the task's soft time limit
     (by default TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     now = now or database_time(unit_of_work)
     due = _active_providers_older_than(
         settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval), unit_of_work
@@ -197,7 +198,7 @@ def sync_due_catalogs(
     and skipped; the others are still refreshed. ``now``: by default the database's
     clock; ``deadline``: the task's soft time limit (by default
     TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     now = now or database_time(unit_of_work)
     due = _active_providers_older_than(
         settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval), unit_of_work

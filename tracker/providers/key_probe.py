@@ -40,6 +40,7 @@ from tracker.providers.catalog import store_balance
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
 from tracker.providers.health import next_probe_at
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.health")
 
@@ -103,7 +104,7 @@ def probe_due_keys(
     """Probe every due provider once; returns how many probes ended how. ``clock``: by
     default the database's; ``deadline``: the task's soft time limit (by default
     TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     with unit_of_work() as session:
         if clock is None:
             clock = database_clock(session)

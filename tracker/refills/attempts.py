@@ -29,8 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tracker.config import Settings
-from tracker.core.time_limits import interruptions
+from tracker.config import WRITE_MARGIN_SECONDS, Settings
+from tracker.core.time_limits import Deadline, interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import (
     Order,
@@ -50,6 +50,7 @@ from tracker.core.refills import (
     RetryPolicy,
     decide_after_attempt,
 )
+from tracker.apiv2.client import calls_finish_by
 from tracker.apiv2.errors import ProviderError, RateLimited
 from tracker.apiv2.messages import outcome_of_error
 from tracker.providers.ratelimit import RateLimitBusy
@@ -64,6 +65,7 @@ from tracker.refills.drops import (
     eligibility_of,
     next_refill_allowed_at,
 )
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.refills")
 
@@ -103,8 +105,8 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 class NothingSent(RuntimeError):
-    """The database failed before the attempt was written: nothing went out, so the
-    task may simply run again."""
+    """The database failed before the attempt was written, or too little of the task's
+    time was left for the call: nothing went out, so the task may simply run again."""
 
 
 class AnswerNotRecorded(RuntimeError):
@@ -126,12 +128,19 @@ def attempt_refill(
     rng: random.Random | None = None,
     checkpoint: Callable[[str], None] = lambda step: None,
     unit_of_work: UnitOfWork = unit_of_work,
+    deadline: Deadline | None = None,
 ) -> AttemptReport:
-    """``clock``: by default the database's, which the dispatcher's leases and every
+    """``deadline``: the task's soft time limit. A refill is not idempotent: abandoned
+    mid-call, its answer is lost and it blocks the order's next refill for a cool-down,
+    so it goes out only when one whole try, and the rate limit's wait, fit before it.
+    ``clock``: by default the database's, which the dispatcher's leases and every
     worker's cool-downs are measured by. ``checkpoint`` is called at each step with
     ``"before_call"``, ``"after_call"`` (before each try of the write) and
     ``"after_write"``: tests kill the process or fail the database there.
     ``unit_of_work``: where its transactions are opened (tests pass ``tracker.testing``'s)."""
+    deadline = deadline_or_soft_limit(deadline, settings)
+    if not deadline.allows(settings.provider_try_seconds + WRITE_MARGIN_SECONDS):
+        raise NothingSent(f"refill request {request_id}: too little time left for the call")
     if clock is None:
         with unit_of_work(read_only=True) as session:
             clock = database_clock(session)
@@ -150,7 +159,9 @@ def attempt_refill(
     # and it says nothing about the provider.
     kept_back = False
     try:
-        refill_id = gateway.client(taken.access).refill(taken.external_order_id)
+        # The rate limit's wait is cut to what leaves the try its time (else: kept back).
+        with calls_finish_by(deadline.sooner(WRITE_MARGIN_SECONDS)):
+            refill_id = gateway.client(taken.access).refill(taken.external_order_id)
         outcome = AttemptOutcome.ACCEPTED
     except interruptions():
         # The soft time limit, mid-call: the attempt stays "sent" (the next run treats its

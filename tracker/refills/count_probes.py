@@ -46,6 +46,7 @@ from tracker.refills.drops import (
     refill_services,
     terms_of,
 )
+from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.probe")
 
@@ -82,7 +83,7 @@ def probe_counts(
         if settings.count_probe is None:
             return ProbeSummary()
         probe = load_count_probe(settings.count_probe)
-    deadline = deadline or Deadline.after(settings.task_soft_time_limit)
+    deadline = deadline_or_soft_limit(deadline, settings)
     if clock is None:
         with unit_of_work(read_only=True) as session:
             clock = database_clock(session)
