@@ -20,7 +20,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
 from tracker.core.time_limits import Deadline, interruptions
-from tracker.db.clock import database_time
+from tracker.db.clock import database_clock, database_time
 from tracker.db.models import Provider, Service
 from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.apiv2.client import calls_finish_by
@@ -158,7 +158,15 @@ def check_balances(
     ``now``: by default the database's clock; ``deadline``: the task's soft time limit
     (by default TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
     deadline = deadline_or_soft_limit(deadline, settings)
-    now = now or database_time(unit_of_work)
+    if now is None:
+        # Read once, moved on by the monotonic clock: a failure late in a long run is
+        # recorded at its own time, so the circuit it opens is not cut short.
+        with unit_of_work(read_only=True) as session:
+            clock = database_clock(session)
+    else:
+        start = now
+        clock = lambda: start  # noqa: E731 - a fixed moment, as the caller gave it
+    now = clock()
     due = _active_providers_older_than(
         settings, Provider.balance_checked_at, now - timedelta(seconds=settings.balance_check_interval), unit_of_work
     )
@@ -172,15 +180,15 @@ def check_balances(
         except RateLimitBusy:
             continue
         except interruptions():
-            record_abandoned_call(unit_of_work, access.id, "balance", now, settings, gateway.rate_limiter)
+            record_abandoned_call(unit_of_work, access.id, "balance", clock(), settings, gateway.rate_limiter)
             raise
         except ProviderError as error:
             log.warning("balance check failed: %s", error, extra={"provider": access.name})
             with unit_of_work() as session:
-                record_call(session, access.id, error, now, settings, gateway.rate_limiter)
+                record_call(session, access.id, error, clock(), settings, gateway.rate_limiter)
             continue
         with unit_of_work() as session:
-            store_balance(session, settings, session.get_one(Provider, access.id), balance, now)
+            store_balance(session, settings, session.get_one(Provider, access.id), balance, clock())
         checked += 1
     return checked
 
