@@ -17,7 +17,8 @@ from sqlalchemy import select
 from tests.usecases.helpers import add_provider, completed_with_refill, poll_due, tick, track
 from tracker.config import Settings
 from tracker.db.models import Order, Provider, Refill
-from tracker.providers.gateway import Gateway
+from tracker.providers.catalog import sync_catalog
+from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.refills.drops import report_drop
 from tracker.testing import InMemoryCallMetrics, MemoryDatabase, Scripted, ScriptedPanel, SettableClock
 
@@ -169,3 +170,30 @@ def test_a_new_url_forgets_the_forms_learned_from_the_old_panel(
     with db.unit_of_work(read_only=True) as session:
         provider = session.get_one(Provider, provider_id)
         assert (provider.supports_multi_status, provider.supports_multi_refill_status) == (None, None)
+
+
+def test_a_catalog_sync_gives_the_batch_form_another_chance(
+    db: MemoryDatabase, settings: Settings, gateway: Gateway, panel: ScriptedPanel,
+    clock: SettableClock, provider_id: int,
+) -> None:
+    """One refused batch, before any worked, moves a panel to single calls: 100 calls a
+    sweep instead of one, for good, were that refusal a passing glitch of a panel that
+    reads batches. The daily catalog sync (or `tracker provider sync`) forgets the
+    verdict, so the batch form is tried once more: a single-form panel pays one refused
+    call a day, a batch panel gets its batches back."""
+    panel.multi_forms = False
+    track(db, clock, ORDER_IDS)
+    for order_id in ORDER_IDS:
+        panel.set_order(order_id, "In progress", remains=60, start_count=40)
+    sweep(db, settings, gateway, clock, times=1)
+    assert multi_status_fact(db, provider_id) is False
+
+    panel.multi_forms = True  # it was a glitch
+    with db.unit_of_work(read_only=True) as session:
+        access = ProviderAccess.of(session.get_one(Provider, provider_id), settings)
+    sync_catalog(access, settings, gateway, clock(), unit_of_work=db.unit_of_work)
+    assert multi_status_fact(db, provider_id) is None
+    panel.calls.clear()
+    sweep(db, settings, gateway, clock, times=2)
+    assert status_forms(panel) == ["orders", "orders"]
+    assert multi_status_fact(db, provider_id) is True

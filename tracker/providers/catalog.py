@@ -60,6 +60,19 @@ def distinct_services(entries: Sequence[CatalogService]) -> tuple[list[CatalogSe
     return list(last.values()), sorted(repeated)
 
 
+def retry_refused_batch_forms(provider: Provider) -> None:
+    """Forget that the panel refused the batch forms (``orders=`` / ``refills=``): one
+    refusal before any batch worked moves it to single calls, 100 a sweep instead of one,
+    which a passing glitch of a panel that reads batches must not cost for good. After
+    each catalog sync (daily, and ``tracker provider sync``) the batch form is tried
+    once more: a panel without it pays one refused call, the others get batches back. A
+    form that worked is kept."""
+    if provider.supports_multi_status is False:
+        provider.supports_multi_status = None
+    if provider.supports_multi_refill_status is False:
+        provider.supports_multi_refill_status = None
+
+
 def store_catalog(session: Session, provider: Provider, entries: Sequence[CatalogService], now: datetime) -> int:
     """Upsert catalog entries; operator overrides (refill days, auto-refill) are kept.
     A service listed twice is stored once, as its last listing. Returns how many
@@ -267,6 +280,7 @@ def sync_catalog(
         provider = session.get_one(Provider, access.id)
         added = store_catalog(session, provider, entries, now)
         store_balance(session, settings, provider, balance, now)
+        retry_refused_batch_forms(provider)
     unique = distinct_services(entries)[0]
     return SyncResult(
         provider=access.name,
