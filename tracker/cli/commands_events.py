@@ -9,7 +9,6 @@ from typing import Any
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
-from tracker.core.clock import utcnow
 from tracker.db.clock import database_now
 from tracker.config import get_settings
 
@@ -51,11 +50,10 @@ def parse_since(text: str, now: datetime) -> datetime:
 def _resend(args: argparse.Namespace) -> int:
     from tracker.outbox.delivery import resend_events, sink_configured
 
-    now = utcnow()
-    since: datetime | None = None
     if args.since is not None:
         try:
-            since = parse_since(args.since, now)
+            # Checked before anything else: only its form, against any moment.
+            parse_since(args.since, datetime.now(UTC))
         except ValueError:
             raise CLIError(
                 f"--since {args.since!r} is neither an ISO 8601 time (like 2025-03-01T12:00:00Z) "
@@ -65,7 +63,10 @@ def _resend(args: argparse.Namespace) -> int:
     if not sink_configured(get_settings()):
         raise CLIError("no TRACKER_WEBHOOK_URL or TRACKER_EVENT_TASK is set: nothing would deliver the events")
     with database() as session:
-        # Due again by the database's clock, which the outbox's claims go by.
-        count = resend_events(session, database_now(session), failed_only=args.failed, since=since)
+        # The database's clock, which the events' created_at and the outbox's claims go
+        # by: "2h" means two hours before its now, whatever this host's clock says.
+        now = database_now(session)
+        since = parse_since(args.since, now) if args.since is not None else None
+        count = resend_events(session, now, failed_only=args.failed, since=since)
     print(f"resent {count} event{'' if count == 1 else 's'}")
     return 0
