@@ -15,6 +15,7 @@ they have one, is ``TRACKER_SENTINEL_PASSWORD``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -24,7 +25,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from tracker.config import DEFAULT_SENTINEL_MASTER
+from tracker.config import DEFAULT_SENTINEL_MASTER, get_settings
 
 if TYPE_CHECKING:
     from tracker.config import Settings
@@ -143,3 +144,17 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
     if settings.sentinel_password:
         options["sentinel_kwargs"] = {"password": settings.sentinel_password}
     return options
+
+
+_coordination_lock = threading.Lock()
+_coordination: redis.Redis | None = None
+
+
+def coordination() -> redis.Redis:
+    """The process's Redis client for locks and counts between workers (the broker's
+    Redis; through Sentinel, whichever server is the master now)."""
+    global _coordination
+    with _coordination_lock:
+        if _coordination is None:
+            _coordination = broker_redis(get_settings())
+        return _coordination

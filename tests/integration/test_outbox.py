@@ -315,3 +315,25 @@ def test_a_soft_limit_mid_post_stops_the_delivery_task(
     assert (rows[first].attempts, rows[first].claim_id, rows[first].delivered_at) == (1, None, None)
     assert rows[first].next_attempt_at > database_clock_now(), "after the failure back-off"
     assert all((rows[event_id].attempts, rows[event_id].claim_id) == (0, None) for event_id in others)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_one_outbox_dispatch_at_a_time(tracker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs at once (beat's tick beside a finished delivery's follow-up, on two
+    workers) would each count the deliveries out before the other's claims commit, and
+    together hand out twice the cap: a run that finds another running hands out nothing."""
+    import tracker.worker.app  # noqa: F401 - the tasks' Celery app
+    from tracker.outbox.tasks import dispatch_outbox
+    from tracker.redis_clients import coordination
+
+    with ShopEndpoint() as shop:
+        use_shop(monkeypatch, shop)
+        record(3)
+        running = coordination().lock("tracker:lock:dispatch-outbox", timeout=30)
+        assert running.acquire(blocking=False)
+        try:
+            assert dispatch_outbox() == 0
+            assert set(claimed_by().values()) == {None}
+        finally:
+            running.release()
+        assert dispatch_outbox() == 1

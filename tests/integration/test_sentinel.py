@@ -30,7 +30,7 @@ from tracker.config import get_settings
 from tracker.core.clock import utcnow
 from tracker.db import migrate
 from tracker.db.session import unit_of_work
-from tracker.polling import slots
+from tracker import redis_clients
 from tracker.polling.capacity import poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork
 from tracker.polling.dispatch_runs import run_dispatcher
@@ -140,7 +140,7 @@ def test_a_worker_a_shop_and_the_dispatcher_follow_the_master_through_a_failover
     database_url = f"sqlite:///{tmp_path / 'tracker.db'}"
     migrate.upgrade(database_url)
     # This process's coordination client is made afresh, on the Sentinel URL.
-    monkeypatch.setattr(slots, "_coordination", None)
+    monkeypatch.setattr(redis_clients, "_coordination", None)
     values = settings_under_test(database_url, group.url(), tmp_path / "state")
     with (
         applied_settings(values, monkeypatch) as env,

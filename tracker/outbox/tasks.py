@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import threading
 
+import redis
 from celery import current_app, shared_task
 
 from tracker.config import get_settings
+from tracker.redis_clients import coordination
 from tracker.outbox.delivery import DELIVERY_BATCH, Sinks, claim_due_events, deliver_claimed
 from tracker.task_base import TrackerTask, enqueue_committed, task_deadline
 
@@ -31,11 +33,27 @@ def sinks() -> Sinks:
 
 @shared_task(base=TrackerTask, name="tracker.dispatch_outbox")
 def dispatch_outbox() -> int:
-    return enqueue_committed(
-        # The database's clock decides what is due and how long a lease lasts.
-        claim_due_events(get_settings()),
-        lambda claim: deliver_events.delay(claim.claim_id, claim.row_ids),
-    )
+    # One run at a time: two at once (beat's tick beside a delivery's follow-up) would each
+    # count the deliveries out before the other's claims commit, and both fill the cap.
+    # A run that finds the lock taken leaves the work to the holder or to the next tick.
+    lock = coordination().lock("tracker:lock:dispatch-outbox", timeout=DISPATCH_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return 0
+    try:
+        return enqueue_committed(
+            # The database's clock decides what is due and how long a lease lasts.
+            claim_due_events(get_settings()),
+            lambda claim: deliver_events.delay(claim.claim_id, claim.row_ids),
+        )
+    finally:
+        try:
+            lock.release()
+        except redis.RedisError:
+            pass  # expired: the claims are committed either way
+
+
+# Longer than a claim and its enqueueing ever take; a killed run holds it no longer.
+DISPATCH_LOCK_SECONDS = 30
 
 
 @shared_task(base=TrackerTask, name="tracker.deliver_events")

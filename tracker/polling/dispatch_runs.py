@@ -24,7 +24,8 @@ from tracker.db.models import Provider
 from tracker.db.session import unit_of_work
 from tracker.polling.capacity import Capacity, LastServed, TokenBudgets, attempt_token, poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
-from tracker.polling.slots import AGAIN_KEY, QUEUED_KEY, coordination, dispatch_soon, in_flight
+from tracker.polling.slots import AGAIN_KEY, QUEUED_KEY, dispatch_soon, in_flight
+from tracker.redis_clients import coordination
 from tracker.task_base import enqueue_committed
 
 log = logging.getLogger("tracker.task_base")

@@ -9,33 +9,17 @@ process's Redis client for them and the protocol between dispatcher runs.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
 from celery import current_app
 
-from tracker.config import get_settings
 from tracker.core.time_limits import MESSAGE_EXPIRY_FLOOR_SECONDS
 from tracker.polling.capacity import InFlight
-from tracker.redis_clients import broker_redis
+from tracker.redis_clients import coordination
 
 log = logging.getLogger("tracker.task_base")
-
-_coordination_lock = threading.Lock()
-_coordination: redis.Redis | None = None
-
-
-def coordination() -> redis.Redis:
-    """The process's Redis client for locks and counts between workers (the broker's
-    Redis; through Sentinel, whichever server is the master now)."""
-    global _coordination
-    with _coordination_lock:
-        if _coordination is None:
-            _coordination = broker_redis(get_settings())
-        return _coordination
-
 
 def in_flight() -> InFlight:
     return InFlight(coordination())
