@@ -160,8 +160,13 @@ def claim_rounds(
     share = share if share is not None else SlotShare(None, {})
     budgets = budgets if budgets is not None else FreshBudgets()
     first_round = True
+    # The longest round so far, its claims and the caller's enqueueing after it: measured
+    # from one round's start to the next's.
     longest = 0.0
+    started: float | None = None
     while True:
+        if started is not None:
+            longest = max(longest, time.monotonic() - started)
         if deadline is not None and not deadline.allows(2 * longest + WRITE_MARGIN_SECONDS):
             return
         started = time.monotonic()
@@ -205,7 +210,6 @@ def claim_rounds(
             budgets.spend(provider_id, calls)
         if not work:
             return
-        longest = max(longest, time.monotonic() - started)
         yield work
 
 
