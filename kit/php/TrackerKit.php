@@ -67,6 +67,8 @@ final class Kit
     /**
      * @param string $url  redis://[[user]:password@]host[:port][/db], unix:///path/to/redis.sock?db=N
      *                     (the tracker's TRACKER_BROKER_URL), or http(s)://host:port of Flower.
+     *                     Not sentinel:// (behind Sentinel, use Flower) nor rediss://.
+     *                     Percent-encode '/', '#', '?' and '@' in a user name or password.
      * @param ?string $user, $password  Flower's basic auth (FLOWER_BASIC_AUTH), unless in the URL.
      * @param float $timeout  seconds to connect, and to wait for each answer.
      */
@@ -76,35 +78,47 @@ final class Kit
         ?string $password = null,
         private float $timeout = 5.0,
     ) {
+        $this->shownUrl = self::withoutPassword($url);
         $parts = self::urlParts($url);
-        $scheme = is_array($parts) ? strtolower($parts['scheme'] ?? '') : '';
-        $this->shownUrl = self::withoutPassword($url, $parts);
-        if ($scheme === 'redis' || $scheme === 'unix' || $scheme === 'redis+socket') {
-            $this->transport = 'redis';
-            $this->redis = self::redisTarget($scheme, $parts, $this->shownUrl);
-            return;
-        }
-        if ($scheme === 'http' || $scheme === 'https') {
-            $this->transport = 'flower';
-            $host = $parts['host'] ?? '';
-            $port = isset($parts['port']) ? ':' . $parts['port'] : '';
-            $path = rtrim($parts['path'] ?? '', '/');
-            $this->flowerBase = "$scheme://$host$port$path";
-            $user ??= isset($parts['user']) ? rawurldecode($parts['user']) : null;
-            $password ??= isset($parts['pass']) ? rawurldecode($parts['pass']) : null;
-            if ($user !== null || $password !== null) {
-                $this->flowerAuth = 'Basic ' . base64_encode(($user ?? '') . ':' . ($password ?? ''));
-            }
-            return;
+        // parse_url() gives up on a password with an unencoded '/', '#' or '?': the scheme still says what was meant.
+        $scheme = strtolower(is_array($parts)
+            ? (string) ($parts['scheme'] ?? '')
+            : (preg_match('{^([a-z][a-z0-9+.-]*)://}i', $url, $match) === 1 ? $match[1] : ''));
+        if ($scheme === 'sentinel') {
+            throw new \InvalidArgumentException(
+                "the kit cannot find the tracker's Redis behind Sentinel: use Flower's HTTP API, or the current master's redis:// URL; got {$this->shownUrl}"
+            );
         }
         if ($scheme === 'rediss') {
             throw new \InvalidArgumentException(
                 "rediss:// (Redis over TLS) is not supported by the kit: use Flower over https, or a local TLS tunnel to {$this->shownUrl}"
             );
         }
-        throw new \InvalidArgumentException(
-            "the tracker URL must be redis://, unix:// (the tracker's TRACKER_BROKER_URL) or http(s):// (Flower), got {$this->shownUrl}"
-        );
+        if (!in_array($scheme, ['redis', 'unix', 'redis+socket', 'http', 'https'], true)) {
+            throw new \InvalidArgumentException(
+                "the tracker URL must be redis://, unix:// (the tracker's TRACKER_BROKER_URL) or http(s):// (Flower), got {$this->shownUrl}"
+            );
+        }
+        if ($parts === false) {
+            throw new \InvalidArgumentException(
+                "cannot read the URL {$this->shownUrl}: percent-encode the user name and password ('/' as %2F, '#' as %23, '?' as %3F, '@' as %40)"
+            );
+        }
+        if ($scheme === 'redis' || $scheme === 'unix' || $scheme === 'redis+socket') {
+            $this->transport = 'redis';
+            $this->redis = self::redisTarget($scheme, $parts, $this->shownUrl);
+            return;
+        }
+        $this->transport = 'flower';
+        $host = $parts['host'] ?? '';
+        $port = isset($parts['port']) ? ':' . $parts['port'] : '';
+        $path = rtrim($parts['path'] ?? '', '/');
+        $this->flowerBase = "$scheme://$host$port$path";
+        $user ??= isset($parts['user']) ? rawurldecode($parts['user']) : null;
+        $password ??= isset($parts['pass']) ? rawurldecode($parts['pass']) : null;
+        if ($user !== null || $password !== null) {
+            $this->flowerAuth = 'Basic ' . base64_encode(($user ?? '') . ':' . ($password ?? ''));
+        }
     }
 
     /**
@@ -536,14 +550,11 @@ final class Kit
     }
 
     /**
-     * @param array<string, mixed>|false $parts
+     * @param array<string, mixed> $parts
      * @return array{host?: string, port?: int, socket?: string, user: ?string, password: ?string, db: int}
      */
-    private static function redisTarget(string $scheme, array|false $parts, string $shown): array
+    private static function redisTarget(string $scheme, array $parts, string $shown): array
     {
-        if ($parts === false) {
-            throw new \InvalidArgumentException("cannot read the Redis URL $shown");
-        }
         $query = [];
         parse_str($parts['query'] ?? '', $query);
         $user = isset($parts['user']) && $parts['user'] !== '' ? rawurldecode($parts['user']) : null;
@@ -581,14 +592,20 @@ final class Kit
         );
     }
 
-    /** @param array<string, mixed>|false $parts */
-    private static function withoutPassword(string $url, array|false $parts): string
+    /**
+     * The URL for messages: everything between '://' and its LAST '@' may hold a secret, so
+     * all of it is hidden, whatever parse_url() makes of it (a password with an unencoded
+     * '/', '#', '?' or '@' can make it fail, or split it at the wrong '@').
+     */
+    private static function withoutPassword(string $url): string
     {
-        if (!is_array($parts) || (!isset($parts['pass']) && !isset($parts['user']))) {
+        $at = strrpos($url, '@');
+        if ($at === false) {
             return $url;
         }
-        // Everything between the scheme and the '@' may hold a secret: hide it all.
-        return preg_replace('{^([a-z+]+://)[^@/]*@}i', '$1***@', $url) ?? '(a Redis URL)';
+        $scheme = strpos($url, '://');
+        $start = $scheme !== false && $scheme < $at ? $scheme + 3 : 0;
+        return substr($url, 0, $start) . '***' . substr($url, $at);
     }
 
     private static function uuid4(): string

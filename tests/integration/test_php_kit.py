@@ -214,6 +214,34 @@ def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
         assert code == 1 and answer["error"] == "InvalidArgumentException", answer
 
 
+
+def test_no_message_shows_a_password_whatever_parse_url_makes_of_the_url() -> None:
+    """Passwords with the characters a URL reserves, not percent-encoded: parse_url() gives
+    up on most (and splits `p@ss` at its first '@'); everything between '://' and the last
+    '@' stays hidden all the same."""
+    port = free_port()
+    for url, secrets in (
+        (f"redis://:pw1/sec2@127.0.0.1:{port}/0", ("pw1", "sec2")),
+        (f"redis://:pw3#sec4@127.0.0.1:{port}", ("pw3", "sec4")),
+        (f"redis://user5:pw5?sec6@127.0.0.1:{port}", ("user5", "pw5", "sec6")),
+        (f"redis://:pw7@sec8@127.0.0.1:{port}/0", ("pw7", "sec8")),
+        (f"rediss://:pw9#sec10@127.0.0.1:{port}/0", ("pw9", "sec10")),
+    ):
+        code, answer = run_kit([{"call": "trackOrders", "provider": "panel", "ids": [1]}], url)
+        assert code == 1, (url, answer)
+        message = answer["message"]
+        assert f"://***@127.0.0.1:{port}" in message, message
+        assert not [secret for secret in secrets if secret in message], message
+
+
+def test_a_sentinel_url_says_what_to_use_instead() -> None:
+    url = "sentinel://:pw11@10.0.0.11:26379/0;sentinel://10.0.0.12:26379;sentinel://:pw12@10.0.0.13:26379"
+    code, answer = run_kit([], url)
+    assert code == 1 and answer["error"] == "InvalidArgumentException", answer
+    assert "behind Sentinel: use Flower's HTTP API, or the current master's redis:// URL" in answer["message"]
+    assert answer["message"].endswith("got sentinel://***@10.0.0.13:26379"), answer["message"]
+
+
 def test_verify_webhook_refuses_forged_stale_and_tampered_deliveries() -> None:
     body = json.dumps({"id": "e1", "type": "order.status_changed", "order_id": 5}).encode()
     now = int(time.time())
