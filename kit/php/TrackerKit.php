@@ -52,6 +52,11 @@ final class Kit
      *  the tracker's own polls queue. Its absence means no tracker worker reads here. */
     public const WORKER_MARK = '_kombu.binding.tracker.polls';
     public const MAX_ORDER_ID = '9223372036854775807';
+    /** A refused string is named as given up to this many characters, or up to ECHOED_DIGITS
+     *  when it is digits; a longer one (a key sent by mistake?) by its length only. The
+     *  tracker's rule: tracker/core/ids.py. */
+    public const ECHOED_CHARACTERS = 16;
+    public const ECHOED_DIGITS = 20;
     public const SIGNATURE_HEADER = 'X-Tracker-Signature';
     public const TIMESTAMP_HEADER = 'X-Tracker-Timestamp';
     public const EVENT_ID_HEADER = 'X-Tracker-Event-Id';
@@ -129,7 +134,8 @@ final class Kit
      * @param array<mixed> $ids  ints or digit strings
      * @return array{task_id: ?string, sent: list<int>, refused: array<int|string, string>, duplicates: int, queue_length?: int}
      *   'sent': the IDs handed over, as ints,
-     *   'refused': given ID => why it was refused (nothing is sent for those),
+     *   'refused': given ID => why it was refused (nothing is sent for those); a long string
+     *              is named by its length only (ECHOED_CHARACTERS),
      *   'task_id': the Celery task's ID (null when no ID was valid: nothing was sent),
      *   'queue_length': (Redis only) messages waiting in the queue after ours.
      */
@@ -496,8 +502,7 @@ final class Kit
         if (!is_string($given)) {
             return 'has type ' . get_debug_type($given) . '; expected a number or a digit string';
         }
-        // Python's str.strip(): ASCII whitespace and the Unicode spaces shops paste.
-        $text = preg_replace('/^[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+|[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+$/u', '', $given) ?? $given;
+        $text = self::stripped($given);
         if ($text === '') {
             return 'is empty';
         }
@@ -516,15 +521,35 @@ final class Kit
         return null;
     }
 
+    /** Python's str.strip(): ASCII whitespace and the Unicode spaces shops paste. */
+    private static function stripped(string $given): string
+    {
+        return preg_replace('/^[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+|[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+$/u', '', $given) ?? $given;
+    }
+
+    /** How a refused ID is named in 'refused': as the tracker names it (tracker/core/ids.py). */
     private static function describe(mixed $given): int|string
     {
-        if (is_int($given) || is_string($given)) {
-            return is_string($given) && strlen($given) > 40 ? substr($given, 0, 37) . '...' : $given;
+        if (is_string($given)) {
+            // Characters, as Python counts them, without mbstring (not a default extension);
+            // bytes when the string is not UTF-8. Nothing is cut: a string is whole or unnamed.
+            $length = preg_match_all('/./su', $given);
+            if ($length === false) {
+                $length = strlen($given);
+            }
+            $digits = preg_match('/^[0-9]+$/', self::stripped($given)) === 1;
+            return $length <= self::ECHOED_CHARACTERS || ($digits && $length <= self::ECHOED_DIGITS)
+                ? $given
+                : "a string of $length characters";
+        }
+        if (is_float($given)) {
+            $text = var_export($given, true);
+            return strlen($text) <= 18 ? $text : 'a float';
         }
         return match (true) {
+            is_int($given) => $given,
             $given === null => 'null',
             is_bool($given) => $given ? 'true' : 'false',
-            is_float($given) => var_export($given, true),
             default => get_debug_type($given),
         };
     }

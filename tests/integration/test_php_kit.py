@@ -19,7 +19,7 @@ import redis
 
 from tests.integration.helpers import shop_client
 from tests.support.php_shop import require_php, run_kit
-from tracker.core.ids import parse_order_id, parse_order_ids
+from tracker.core.ids import MAX_ORDER_ID, parse_order_ids
 from tracker.ops.bundled_redis import free_port, redis_server_binary
 from tracker.outbox.webhooks import sign
 
@@ -49,19 +49,22 @@ def test_order_ids_are_checked_by_the_trackers_rules() -> None:
         1, 42, "1001", " 77 ", "\t88\n", "007", 1, "42",            # valid, with duplicates
         0, -5, "0", "-5", "", "   ", "abc", "12a", "1.5", "1e3", "١٢",  # refused
         "9223372036854775807", "9223372036854775808", "00000000000000000001", 2**63, 10**30,
+        # Named as given up to 16 characters, and digits up to 20; longer ones (a key sent
+        # by mistake) by their length in characters only.
+        "abcdefghijklmnop", "ключ-ключ-ключ-к", "abcdefghijklmnopq", "sk_live_0123456789abcdef",
+        "ключ_0123456789abcdef", "12345678901234567890", "9999999999999999999 ", "012345678901234567890",
+        "4" * 45,
     ]
     code, [php] = run_kit([{"call": "checkOrderIds", "ids": given}])
     assert code == 0, php
-    python = parse_order_ids(given)
+    # PHP reads a JSON number beyond its ints as a digit string (kit_cli.php decodes with
+    # JSON_BIGINT_AS_STRING): the tracker's rules get what the kit got.
+    python = parse_order_ids([str(raw) if isinstance(raw, int) and raw > MAX_ORDER_ID else raw for raw in given])
     assert php["valid"] == python.valid
     assert php["duplicates"] == python.duplicates
-    expected_refusals: dict[str, str] = {}
-    for raw in given:
-        try:
-            parse_order_id(raw)
-        except ValueError as exc:
-            expected_refusals[str(raw)] = str(exc)
-    assert php["refused"] == expected_refusals
+    # Keyed as the task's result names them (its "id"): the value, or its type and length.
+    assert php["refused"] == {str(refused.value): refused.reason for refused in python.rejected}
+    assert not [key for key in php["refused"] if "0123456789abcdef" in key or "4" * 21 in key]
 
     # What only PHP can send: its own types, refused with PHP's names for them.
     code, [typed] = run_kit([{"call": "checkOrderIds", "ids": [None, True, 2.5, [3]]}])
