@@ -10,9 +10,9 @@
  *      than what the row reflects (its created_at, the moment the tracker saw the change):
  *      a resent, older event never moves an order back;
  *   3. for Partial and Canceled, credit the customer what is still owed: the refund of the
- *      order's own charge minus what `refunded` says was credited already, so an order is
- *      refunded once whatever events arrive, and a correction (Partial to Canceled) credits
- *      only the difference;
+ *      order's own charge minus what `refunded` says was credited already, both from the row
+ *      as step 2's lock read it, so an order is refunded once whatever events arrive, even
+ *      together, and a correction (Partial to Canceled) credits only the difference;
  * then COMMIT, and only then answer 200. Any failure rolls everything back and answers
  * 500: the tracker delivers the event again later, and nothing was half applied.
  *
@@ -126,7 +126,8 @@ function apply_in_transaction(PDO $db, array $event): string
         return 'stale';
     }
 
-    // 3. The refund still owed, in SQL's exact decimals (never PHP floats).
+    // 3. The refund still owed, in SQL's exact decimals (never PHP floats), from $order: the
+    //    row as the lock above read it.
     $credit = '0';
     if ($event['to_status'] === 'Partial' || $event['to_status'] === 'Canceled') {
         $credit = refund_owed($db, $order, $event);
@@ -162,6 +163,14 @@ function apply_in_transaction(PDO $db, array $event): string
  * 2.59 x 3865/7000 is 1.43005 exactly (1.4301), while 2.59 x 0.55214285714285714285714285714
  * is 1.43004999... (1.4300).
  *
+ * $order must be the row as the locking read (SELECT ... FOR UPDATE) returned it, never
+ * read again with a plain SELECT: under InnoDB's default isolation, REPEATABLE READ, a plain
+ * SELECT sees the database as it was at the transaction's first plain read (the
+ * api_providers lookup), and a concurrent event of the same order (a Partial, then a
+ * Canceled) may have committed its credit since, while this one waited for the row's lock.
+ * A plain SELECT of `refunded` would miss that credit and pay it again; the locking read
+ * always sees the latest committed row.
+ *
  * @param array<string, mixed> $order
  * @param array<string, mixed> $event
  */
@@ -172,16 +181,16 @@ function refund_owed(PDO $db, array $order, array $event): string
         error_log("tracker event {$event['id']}: a Partial order without remains; refund order {$order['id']} by hand");
         return '0';
     }
-    // Every parameter CAST: an uncast one can make MariaDB compute it all in floating point.
+    // SQL only computes here (no table is read). Every parameter CAST: an uncast one can make
+    // MariaDB compute it all in floating point.
     $query = $db->prepare(
         'SELECT credit, credit > 0 AS owed FROM (
            SELECT GREATEST(
-             ROUND(CAST(charge AS DECIMAL(65,30)) * LEAST(GREATEST(CAST(? AS SIGNED), 0), quantity) / quantity, 4)
-               - refunded,
-             0) AS credit
-           FROM orders WHERE id = ?) AS refund'
+             ROUND(CAST(? AS DECIMAL(65,30)) * LEAST(GREATEST(CAST(? AS SIGNED), 0), CAST(? AS SIGNED)) / CAST(? AS SIGNED), 4)
+               - CAST(? AS DECIMAL(15,4)),
+             0) AS credit) AS refund'
     );
-    $query->execute([$undelivered, $order['id']]);
+    $query->execute([$order['charge'], $undelivered, $order['quantity'], $order['quantity'], $order['refunded']]);
     $row = $query->fetch();
     return (int) $row['owed'] === 1 ? (string) $row['credit'] : '0';
 }

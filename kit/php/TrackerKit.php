@@ -52,6 +52,11 @@ final class Kit
      *  the tracker's own polls queue. Its absence means no tracker worker reads here. */
     public const WORKER_MARK = '_kombu.binding.tracker.polls';
     public const MAX_ORDER_ID = '9223372036854775807';
+    /** A refused string is named as given up to this many characters, or up to ECHOED_DIGITS
+     *  when it is digits; a longer one (a key sent by mistake?) by its length only. The
+     *  tracker's rule: tracker/core/ids.py. */
+    public const ECHOED_CHARACTERS = 16;
+    public const ECHOED_DIGITS = 20;
     public const SIGNATURE_HEADER = 'X-Tracker-Signature';
     public const TIMESTAMP_HEADER = 'X-Tracker-Timestamp';
     public const EVENT_ID_HEADER = 'X-Tracker-Event-Id';
@@ -67,6 +72,8 @@ final class Kit
     /**
      * @param string $url  redis://[[user]:password@]host[:port][/db], unix:///path/to/redis.sock?db=N
      *                     (the tracker's TRACKER_BROKER_URL), or http(s)://host:port of Flower.
+     *                     Not sentinel:// (behind Sentinel, use Flower) nor rediss://.
+     *                     Percent-encode '/', '#', '?' and '@' in a user name or password.
      * @param ?string $user, $password  Flower's basic auth (FLOWER_BASIC_AUTH), unless in the URL.
      * @param float $timeout  seconds to connect, and to wait for each answer.
      */
@@ -76,35 +83,47 @@ final class Kit
         ?string $password = null,
         private float $timeout = 5.0,
     ) {
+        $this->shownUrl = self::withoutPassword($url);
         $parts = self::urlParts($url);
-        $scheme = is_array($parts) ? strtolower($parts['scheme'] ?? '') : '';
-        $this->shownUrl = self::withoutPassword($url, $parts);
-        if ($scheme === 'redis' || $scheme === 'unix' || $scheme === 'redis+socket') {
-            $this->transport = 'redis';
-            $this->redis = self::redisTarget($scheme, $parts, $this->shownUrl);
-            return;
-        }
-        if ($scheme === 'http' || $scheme === 'https') {
-            $this->transport = 'flower';
-            $host = $parts['host'] ?? '';
-            $port = isset($parts['port']) ? ':' . $parts['port'] : '';
-            $path = rtrim($parts['path'] ?? '', '/');
-            $this->flowerBase = "$scheme://$host$port$path";
-            $user ??= isset($parts['user']) ? rawurldecode($parts['user']) : null;
-            $password ??= isset($parts['pass']) ? rawurldecode($parts['pass']) : null;
-            if ($user !== null || $password !== null) {
-                $this->flowerAuth = 'Basic ' . base64_encode(($user ?? '') . ':' . ($password ?? ''));
-            }
-            return;
+        // parse_url() gives up on a password with an unencoded '/', '#' or '?': the scheme still says what was meant.
+        $scheme = strtolower(is_array($parts)
+            ? (string) ($parts['scheme'] ?? '')
+            : (preg_match('{^([a-z][a-z0-9+.-]*)://}i', $url, $match) === 1 ? $match[1] : ''));
+        if ($scheme === 'sentinel') {
+            throw new \InvalidArgumentException(
+                "the kit cannot find the tracker's Redis behind Sentinel: use Flower's HTTP API, or the current master's redis:// URL; got {$this->shownUrl}"
+            );
         }
         if ($scheme === 'rediss') {
             throw new \InvalidArgumentException(
                 "rediss:// (Redis over TLS) is not supported by the kit: use Flower over https, or a local TLS tunnel to {$this->shownUrl}"
             );
         }
-        throw new \InvalidArgumentException(
-            "the tracker URL must be redis://, unix:// (the tracker's TRACKER_BROKER_URL) or http(s):// (Flower), got {$this->shownUrl}"
-        );
+        if (!in_array($scheme, ['redis', 'unix', 'redis+socket', 'http', 'https'], true)) {
+            throw new \InvalidArgumentException(
+                "the tracker URL must be redis://, unix:// (the tracker's TRACKER_BROKER_URL) or http(s):// (Flower), got {$this->shownUrl}"
+            );
+        }
+        if ($parts === false) {
+            throw new \InvalidArgumentException(
+                "cannot read the URL {$this->shownUrl}: percent-encode the user name and password ('/' as %2F, '#' as %23, '?' as %3F, '@' as %40)"
+            );
+        }
+        if ($scheme === 'redis' || $scheme === 'unix' || $scheme === 'redis+socket') {
+            $this->transport = 'redis';
+            $this->redis = self::redisTarget($scheme, $parts, $this->shownUrl);
+            return;
+        }
+        $this->transport = 'flower';
+        $host = $parts['host'] ?? '';
+        $port = isset($parts['port']) ? ':' . $parts['port'] : '';
+        $path = rtrim($parts['path'] ?? '', '/');
+        $this->flowerBase = "$scheme://$host$port$path";
+        $user ??= isset($parts['user']) ? rawurldecode($parts['user']) : null;
+        $password ??= isset($parts['pass']) ? rawurldecode($parts['pass']) : null;
+        if ($user !== null || $password !== null) {
+            $this->flowerAuth = 'Basic ' . base64_encode(($user ?? '') . ':' . ($password ?? ''));
+        }
     }
 
     /**
@@ -115,7 +134,8 @@ final class Kit
      * @param array<mixed> $ids  ints or digit strings
      * @return array{task_id: ?string, sent: list<int>, refused: array<int|string, string>, duplicates: int, queue_length?: int}
      *   'sent': the IDs handed over, as ints,
-     *   'refused': given ID => why it was refused (nothing is sent for those),
+     *   'refused': given ID => why it was refused (nothing is sent for those); a long string
+     *              is named by its length only (ECHOED_CHARACTERS),
      *   'task_id': the Celery task's ID (null when no ID was valid: nothing was sent),
      *   'queue_length': (Redis only) messages waiting in the queue after ours.
      */
@@ -482,8 +502,7 @@ final class Kit
         if (!is_string($given)) {
             return 'has type ' . get_debug_type($given) . '; expected a number or a digit string';
         }
-        // Python's str.strip(): ASCII whitespace and the Unicode spaces shops paste.
-        $text = preg_replace('/^[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+|[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+$/u', '', $given) ?? $given;
+        $text = self::stripped($given);
         if ($text === '') {
             return 'is empty';
         }
@@ -502,15 +521,35 @@ final class Kit
         return null;
     }
 
+    /** Python's str.strip(): ASCII whitespace and the Unicode spaces shops paste. */
+    private static function stripped(string $given): string
+    {
+        return preg_replace('/^[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+|[\s\x{85}\x{a0}\x{2000}-\x{200a}\x{2028}\x{2029}\x{3000}]+$/u', '', $given) ?? $given;
+    }
+
+    /** How a refused ID is named in 'refused': as the tracker names it (tracker/core/ids.py). */
     private static function describe(mixed $given): int|string
     {
-        if (is_int($given) || is_string($given)) {
-            return is_string($given) && strlen($given) > 40 ? substr($given, 0, 37) . '...' : $given;
+        if (is_string($given)) {
+            // Characters, as Python counts them, without mbstring (not a default extension);
+            // bytes when the string is not UTF-8. Nothing is cut: a string is whole or unnamed.
+            $length = preg_match_all('/./su', $given);
+            if ($length === false) {
+                $length = strlen($given);
+            }
+            $digits = preg_match('/^[0-9]+$/', self::stripped($given)) === 1;
+            return $length <= self::ECHOED_CHARACTERS || ($digits && $length <= self::ECHOED_DIGITS)
+                ? $given
+                : "a string of $length characters";
+        }
+        if (is_float($given)) {
+            $text = var_export($given, true);
+            return strlen($text) <= 18 ? $text : 'a float';
         }
         return match (true) {
+            is_int($given) => $given,
             $given === null => 'null',
             is_bool($given) => $given ? 'true' : 'false',
-            is_float($given) => var_export($given, true),
             default => get_debug_type($given),
         };
     }
@@ -536,14 +575,11 @@ final class Kit
     }
 
     /**
-     * @param array<string, mixed>|false $parts
+     * @param array<string, mixed> $parts
      * @return array{host?: string, port?: int, socket?: string, user: ?string, password: ?string, db: int}
      */
-    private static function redisTarget(string $scheme, array|false $parts, string $shown): array
+    private static function redisTarget(string $scheme, array $parts, string $shown): array
     {
-        if ($parts === false) {
-            throw new \InvalidArgumentException("cannot read the Redis URL $shown");
-        }
         $query = [];
         parse_str($parts['query'] ?? '', $query);
         $user = isset($parts['user']) && $parts['user'] !== '' ? rawurldecode($parts['user']) : null;
@@ -581,14 +617,20 @@ final class Kit
         );
     }
 
-    /** @param array<string, mixed>|false $parts */
-    private static function withoutPassword(string $url, array|false $parts): string
+    /**
+     * The URL for messages: everything between '://' and its LAST '@' may hold a secret, so
+     * all of it is hidden, whatever parse_url() makes of it (a password with an unencoded
+     * '/', '#', '?' or '@' can make it fail, or split it at the wrong '@').
+     */
+    private static function withoutPassword(string $url): string
     {
-        if (!is_array($parts) || (!isset($parts['pass']) && !isset($parts['user']))) {
+        $at = strrpos($url, '@');
+        if ($at === false) {
             return $url;
         }
-        // Everything between the scheme and the '@' may hold a secret: hide it all.
-        return preg_replace('{^([a-z+]+://)[^@/]*@}i', '$1***@', $url) ?? '(a Redis URL)';
+        $scheme = strpos($url, '://');
+        $start = $scheme !== false && $scheme < $at ? $scheme + 3 : 0;
+        return substr($url, 0, $start) . '***' . substr($url, $at);
     }
 
     private static function uuid4(): string

@@ -19,7 +19,7 @@ import redis
 
 from tests.integration.helpers import shop_client
 from tests.support.php_shop import require_php, run_kit
-from tracker.core.ids import parse_order_id, parse_order_ids
+from tracker.core.ids import MAX_ORDER_ID, parse_order_ids
 from tracker.ops.bundled_redis import free_port, redis_server_binary
 from tracker.outbox.webhooks import sign
 
@@ -49,19 +49,22 @@ def test_order_ids_are_checked_by_the_trackers_rules() -> None:
         1, 42, "1001", " 77 ", "\t88\n", "007", 1, "42",            # valid, with duplicates
         0, -5, "0", "-5", "", "   ", "abc", "12a", "1.5", "1e3", "١٢",  # refused
         "9223372036854775807", "9223372036854775808", "00000000000000000001", 2**63, 10**30,
+        # Named as given up to 16 characters, and digits up to 20; longer ones (a key sent
+        # by mistake) by their length in characters only.
+        "abcdefghijklmnop", "ключ-ключ-ключ-к", "abcdefghijklmnopq", "sk_live_0123456789abcdef",
+        "ключ_0123456789abcdef", "12345678901234567890", "9999999999999999999 ", "012345678901234567890",
+        "4" * 45,
     ]
     code, [php] = run_kit([{"call": "checkOrderIds", "ids": given}])
     assert code == 0, php
-    python = parse_order_ids(given)
+    # PHP reads a JSON number beyond its ints as a digit string (kit_cli.php decodes with
+    # JSON_BIGINT_AS_STRING): the tracker's rules get what the kit got.
+    python = parse_order_ids([str(raw) if isinstance(raw, int) and raw > MAX_ORDER_ID else raw for raw in given])
     assert php["valid"] == python.valid
     assert php["duplicates"] == python.duplicates
-    expected_refusals: dict[str, str] = {}
-    for raw in given:
-        try:
-            parse_order_id(raw)
-        except ValueError as exc:
-            expected_refusals[str(raw)] = str(exc)
-    assert php["refused"] == expected_refusals
+    # Keyed as the task's result names them (its "id"): the value, or its type and length.
+    assert php["refused"] == {str(refused.value): refused.reason for refused in python.rejected}
+    assert not [key for key in php["refused"] if "0123456789abcdef" in key or "4" * 21 in key]
 
     # What only PHP can send: its own types, refused with PHP's names for them.
     code, [typed] = run_kit([{"call": "checkOrderIds", "ids": [None, True, 2.5, [3]]}])
@@ -108,6 +111,10 @@ def test_the_message_in_redis_is_the_one_celerys_send_task_writes(worker_broker:
     for name in ("id", "root_id", "origin", "lang"):
         assert php_message["headers"][name] and celery_message["headers"][name]
         del php_message["headers"][name], celery_message["headers"][name]
+    # None: the task's own setting decides (the tracker's tasks keep no results). Celery 5.7
+    # writes None too; 5.4 to 5.6 write False, which a worker of any of them also accepts.
+    assert php_message["headers"].pop("ignore_result") is None
+    assert celery_message["headers"].pop("ignore_result") in (None, False)
     assert php_message["headers"] == celery_message["headers"]  # incl. argsrepr, kwargsrepr
     for name in ("correlation_id", "delivery_tag"):
         del php_message["properties"][name], celery_message["properties"][name]
@@ -212,6 +219,34 @@ def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
     for url in ("rediss://127.0.0.1:6380/0", "amqp://guest@127.0.0.1//", "127.0.0.1:6379"):
         code, answer = run_kit([], url)
         assert code == 1 and answer["error"] == "InvalidArgumentException", answer
+
+
+
+def test_no_message_shows_a_password_whatever_parse_url_makes_of_the_url() -> None:
+    """Passwords with the characters a URL reserves, not percent-encoded: parse_url() gives
+    up on most (and splits `p@ss` at its first '@'); everything between '://' and the last
+    '@' stays hidden all the same."""
+    port = free_port()
+    for url, secrets in (
+        (f"redis://:pw1/sec2@127.0.0.1:{port}/0", ("pw1", "sec2")),
+        (f"redis://:pw3#sec4@127.0.0.1:{port}", ("pw3", "sec4")),
+        (f"redis://user5:pw5?sec6@127.0.0.1:{port}", ("user5", "pw5", "sec6")),
+        (f"redis://:pw7@sec8@127.0.0.1:{port}/0", ("pw7", "sec8")),
+        (f"rediss://:pw9#sec10@127.0.0.1:{port}/0", ("pw9", "sec10")),
+    ):
+        code, answer = run_kit([{"call": "trackOrders", "provider": "panel", "ids": [1]}], url)
+        assert code == 1, (url, answer)
+        message = answer["message"]
+        assert f"://***@127.0.0.1:{port}" in message, message
+        assert not [secret for secret in secrets if secret in message], message
+
+
+def test_a_sentinel_url_says_what_to_use_instead() -> None:
+    url = "sentinel://:pw11@10.0.0.11:26379/0;sentinel://10.0.0.12:26379;sentinel://:pw12@10.0.0.13:26379"
+    code, answer = run_kit([], url)
+    assert code == 1 and answer["error"] == "InvalidArgumentException", answer
+    assert "behind Sentinel: use Flower's HTTP API, or the current master's redis:// URL" in answer["message"]
+    assert answer["message"].endswith("got sentinel://***@10.0.0.13:26379"), answer["message"]
 
 
 def test_verify_webhook_refuses_forged_stale_and_tampered_deliveries() -> None:

@@ -239,6 +239,48 @@ def test_the_receiver_applies_each_event_once_forward_only_and_refunds_each_orde
         assert not listening(int(url.rsplit(":", 1)[1].split("/")[0]))
 
 
+
+def lock_waits(shop: ShopDatabase) -> int:
+    """Transactions of this shop's database waiting for a row lock."""
+    return int(shop.query(
+        "SELECT COUNT(*) AS n FROM information_schema.innodb_trx t"
+        " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+        " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"
+    )[0]["n"])
+
+
+def test_two_events_of_one_order_delivered_at_once_credit_its_refund_once(tmp_path: Path) -> None:
+    """A Partial and a later Canceled event of one order arrive together while its row is
+    locked (by a slow delivery before them, say): both wait for the row with their
+    transactions begun. The Canceled one gets it second and must credit what is owed after
+    the Partial one's credit, not after what the database held when its transaction began."""
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with shop_database() as shop:
+        add_users(shop, 1)
+        add_shop_orders(shop, "panel", [(1, 601, 1000, "10.0000")])
+        partial = order_event(601, "Partial", 400, "0.6", at=t0, from_status="In progress")
+        canceled = order_event(601, "Canceled", 1000, "0", at=t0 + timedelta(seconds=10), from_status="Partial")
+        env = {**shop.php_env(), "TRACKER_WEBHOOK_SECRET": SECRET}
+        with php_receiver(env, tmp_path, workers=2) as (url, _), ThreadPoolExecutor(2) as pool:
+            holder = shop.connect()
+            try:
+                with holder.cursor() as cursor:
+                    cursor.execute("BEGIN")
+                    cursor.execute("SELECT id FROM orders WHERE api_order_id = 601 FOR UPDATE")
+                # The Partial first: the older transaction is granted the row first.
+                first = pool.submit(post, url, partial)
+                wait_until(lambda: lock_waits(shop) == 1, timeout=30, interval=0.05, what="the Partial waiting")
+                second = pool.submit(post, url, canceled)
+                wait_until(lambda: lock_waits(shop) == 2, timeout=30, interval=0.05, what="the Canceled waiting")
+                holder.commit()
+            finally:
+                holder.close()
+            assert [outcome(first.result()), outcome(second.result())] == ["applied", "applied"]
+        credited = shop.query("SELECT refund FROM tracker_events ORDER BY applied_at")
+        assert [row["refund"] for row in credited] == [Decimal("4"), Decimal("6")]
+        assert (order_row(shop, 601)["refunded"], balance(shop)) == (Decimal("10"), Decimal("10"))
+
+
 # --- the whole path -----------------------------------------------------------------------
 
 PROVIDERS = {"std": "standard", "promo": "promobox"}   # tracker name: sim dialect

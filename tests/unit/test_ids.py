@@ -76,8 +76,13 @@ def test_binary_data_is_refused() -> None:
         (None, "None"),
         ([3], "[3]"),
         # An over-long number is named: it cannot be a secret, and the shop looks for it.
-        ("1" + "0" * 30, "'1" + "0" * 30 + "'"),
         (10**30, str(10**30)),
+        # A digit string up to 20 characters too (no valid ID has more than 19 digits).
+        ("12345678901234567890", "'12345678901234567890'"),
+        ("9999999999999999999 ", "'9999999999999999999 '"),
+        # Up to 16 characters, whatever repr() makes of them.
+        ("abcdefgh\tijklmno", "'abcdefgh\\tijklmno'"),
+        ("ключ-ключ-ключ-к", "'ключ-ключ-ключ-к'"),
     ],
 )
 def test_a_refused_value_is_named_as_given_when_short_or_numeric(raw: object, named: str) -> None:
@@ -91,6 +96,10 @@ def test_a_refused_value_is_named_as_given_when_short_or_numeric(raw: object, na
         # An API key passed as an order ID by mistake: named by its length, never echoed.
         ("sk-live-0123456789abcdef0123456789abcdef", "a string of 40 characters"),
         ("0123456789abcdef0123456789abcdef", "a string of 32 characters"),
+        ("0123456789abcdef0", "a string of 17 characters"),
+        # Digits only: a longer run is no order ID, and may be a numeric secret.
+        ("012345678901234567890", "a string of 21 characters"),
+        ("1" + "0" * 30, "a string of 31 characters"),
         (["sk-live-0123456789abcdef"], "a list of 1 item"),
         ({"key": "sk-live-0123456789abcdef"}, "a dict of 1 item"),
     ],

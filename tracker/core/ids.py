@@ -35,17 +35,25 @@ class ParsedIds:
 
 # A refused value is named as given (in the log, the CLI and the task's result) only when
 # it is short or a number: a long string given as an order ID may be a mistake that
-# carries an API key, so it is named by its type and length alone.
-ECHOED_LENGTH = 18
+# carries an API key, so it is named by its type and length alone. Strings are measured
+# in characters, so the PHP kit (kit/php/TrackerKit.php) applies the same rule. A string
+# of digits is named up to ECHOED_DIGITS characters, one more than the longest valid ID:
+# a longer run of digits is no order ID, and may be a numeric secret.
+ECHOED_LENGTH = 18  # of repr(), for a value that is not a string
+ECHOED_CHARACTERS = 16
+ECHOED_DIGITS = 20
 
 
 def _describe(raw: object) -> str:
-    text = repr(raw)
-    numeric = isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())
-    if len(text) <= ECHOED_LENGTH or (numeric and not isinstance(raw, bool)):
-        return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(raw, str):
+        text = raw.strip()
+        digits = text.isascii() and text.isdigit()
+        if len(raw) <= ECHOED_CHARACTERS or (digits and len(raw) <= ECHOED_DIGITS):
+            return repr(raw)
         return f"a string of {len(raw)} characters"
+    text = repr(raw)
+    if len(text) <= ECHOED_LENGTH or (isinstance(raw, int) and not isinstance(raw, bool)):
+        return text if len(text) <= 40 else text[:37] + "..."
     try:
         size = len(raw)  # type: ignore[arg-type]
     except TypeError:
