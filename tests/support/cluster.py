@@ -36,7 +36,9 @@ class Cluster(ExitStack):
         environment = env or self.env
         if clock_offset:
             command, environment = skewed(command, clock_offset), skewed_env(environment)
-        proc = processes.start(name, command, environment, self.log_dir)
+        # faketime runs the command as its child and does not pass a SIGTERM on: in a
+        # process group of its own, which stop() ends whole, the child cannot outlive it.
+        proc = processes.start(name, command, environment, self.log_dir, group=bool(clock_offset))
         self.procs.append(proc)
         self.callback(proc.stop)
         return proc

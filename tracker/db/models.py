@@ -42,7 +42,9 @@ NAMING_CONVENTION = {
 
 def due_index(name: str, *columns: str) -> Index:
     """A partial index over rows that are not final: what a claim query walks, so its cost
-    follows the active rows, not the whole history."""
+    follows the active rows, not the whole history. MySQL and MariaDB have no partial
+    indexes: there migration 0009 builds it with ``final`` as its second column (its
+    first for the outbox), to the same effect."""
     return Index(name, *columns, postgresql_where=text("NOT final"), sqlite_where=text("final = 0"))
 
 
