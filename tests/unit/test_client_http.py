@@ -19,6 +19,7 @@ from tests.support.http_server import serving
 from tracker.core.status import OrderStatus, RefillStatus
 from tracker.apiv2.client import CallRecord, ProviderClient, parse_retry_after
 from tracker.apiv2.errors import (
+    AnswerTooLarge,
     HTTPError,
     InvalidKey,
     NotJSON,
@@ -373,6 +374,19 @@ def test_server_error_page_echoing_the_key(provider: FakeProvider) -> None:
     assert len(provider.seen) == 2  # a 5xx is worth one more call
     assert "action=balance" in caught.value.excerpt
     assert_key_absent(caught.value)
+
+
+def test_an_answer_too_large_shows_no_part_of_a_key_its_excerpt_cuts(provider: FakeProvider) -> None:
+    """The excerpt of an answer over the size cap reads its first bytes: a key echoed across
+    that cut, after spaces an excerpt collapses, must not show its first characters."""
+    for key_at in range(180, 220, 3):
+        provider.then(Reply(body=" " * key_at + KEY + " " + "x" * 100_000))
+        client = ProviderClient(provider.url, KEY, max_body_bytes=70_000, retries=0)
+        with pytest.raises(AnswerTooLarge) as caught:
+            client.balance()
+        assert_key_absent(caught.value)
+        shown = str(vars(caught.value))
+        assert not any(KEY[:size] in shown for size in range(4, len(KEY))), (key_at, caught.value.excerpt)
 
 
 def test_redirects_are_not_followed(provider: FakeProvider) -> None:

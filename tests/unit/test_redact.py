@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import html
 from urllib.parse import quote_plus
 
-from tracker.apiv2.redact import MASK, excerpt, redact
+from tracker.apiv2.redact import MASK, excerpt, redact, redact_head
 
 KEY = "a1b2c3d4e5f6+/=secret"
 
@@ -58,3 +59,23 @@ def test_excerpt_redacts_before_truncating() -> None:
     text = excerpt(body, [KEY], limit=20)
     assert KEY[:4] not in text
     assert text.startswith("y" * 15 + MASK)
+
+
+def test_a_text_cut_short_loses_the_start_of_a_secret_at_its_end() -> None:
+    """What was cut from a longer text may end in the first characters of a secret, which
+    ``redact`` cannot recognise: ``redact_head`` drops them as well."""
+    for size in range(1, len(KEY)):
+        assert redact_head(f"before {KEY} after {KEY[:size]}", [KEY]) == f"before {MASK} after "
+        assert redact_head(f"shouted {KEY.upper()[:size]}", [KEY]) == "shouted "
+    encoded = quote_plus(KEY)
+    assert encoded != KEY
+    for size in range(1, len(encoded)):
+        assert redact_head(f"echo={encoded[:size]}", [KEY]) == "echo="
+    assert redact_head("nothing to hide", [KEY]) == "nothing to hide"
+    assert redact_head("key=zzz9", []) == f"key={MASK}"
+
+
+def test_a_secret_in_html_entities_is_removed() -> None:
+    key = 'a&b<c>"d'
+    assert redact(f"<p>{html.escape(key)}</p>", [key]) == f"<p>{MASK}</p>"
+    assert redact_head(f"<p>{html.escape(key)[:6]}", [key]) == "<p>"

@@ -36,7 +36,7 @@ from tracker.apiv2.errors import (
     TransportError,
 )
 from tracker.apiv2.php_noise import PhpSeverity
-from tracker.apiv2.redact import excerpt, redact
+from tracker.apiv2.redact import excerpt, redact, redact_head
 from tracker.apiv2.types import (
     Balance,
     CancelResult,
@@ -555,8 +555,10 @@ class ProviderClient:
                     break
                 size += len(chunk)
                 if size > self._max_body:
+                    # Its first bytes only: a cut that redact_head knows may go through a key.
+                    head = redact_head(b"".join(parts)[:200].decode("utf-8", "replace"), self._secrets)
                     failure = AnswerTooLarge(
-                        action, f"the answer is larger than {self._max_body} bytes", excerpt(b"".join(parts)[:200].decode("utf-8", "replace"), self._secrets)
+                        action, f"the answer is larger than {self._max_body} bytes", excerpt(head, self._secrets)
                     )
                     break
                 parts.append(chunk)

@@ -303,9 +303,10 @@ def _refill_id(value: object) -> str:
     else:
         raise _BadValue(f"not a refill ID: {value!r}")
     if not _USABLE_REFILL_ID.fullmatch(text):
-        shown = text if len(text) <= 80 else text[:79] + "…"
+        # The ID whole, and last: the error redacts it before it shortens the message (cut
+        # here, a key in it could show its first characters).
         raise _UnusableRefillId(
-            f"unusable refill ID {shown!r} (at most {REFILL_ID_MAX_LENGTH} letters, digits or ._:-)"
+            f"unusable refill ID (at most {REFILL_ID_MAX_LENGTH} letters, digits or ._:-): {text!r}"
         )
     return text
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from tracker.apiv2.redact import excerpt
+from tracker.apiv2.redact import excerpt, redact_head
 
 
 class PhpSeverity(StrEnum):
@@ -169,6 +169,8 @@ _EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
 
 _INLINE_TAG = re.compile(r"</?(?:b|i|span|font|a)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+# A tag or an entity that a cut went through, at the end of what the excerpt reads.
+_HALF_MARKUP = re.compile(r"(?:<[^<>]*|&#?\w*)\Z")
 # How much of a block whose end is unknown (a fatal one) its excerpt reads.
 _EXCERPT_READS = 2000
 
@@ -315,11 +317,21 @@ def _skip_space(body: str, position: int) -> int:
 
 
 def _readable(body: str, start: int, end: int | None, is_html: bool, secrets: Sequence[str]) -> str:
-    """A block as a person reads it: tags dropped, entities decoded, key-free, short."""
-    stop = min(end if end is not None else len(body), start + _EXCERPT_READS)
-    chunk = body[start:stop]
+    """A block as a person reads it: tags dropped, entities decoded, key-free, short.
+
+    Only its first ``_EXCERPT_READS`` characters are read, and that cut may go through a
+    key, whose first characters no redaction recognises: once tags and entities are
+    undone, ``redact_head`` drops them too. (Tags and runs of spaces shrink to nothing, so
+    what was at the cut may well be among the characters the excerpt shows.)"""
+    stop = end if end is not None else len(body)
+    cut = stop - start > _EXCERPT_READS
+    chunk = body[start : start + _EXCERPT_READS] if cut else body[start:stop]
     if is_html or chunk.startswith("<"):
+        if cut:
+            chunk = _HALF_MARKUP.sub("", chunk)
         chunk = html.unescape(_TAG.sub(" ", _INLINE_TAG.sub("", chunk)))
+    if cut:
+        chunk = redact_head(chunk, secrets)
     return excerpt(chunk, secrets)
 
 

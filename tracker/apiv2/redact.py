@@ -8,6 +8,7 @@ exception.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterable
@@ -22,19 +23,48 @@ _JSON_KEY = re.compile(r'(?i)("(?:api[_-]?)?key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\
 
 
 def _spellings(secret: str) -> set[str]:
-    """The secret as it may appear in a body: raw, URL-encoded, JSON-escaped."""
-    return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), json.dumps(secret)[1:-1]}
+    """The secret as it may appear in a body: raw, URL-encoded, JSON-escaped, HTML-escaped
+    (an error page printing the form)."""
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        html.escape(secret),
+        html.escape(secret, quote=False),
+    }
+
+
+def _all_spellings(secrets: Iterable[str]) -> set[str]:
+    return {spelling for secret in secrets if secret for spelling in _spellings(secret)}
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Remove every occurrence of each non-empty secret and any ``key`` parameter value."""
-    spellings = {spelling for secret in secrets if secret for spelling in _spellings(secret)}
+    spellings = _all_spellings(secrets)
     if spellings:
         # Longest first, so a secret that contains another is masked whole.
         alternatives = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
         text = re.sub(alternatives, MASK, text, flags=re.IGNORECASE)
     text = _FORM_KEY.sub(lambda m: m.group(1) + MASK, text)
     return _JSON_KEY.sub(lambda m: m.group(1) + f'"{MASK}"', text)
+
+
+def redact_head(text: str, secrets: Iterable[str]) -> str:
+    """``redact`` for the head of a longer text, cut where it may have gone through a
+    secret: besides every secret in it, an ending that is the start of one (in any of its
+    spellings, trailing whitespace aside) is dropped, since ``redact`` cannot recognise
+    half a secret. A ``key=`` value the cut went through is masked as any other."""
+    secrets = tuple(secrets)
+    text = redact(text, secrets)
+    kept = text.rstrip()
+    cut = 0
+    for spelling in _all_spellings(secrets):
+        for size in range(min(len(spelling) - 1, len(kept)), cut, -1):
+            if kept[-size:].lower() == spelling[:size].lower():
+                cut = size
+                break
+    return kept[: len(kept) - cut] if cut else text
 
 
 def excerpt(body: bytes | str, secrets: Iterable[str], limit: int = 160) -> str:
