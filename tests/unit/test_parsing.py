@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from html import escape as html_escape
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -870,6 +871,78 @@ def test_the_reviewers_fatal_block_shows_no_part_of_the_key() -> None:
     salvaged = parsing.strip_php_notices(block + "{}", secrets=[key])
     assert salvaged.refusal is not None and salvaged.block.startswith("Fatal error: Uncaught zzzzz")
     assert "abcd" not in salvaged.block
+
+
+def whoops(code: str, message: str) -> str:
+    """Whoops' header (its views/header.html.php, search links left out): the exception's
+    class, its severity as PrettyPageHandler names it (``Misc::translateErrorCode``), the
+    message as Laravel's HandleExceptions throws it (no level in it), the plain copy."""
+    code_span = f'      <span title="Exception Code">({code})</span>\n' if code else ""
+    return (
+        '<div class="exception">\n  <div class="exc-title">\n'
+        '        <span class="exc-title-primary">ErrorException</span>\n'
+        f"{code_span}  </div>\n\n"
+        '  <div class="exc-message">\n'
+        f"      <span>{html_escape(message)}</span>\n"
+        f'    <span id="plain-exception">ErrorException thrown with message &quot;{html_escape(message)}&quot;\n\n'
+        "Stacktrace:\n#1 Illuminate\\Foundation\\Bootstrap\\HandleExceptions:handleError in "
+        "/var/www/panel/app/Http/Controllers/ApiController.php:41\n</span>\n"
+        "  </div>\n</div>\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        # The reviewer's: PHP 8's warning for a missing key, which Laravel throws.
+        whoops("", 'Undefined array key "deprecated"'),
+        '<div class="exc-message">ErrorException: Undefined array key &quot;deprecated&quot;</div>\n',
+        whoops("", "Undefined index: notice"),
+        whoops("", "Deprecated: mb_strlen(): Passing null to parameter #1"),  # no level field
+        whoops("E_WARNING", 'Undefined array key "deprecated"'),
+        whoops("E_USER_WARNING", "Notice: the cache is deprecated"),
+        whoops("E_DEPRECATED", "Warning: Undefined array key 1"),  # the two disagree
+        whoops("E_UNKNOWN", "Deprecated: x"),
+        laravel('Undefined array key "deprecated"').replace("(E_DEPRECATED)", ""),
+        laravel('Undefined array key "x"').replace("(E_DEPRECATED)", "(E_WARNING)").replace(
+            "HandleExceptions.php:255", "E_DEPRECATED"),
+    ],
+    ids=[
+        "reviewer's example, Whoops header", "reviewer's example, one line", "a notice's message",
+        "a deprecation's message, no level field", "warning field", "user warning field",
+        "field and message disagree", "unknown field", "laravel fragment without field",
+        "level word elsewhere in the block",
+    ],
+)
+def test_a_framework_block_is_salvaged_only_by_its_level_field(block: str) -> None:
+    """Laravel throws every PHP error but a deprecation as an ErrorException, which ends
+    the request: its block is salvaged only when its level field (Whoops' "(E_…)" after
+    the class) says deprecation or notice, and the message's level, if it names one,
+    agrees; never because "deprecated" or "notice" is somewhere in the text."""
+    for body in (block + STATUS_JSON, RAW_DEPRECATED + STATUS_JSON + "\n" + block):
+        salvaged = parsing.strip_php_notices(body)
+        assert salvaged.severity is None and salvaged.refusal is not None, salvaged
+        with pytest.raises(NotJSON):
+            parsing.parse_status(body)
+
+
+@pytest.mark.parametrize(
+    ("block", "severity"),
+    [
+        (whoops("E_DEPRECATED", "Return type of App\\Support\\Bag::offsetGet($key) should either be compatible"
+                " with ArrayAccess::offsetGet(mixed $offset): mixed"), "deprecated"),
+        (whoops("E_USER_DEPRECATED", "The Request::input() method is deprecated"), "deprecated"),
+        (whoops("E_DEPRECATED", "Deprecated: strlen(): Passing null to parameter #1"), "deprecated"),
+        (whoops("E_NOTICE", "Undefined index: warning"), "notice"),
+        (LARAVEL_DEPRECATION, "deprecated"),
+    ],
+    ids=["E_DEPRECATED", "E_USER_DEPRECATED", "E_DEPRECATED with Symfony's prefix", "E_NOTICE", "laravel fragment"],
+)
+def test_a_framework_deprecation_block_is_salvaged(block: str, severity: str) -> None:
+    for body in (block + STATUS_JSON, STATUS_JSON + "\n" + block):
+        salvaged = parsing.strip_php_notices(body)
+        assert (salvaged.severity, salvaged.refusal) == (severity, None)
+        assert parsing.parse_status(body) == partial_usd()
 
 
 # Real answers of the project's PHP panel (tests/php_panel), captured from `php -n -S`.

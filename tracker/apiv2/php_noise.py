@@ -27,9 +27,11 @@ Renderings recognised, each one "block":
   Warning</p>...</div>``, levels by name or, for those it does not name, by number
   (8192 for E_DEPRECATED); its "An uncaught Exception was encountered" view is fatal;
 - Xdebug's ``<table class='xdebug-error xe-warning'>`` (in ``<font size='1'>`` or not);
-- a Laravel/Whoops-style ``ErrorException`` block for a deprecation or a notice. Such a
-  framework throws a warning as an exception, which ends the request: its block for a
-  warning, or for any other exception, is fatal.
+- a Laravel/Whoops-style ``ErrorException`` block for a deprecation or a notice, its level
+  read from its header alone (Whoops' ``ErrorException (E_DEPRECATED)``), never from words
+  in its message. Such a framework throws a warning as an exception, which ends the
+  request: its block for a warning, for any other exception, or with no level field, is
+  fatal.
 
 Linear time, whatever the body: at each position its first characters choose one
 recogniser, which reads that one block (or its header only, when the header says fatal);
@@ -75,8 +77,28 @@ _PHP_LEVELS: dict[str, _Verdict] = {
     "parse error": "fatal",
     "unknown error": "unknown",
 }
-# CodeIgniter 3's names for the levels (CI_Exceptions::$levels), and the numbers it prints
-# for the others: every E_* value, so a panel's own handler printing numbers is read too.
+# PHP's levels by constant (a framework names them so) and value: what the script does
+# after one.
+_PHP_CONSTANTS: dict[str, tuple[int, _Verdict]] = {
+    "E_ERROR": (1, "fatal"),
+    "E_WARNING": (2, PhpSeverity.WARNING),
+    "E_PARSE": (4, "fatal"),
+    "E_NOTICE": (8, PhpSeverity.NOTICE),
+    "E_CORE_ERROR": (16, "fatal"),
+    "E_CORE_WARNING": (32, PhpSeverity.WARNING),
+    "E_COMPILE_ERROR": (64, "fatal"),
+    "E_COMPILE_WARNING": (128, PhpSeverity.WARNING),
+    "E_USER_ERROR": (256, "fatal"),
+    "E_USER_WARNING": (512, PhpSeverity.WARNING),
+    "E_USER_NOTICE": (1024, PhpSeverity.NOTICE),
+    "E_STRICT": (2048, PhpSeverity.NOTICE),
+    "E_RECOVERABLE_ERROR": (4096, "fatal"),
+    "E_DEPRECATED": (8192, PhpSeverity.DEPRECATED),
+    "E_USER_DEPRECATED": (16384, PhpSeverity.DEPRECATED),
+}
+# CodeIgniter 3's names for the levels (CI_Exceptions::$levels; Symfony's ErrorHandler
+# uses the same ones), and the numbers it prints for the others: every E_* value, so a
+# panel's own handler printing numbers is read too.
 _CODEIGNITER_LEVELS: dict[str, _Verdict] = {
     "error": "fatal",
     "warning": PhpSeverity.WARNING,
@@ -92,22 +114,10 @@ _CODEIGNITER_LEVELS: dict[str, _Verdict] = {
     "runtime notice": PhpSeverity.NOTICE,
     "deprecated": PhpSeverity.DEPRECATED,
     "user deprecated": PhpSeverity.DEPRECATED,
-    "1": "fatal",  # E_ERROR
-    "2": PhpSeverity.WARNING,  # E_WARNING
-    "4": "fatal",  # E_PARSE
-    "8": PhpSeverity.NOTICE,  # E_NOTICE
-    "16": "fatal",  # E_CORE_ERROR
-    "32": PhpSeverity.WARNING,  # E_CORE_WARNING
-    "64": "fatal",  # E_COMPILE_ERROR
-    "128": PhpSeverity.WARNING,  # E_COMPILE_WARNING
-    "256": "fatal",  # E_USER_ERROR
-    "512": PhpSeverity.WARNING,  # E_USER_WARNING
-    "1024": PhpSeverity.NOTICE,  # E_USER_NOTICE
-    "2048": PhpSeverity.NOTICE,  # E_STRICT
-    "4096": "fatal",  # E_RECOVERABLE_ERROR
-    "8192": PhpSeverity.DEPRECATED,  # E_DEPRECATED
-    "16384": PhpSeverity.DEPRECATED,  # E_USER_DEPRECATED
+    **{str(value): verdict for value, verdict in _PHP_CONSTANTS.values()},
 }
+# A level named in words, in any of those renderings.
+_NAMED_LEVELS: dict[str, _Verdict] = {**_CODEIGNITER_LEVELS, **_PHP_LEVELS}
 # Xdebug's class names (xdebug_error_type_simple), and its exception tables.
 _XDEBUG_KINDS: dict[str, _Verdict] = {
     "deprecated": PhpSeverity.DEPRECATED,
@@ -156,14 +166,13 @@ _XDEBUG_HEAD = re.compile(
 )
 _XDEBUG_END = re.compile(r"</table>(?:\s*</font>)?", re.IGNORECASE)
 
-# A framework's error block (Laravel/Whoops/Ignition, Symfony) for a PHP error that it
-# turned into an ErrorException.
-_FRAMEWORK_NOTICE = re.compile(r"\b(?:notice|E_NOTICE|E_USER_NOTICE)\b", re.IGNORECASE)
-_FRAMEWORK_DEPRECATION = re.compile(r"\b(?:deprecated|E_DEPRECATED|E_USER_DEPRECATED)\b", re.IGNORECASE)
-_FRAMEWORK_WORSE = re.compile(
-    r"\b(?:warning|fatal|parse error|E_WARNING|E_USER_WARNING|E_ERROR|E_USER_ERROR|E_PARSE|"
-    r"E_CORE_\w+|E_COMPILE_\w+|E_RECOVERABLE_ERROR)\b",
-    re.IGNORECASE,
+# A framework's error block for a PHP error that it turned into an ErrorException, tags
+# dropped. Its level is read from its header only, as Whoops renders it
+# (views/header.html.php): the class, then the severity in parentheses
+# (PrettyPageHandler names it with Misc::translateErrorCode), then the message, which
+# Laravel throws as PHP said it and Symfony's ErrorHandler after a level name.
+_FRAMEWORK_HEADER = re.compile(
+    r"\s*ErrorException\s*\(\s*(?P<code>E_[A-Z_]{1,30})\s*\)\s*(?:(?P<level>[A-Za-z][A-Za-z ]{0,39}?)\s*:\s)?"
 )
 _EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
 
@@ -271,12 +280,25 @@ def _framework_block(body: str, start: int) -> _Block | None:
     exceptions = set(_EXCEPTION_NAME.findall(text))
     if not exceptions:
         return None  # some other HTML
-    if exceptions == {"ErrorException"} and not _FRAMEWORK_WORSE.search(text):
-        if _FRAMEWORK_NOTICE.search(text):
-            return _Block(PhpSeverity.NOTICE, end, True)
-        if _FRAMEWORK_DEPRECATION.search(text):
-            return _Block(PhpSeverity.DEPRECATED, end, True)
-    return _Block("fatal", end, True)  # an exception page: the request ended there
+    return _Block(_framework_verdict(text, exceptions), end, True)
+
+
+def _framework_verdict(text: str, exceptions: set[str]) -> _Verdict:
+    """An exception page means the request ended there (fatal), save an ErrorException
+    whose header says a deprecation or a notice. Never from a word elsewhere in the block:
+    a message such as 'Undefined array key "deprecated"' is a warning's (Laravel throws
+    every level but deprecations). No level field, or a message naming another level
+    than the field: no knowing, refused."""
+    header = _FRAMEWORK_HEADER.match(text) if exceptions == {"ErrorException"} else None
+    if header is None:
+        return "fatal"
+    verdict = _PHP_CONSTANTS[header["code"]][1] if header["code"] in _PHP_CONSTANTS else "unknown"
+    named = _NAMED_LEVELS.get(_level(header["level"])) if header["level"] else None
+    if named is not None and named != verdict:
+        return "unknown"
+    if verdict in (PhpSeverity.DEPRECATED, PhpSeverity.NOTICE, "unknown"):
+        return verdict
+    return "fatal"  # a warning too: the framework threw it
 
 
 def _xdebug_block(body: str, start: int) -> _Block | None:
