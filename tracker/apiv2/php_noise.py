@@ -59,7 +59,8 @@ class PhpSeverity(StrEnum):
     WARNING = "warning"
 
 
-_RANK = {PhpSeverity.DEPRECATED: 0, PhpSeverity.NOTICE: 1, PhpSeverity.WARNING: 2}
+# Worse after better, as the enum lists them.
+_RANK = {severity: rank for rank, severity in enumerate(PhpSeverity)}
 
 # A block's verdict: salvageable with its severity, fatal (the script stopped), or a
 # diagnostic whose level PHP does not define (refused: there is no knowing).
@@ -152,9 +153,10 @@ _HTML_TAIL = re.compile(r"[^<]*(?<= in )<b>[^<]*</b> on line <b>\d+</b>(?:[ \t]*
 _PLAIN_LINE = re.compile(r"(?P<level>[A-Za-z ]{1,40}?):(?P<message>[^\n]*)(?:\n|$)")
 _PLAIN_ENDING = re.compile(r" on line \d+\s*$")
 
+_CODEIGNITER_ERROR = "A PHP Error was encountered"
+_CODEIGNITER_EXCEPTION = "An uncaught Exception was encountered"
 _CODEIGNITER_HEAD = re.compile(
-    r"<div\b[^>]*>\s*<h4>\s*(?:(?P<error>A PHP Error was encountered)|An uncaught Exception was encountered)"
-    r"\s*</h4>",
+    rf"<div\b[^>]*>\s*<h4>\s*(?:(?P<error>{_CODEIGNITER_ERROR})|{_CODEIGNITER_EXCEPTION})\s*</h4>",
     re.IGNORECASE,
 )
 _CODEIGNITER_SEVERITY = re.compile(r"\s*<p>\s*Severity:\s*(?P<level>[^<]{0,40}?)\s*</p>", re.IGNORECASE)
@@ -175,6 +177,17 @@ _FRAMEWORK_HEADER = re.compile(
     r"\s*ErrorException\s*\(\s*(?P<code>E_[A-Z_]{1,30})\s*\)\s*(?:(?P<level>[A-Za-z][A-Za-z ]{0,39}?)\s*:\s)?"
 )
 _EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
+
+# A diagnostic named anywhere in a body, as a heading (PHP's, CodeIgniter's, Xdebug's)
+# or at the start of a line, in a place or rendering the scan does not read.
+_LEVEL_NAMES = "|".join(
+    re.escape(name).replace("\\ ", r"\s+") for name in sorted(_PHP_LEVELS, key=len, reverse=True)
+)
+_DIAGNOSTIC_NAMED = re.compile(
+    rf"<b>\s*(?:{_LEVEL_NAMES})\s*</b>|^\s*(?:php\s+)?(?:{_LEVEL_NAMES})\s*:|"
+    rf"<h4>\s*(?:{_CODEIGNITER_ERROR}|{_CODEIGNITER_EXCEPTION})\s*</h4>|\bxdebug-error\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 _INLINE_TAG = re.compile(r"</?(?:b|i|span|font|a)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
@@ -393,6 +406,12 @@ class _Scan:
             diagnostics=len(self.salvaged),
             block=_readable(self.body, start, block.end, block.html, self.secrets),
         )
+
+
+def names_a_diagnostic(text: str) -> bool:
+    """Whether a body names a PHP diagnostic anywhere, in any rendering read here: what
+    the parser says of a body ``strip_php_notices`` left as it came and that is no JSON."""
+    return _DIAGNOSTIC_NAMED.search(text) is not None
 
 
 def strip_php_notices(text: str, secrets: Sequence[str] = ()) -> Salvaged:
