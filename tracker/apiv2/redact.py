@@ -67,13 +67,30 @@ def redact_head(text: str, secrets: Iterable[str]) -> str:
     return kept[: len(kept) - cut] if cut else text
 
 
+# How much of a long body an excerpt reads first (it reads more while that is not enough).
+_EXCERPT_WINDOW = 1024
+
+
 def excerpt(body: bytes | str, secrets: Iterable[str], limit: int = 160) -> str:
     """A short, single-line, key-free excerpt of a body for an error message.
 
     Redaction happens before truncation: cutting first could leave half a key visible.
+    Only the start of a long body is read (an 8 MB answer is not redacted whole for 160
+    characters of it): a window that grows until, whitespace collapsed, it gives more
+    than ``limit`` characters, redacted with ``redact_head`` since its end may cut a key.
+    What it shows is what reading the whole body would show.
     """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    text = " ".join(redact(text, secrets).split())
-    if len(text) <= limit:
-        return text
-    return text[: max(limit - 1, 0)] + "…"
+    secrets = tuple(secrets)
+    window = max(_EXCERPT_WINDOW, 4 * limit)
+    while True:
+        if len(text) <= window:
+            shown = " ".join(redact(text, secrets).split())
+            break
+        shown = " ".join(redact_head(text[:window], secrets).split())
+        if len(shown) > limit:
+            break
+        window *= 4
+    if len(shown) <= limit:
+        return shown
+    return shown[: max(limit - 1, 0)] + "…"
