@@ -573,7 +573,7 @@ def test_a_clean_answer_is_not_noisy(sim: SimServer) -> None:
     records: list[CallRecord] = []
     with ProviderClient(sim.url, KEY, after_call=records.append) as client:
         client.status_multi([one(sim.seed_orders(1, age_s=3000))])
-    assert [(r.action, r.error, r.noise) for r in records] == [("status", None, False)]
+    assert [(r.action, r.error, r.salvaged) for r in records] == [("status", None, None)]
 
 
 def _prepare(

@@ -587,6 +587,22 @@ def test_protocol_errors(sim: SimServer, api: Api) -> None:
     assert requests.post(f"{sim.base_url}/api/v3", timeout=5).status_code == 404
 
 
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PROPFIND", "TRACE"])
+def test_every_other_method_on_the_api_gets_405(sim: SimServer, api: Api, method: str) -> None:
+    """Not 501 (BaseHTTPRequestHandler's answer to a method it has no do_ for): the API
+    takes GET and POST and says so, as docs/changelog.md promised. A HEAD answer has no
+    body, and the keep-alive connection it came on still serves the next call."""
+    refused = api.session.request(method, sim.url, timeout=5)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET, POST"
+    if method == "HEAD":
+        assert refused.content == b""
+    else:
+        assert refused.json() == {"error": "Method not allowed"}
+    assert api(action="balance")["currency"] == "USD"
+    assert api.session.request(method, f"{sim.base_url}/api/v3", timeout=5).status_code == 404
+    assert api(action="balance")["currency"] == "USD"
+
+
 def test_invalid_and_rotated_keys(sim: SimServer, api: Api) -> None:
     assert Api(sim.url, key="wrong")(action="balance") == {"error": "Invalid API key"}
     assert Api(sim.url, key="")(action="balance") == {"error": "Invalid API key"}

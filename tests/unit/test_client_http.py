@@ -17,8 +17,10 @@ import pytest
 
 from tests.support.http_server import serving
 from tracker.core.status import OrderStatus, RefillStatus
+from tracker.apiv2 import php_noise
 from tracker.apiv2.client import CallRecord, ProviderClient, parse_retry_after
 from tracker.apiv2.errors import (
+    AnswerTooLarge,
     HTTPError,
     InvalidKey,
     NotJSON,
@@ -375,6 +377,19 @@ def test_server_error_page_echoing_the_key(provider: FakeProvider) -> None:
     assert_key_absent(caught.value)
 
 
+def test_an_answer_too_large_shows_no_part_of_a_key_its_excerpt_cuts(provider: FakeProvider) -> None:
+    """The excerpt of an answer over the size cap reads its first bytes: a key echoed across
+    that cut, after spaces an excerpt collapses, must not show its first characters."""
+    for key_at in range(180, 220, 3):
+        provider.then(Reply(body=" " * key_at + KEY + " " + "x" * 100_000))
+        client = ProviderClient(provider.url, KEY, max_body_bytes=70_000, retries=0)
+        with pytest.raises(AnswerTooLarge) as caught:
+            client.balance()
+        assert_key_absent(caught.value)
+        shown = str(vars(caught.value))
+        assert not any(KEY[:size] in shown for size in range(4, len(KEY))), (key_at, caught.value.excerpt)
+
+
 def test_redirects_are_not_followed(provider: FakeProvider) -> None:
     provider.default = lambda form: Reply(307, "", {"Location": "http://elsewhere.test/api"})
     with pytest.raises(HTTPError) as caught:
@@ -506,9 +521,7 @@ def test_the_call_record_names_the_worst_severity_salvaged(
     with caplog.at_level("INFO", logger="tracker.apiv2"):
         for _ in range(3):
             assert client.balance() == Balance(Decimal("1.5"), "USD")
-    assert [(r.error, r.salvaged, r.noise) for r in records] == [
-        (None, "deprecated", True), (None, "warning", True), (None, None, False)
-    ]
+    assert [(r.error, r.salvaged) for r in records] == [(None, "deprecated"), (None, "warning"), (None, None)]
     salvage_logs = [record.getMessage() for record in caplog.records if "salvaged" in record.getMessage()]
     assert len(salvage_logs) == 2
     assert "Warning: Cannot modify header information" in salvage_logs[1]
@@ -527,3 +540,45 @@ def test_a_fatal_error_after_the_json_fails_the_call_naming_it(provider: FakePro
     assert "Uncaught PDOException" in str(caught.value) and "Creation of dynamic property" not in caught.value.block
     assert_key_absent(caught.value)
     assert [(r.error, r.salvaged) for r in records] == [("NotJSON", None)]
+
+
+FATAL_BEFORE_THE_JSON = (
+    "<br />\n<b>Fatal error</b>:  Uncaught RuntimeException: SMTP down in /var/www/panel/api.php:8\n"
+    "Stack trace:\n#0 {main}\n  thrown in <b>/var/www/panel/api.php</b> on line <b>8</b><br />\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "last_block", "document", "raised"),
+    [
+        (200, "", '{"balance": "1.5", "currency": "USD"}', None),
+        (200, FATAL_BEFORE_THE_JSON, '{"balance": "1.5", "currency": "USD"}', NotJSON),
+        (401, "", '{"error": "Invalid API key"}', InvalidKey),
+        (200, "", '{"error": "Invalid API key"}', InvalidKey),
+    ],
+    ids=["salvaged", "refused", "rejected key, 401", "rejected key, 200"],
+)
+def test_each_answer_is_scanned_once(
+    provider: FakeProvider, monkeypatch: pytest.MonkeyPatch,
+    status: int, last_block: str, document: str, raised: type[ProviderError] | None,
+) -> None:
+    """Real answers reach 80 KB of diagnostics: the client reads each block of one once
+    (the blocks php_noise reads for one call, counted; the reader itself does the work)."""
+    body = (PHP_DEPRECATED + PHP_HEADER_WARNING) * 50 + last_block + document
+    reader = php_noise._block_at
+    reads: list[int] = []
+
+    def counted(text: str, start: int) -> object:
+        reads.append(start)
+        return reader(text, start)
+
+    provider.default = lambda form: Reply(status, body, headers={"Content-Type": "text/html"})
+    monkeypatch.setattr(php_noise, "_block_at", counted)
+    client = client_for(provider)
+    if raised is None:
+        assert client.balance() == Balance(Decimal("1.5"), "USD")
+    else:
+        with pytest.raises(raised):
+            client.balance()
+    assert len(reads) == (101 if last_block else 100)
+    assert len(set(reads)) == len(reads)

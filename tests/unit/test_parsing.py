@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from html import escape as html_escape
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -274,6 +275,23 @@ def test_a_refill_id_that_cannot_be_stored_or_polled_is_unusable(refill_id: str)
     with pytest.raises(UnusableRefillId) as caught:
         parsing.parse_refill(json.dumps({"refill": refill_id}))
     assert "unusable refill ID" in str(caught.value)
+
+
+def test_a_long_unusable_refill_id_shows_no_part_of_a_key() -> None:
+    """The error names an unusable ID shortened: a key in it must not be cut before it is
+    masked (the first characters of the key would show)."""
+    for lead in range(40, 130, 7):
+        refill_id = "x" * lead + KEY + "y" * 40
+        for body in (json.dumps({"refill": refill_id}), json.dumps([{"order": 7, "refill": refill_id}])):
+            parse = parsing.parse_refill if body.startswith("{") else parsing.parse_refill_multi
+            try:
+                result = parse(body, secrets=[KEY])
+            except UnusableRefillId as caught:
+                shown = _everything_about(caught)
+            else:
+                shown = str(result)
+            assert "unusable refill ID" in shown
+            assert not any(KEY[:size] in shown for size in range(4, len(KEY))), (lead, shown)
 
 
 def test_the_longest_usable_refill_id_is_kept() -> None:
@@ -774,6 +792,157 @@ def test_every_excerpt_of_a_block_is_key_free() -> None:
     body = codeigniter("Warning").replace("Undefined index: currency", f"bad key {KEY}") + STATUS_JSON
     salvaged = parsing.strip_php_notices(body, secrets=[KEY])
     assert salvaged.severity == "warning" and KEY not in salvaged.block and "bad key ***" in salvaged.block
+
+
+# Every rendering whose excerpt may be cut short, with MESSAGE where the message goes:
+# the excerpt reads a block only so far, and a key that the cut goes through must not
+# show its first characters. (rendering, where it goes, severity or None when the body is
+# refused, how many of its characters come before the block that decides). "after": after
+# a deprecation and the JSON.
+_M = "\x00MESSAGE\x00"
+CUT_RENDERINGS: dict[str, tuple[str, str, str | None, int]] = {
+    "html warning": (f"<br />\n<b>Warning</b>:  {_M} in <b>/var/www/api.php</b> on line <b>9</b><br />\n",
+                     "before", "warning", 0),
+    "html fatal": (f"<br />\n<b>Fatal error</b>:  Uncaught {_M} in <b>/var/www/api.php</b> on line <b>8</b>"
+                   "<br />\n", "before", None, 0),
+    "html fatal, no tail": (f"<br />\n<b>Fatal error</b>:  Uncaught <i>x</i> {_M}\n#0 {{main}}\n", "before", None, 0),
+    "plain warning": (f"Warning: {_M} in /var/www/api.php on line 9\n", "before", "warning", 0),
+    "plain fatal": (f"PHP Fatal error:  Uncaught {_M} in /var/www/api.php:8\nStack trace:\n#0 {{main}}\n",
+                    "before", None, 0),
+    "codeigniter warning": (codeigniter("Warning").replace("Undefined index: currency", _M), "before", "warning", 0),
+    "codeigniter exception": (CODEIGNITER_EXCEPTION.replace("SMTP down", _M), "before", None, 0),
+    "xdebug warning": (xdebug("warning", f"Warning: {_M}"), "before", "warning", 0),
+    "xdebug fatal": (xdebug("fatal-error", f"Fatal error: {_M}"), "before", None, 0),
+    "laravel deprecation": (laravel(f"Deprecated: {_M}"), "before", "deprecated", 0),
+    "laravel other exception": (laravel(_M).replace("ErrorException", "QueryException"), "before", None, 0),
+    "text after the json": (f"\ndebug: {_M}\n", "after", None, 0),
+    "text between a notice and the json": (RAW_NOTICE + f"debug: {_M}\n", "before", None, len(RAW_NOTICE)),
+}
+
+
+def _key_shown_in_part(text: str) -> str | None:
+    """The longest start or end of KEY (4 characters or more) that ``text`` shows."""
+    folded = text.lower()
+    for size in range(len(KEY), 3, -1):
+        for part in (KEY[:size], KEY[-size:]):
+            if part.lower() in folded:
+                return part
+    return None
+
+
+@pytest.mark.parametrize(
+    ("rendering", "place", "severity", "skip"), CUT_RENDERINGS.values(), ids=CUT_RENDERINGS.keys()
+)
+def test_a_key_where_the_excerpt_is_cut_shows_none_of_its_characters(
+    rendering: str, place: str, severity: str | None, skip: int
+) -> None:
+    """The key at every place around where the block's excerpt is cut, after fillers that
+    shrink when the block is made readable (tags, runs of spaces), as real error pages have
+    them: the excerpt shows the key masked whole, or nothing of it."""
+    before_it = RAW_DEPRECATED + STATUS_JSON if place == "after" else ""
+    rendering_at = len(before_it)
+    decisive = rendering[skip:]
+    block_start = rendering_at + skip + len(decisive) - len(decisive.lstrip())
+    for filler in (" ", "<span></span>"):
+        for key_at in range(1940, 2080, 3):
+            lead = key_at + block_start - rendering_at - rendering.index(_M)
+            message = filler * (lead // len(filler)) + "z" * (lead % len(filler)) + KEY + " and more"
+            block = rendering.replace(_M, message)
+            if filler != " " and severity is not None and "<b>Warning</b>" in block:
+                continue  # PHP escapes the message: no tag in a warning's own line
+            body = block + STATUS_JSON if place == "before" else before_it + block
+            assert body.index(KEY) - block_start == key_at
+            salvaged = parsing.strip_php_notices(body, secrets=[KEY])
+            assert (salvaged.severity, salvaged.refusal is None) == (severity, severity is not None), key_at
+            assert _key_shown_in_part(salvaged.block) is None, (key_at, salvaged.block)
+            if severity is None:
+                with pytest.raises(NotJSON) as caught:
+                    parsing.parse_status(body, secrets=[KEY])
+                assert _key_shown_in_part(_everything_about(caught.value)) is None, key_at
+
+
+def test_the_reviewers_fatal_block_shows_no_part_of_the_key() -> None:
+    """A fatal HTML block full of tags with the key across character 2,000 once gave the
+    excerpt 'Fatal error: Uncaught zzzzzabcde'."""
+    key = "abcdefghij0123456789abcdefghij01"
+    head = "<br />\n<b>Fatal error</b>:  Uncaught "
+    block = head + "<i></i>" * ((1995 - len(head)) // 7)
+    block += "z" * (1995 - len(block)) + key + " in <b>/var/www/api.php</b> on line <b>3</b><br />\n"
+    salvaged = parsing.strip_php_notices(block + "{}", secrets=[key])
+    assert salvaged.refusal is not None and salvaged.block.startswith("Fatal error: Uncaught zzzzz")
+    assert "abcd" not in salvaged.block
+
+
+def whoops(code: str, message: str) -> str:
+    """Whoops' header (its views/header.html.php, search links left out): the exception's
+    class, its severity as PrettyPageHandler names it (``Misc::translateErrorCode``), the
+    message as Laravel's HandleExceptions throws it (no level in it), the plain copy."""
+    code_span = f'      <span title="Exception Code">({code})</span>\n' if code else ""
+    return (
+        '<div class="exception">\n  <div class="exc-title">\n'
+        '        <span class="exc-title-primary">ErrorException</span>\n'
+        f"{code_span}  </div>\n\n"
+        '  <div class="exc-message">\n'
+        f"      <span>{html_escape(message)}</span>\n"
+        f'    <span id="plain-exception">ErrorException thrown with message &quot;{html_escape(message)}&quot;\n\n'
+        "Stacktrace:\n#1 Illuminate\\Foundation\\Bootstrap\\HandleExceptions:handleError in "
+        "/var/www/panel/app/Http/Controllers/ApiController.php:41\n</span>\n"
+        "  </div>\n</div>\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        # The reviewer's: PHP 8's warning for a missing key, which Laravel throws.
+        whoops("", 'Undefined array key "deprecated"'),
+        '<div class="exc-message">ErrorException: Undefined array key &quot;deprecated&quot;</div>\n',
+        whoops("", "Undefined index: notice"),
+        whoops("", "Deprecated: mb_strlen(): Passing null to parameter #1"),  # no level field
+        whoops("E_WARNING", 'Undefined array key "deprecated"'),
+        whoops("E_USER_WARNING", "Notice: the cache is deprecated"),
+        whoops("E_DEPRECATED", "Warning: Undefined array key 1"),  # the two disagree
+        whoops("E_UNKNOWN", "Deprecated: x"),
+        laravel('Undefined array key "deprecated"').replace("(E_DEPRECATED)", ""),
+        laravel('Undefined array key "x"').replace("(E_DEPRECATED)", "(E_WARNING)").replace(
+            "HandleExceptions.php:255", "E_DEPRECATED"),
+    ],
+    ids=[
+        "reviewer's example, Whoops header", "reviewer's example, one line", "a notice's message",
+        "a deprecation's message, no level field", "warning field", "user warning field",
+        "field and message disagree", "unknown field", "laravel fragment without field",
+        "level word elsewhere in the block",
+    ],
+)
+def test_a_framework_block_is_salvaged_only_by_its_level_field(block: str) -> None:
+    """Laravel throws every PHP error but a deprecation as an ErrorException, which ends
+    the request: its block is salvaged only when its level field (Whoops' "(E_…)" after
+    the class) says deprecation or notice, and the message's level, if it names one,
+    agrees; never because "deprecated" or "notice" is somewhere in the text."""
+    for body in (block + STATUS_JSON, RAW_DEPRECATED + STATUS_JSON + "\n" + block):
+        salvaged = parsing.strip_php_notices(body)
+        assert salvaged.severity is None and salvaged.refusal is not None, salvaged
+        with pytest.raises(NotJSON):
+            parsing.parse_status(body)
+
+
+@pytest.mark.parametrize(
+    ("block", "severity"),
+    [
+        (whoops("E_DEPRECATED", "Return type of App\\Support\\Bag::offsetGet($key) should either be compatible"
+                " with ArrayAccess::offsetGet(mixed $offset): mixed"), "deprecated"),
+        (whoops("E_USER_DEPRECATED", "The Request::input() method is deprecated"), "deprecated"),
+        (whoops("E_DEPRECATED", "Deprecated: strlen(): Passing null to parameter #1"), "deprecated"),
+        (whoops("E_NOTICE", "Undefined index: warning"), "notice"),
+        (LARAVEL_DEPRECATION, "deprecated"),
+    ],
+    ids=["E_DEPRECATED", "E_USER_DEPRECATED", "E_DEPRECATED with Symfony's prefix", "E_NOTICE", "laravel fragment"],
+)
+def test_a_framework_deprecation_block_is_salvaged(block: str, severity: str) -> None:
+    for body in (block + STATUS_JSON, STATUS_JSON + "\n" + block):
+        salvaged = parsing.strip_php_notices(body)
+        assert (salvaged.severity, salvaged.refusal) == (severity, None)
+        assert parsing.parse_status(body) == partial_usd()
 
 
 # Real answers of the project's PHP panel (tests/php_panel), captured from `php -n -S`.

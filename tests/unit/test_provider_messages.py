@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tracker.apiv2.messages import (
@@ -7,7 +10,10 @@ from tracker.apiv2.messages import (
     classify_refill_refusal,
     classify_top_level_error,
     means_not_found,
+    outcome_of_error,
 )
+from tracker.apiv2.parsing import parse_refill
+from tracker.core.refills import AttemptOutcome
 from tracker.apiv2.errors import (
     IncorrectRequest,
     InsufficientFunds,
@@ -16,6 +22,8 @@ from tracker.apiv2.errors import (
     ProviderRejected,
 )
 from tracker.apiv2.types import ItemError
+
+REAL_PANELS = Path(__file__).resolve().parent.parent / "fixtures" / "real_panels"
 
 
 @pytest.mark.parametrize(
@@ -131,3 +139,64 @@ def test_classify_refill_refusal(message: str, expected: RefillRefusal) -> None:
 def test_refusal_classes_ignore_case_and_punctuation() -> None:
     assert classify_refill_refusal("REFILL-IS-DISABLED!!!") is RefillRefusal.DISABLED
     assert classify_top_level_error("  invalid   API-key  ") is InvalidKey
+
+
+# Refill refusals that mention "request": once read as an incorrect request, which gives
+# the refill up (BAD_REQUEST) where it is worth asking again later, or marks the order not
+# refillable.
+REFILL_REFUSALS_NAMING_THE_REQUEST = [
+    ("Your request is invalid: order is not completed yet", RefillRefusal.RETRY_LATER, AttemptOutcome.RETRY_LATER),
+    ("Refill request is not supported for this service", RefillRefusal.DISABLED, AttemptOutcome.DISABLED),
+    ("Invalid request: refill is not available for this service", RefillRefusal.DISABLED, AttemptOutcome.DISABLED),
+    ("Request is invalid, the order is still in progress", RefillRefusal.RETRY_LATER, AttemptOutcome.RETRY_LATER),
+]
+
+
+@pytest.mark.parametrize(("message", "refusal", "outcome"), REFILL_REFUSALS_NAMING_THE_REQUEST)
+def test_a_refill_refusal_naming_the_request_is_no_incorrect_request(
+    message: str, refusal: RefillRefusal, outcome: AttemptOutcome
+) -> None:
+    assert classify_top_level_error(message) is ProviderRefused
+    assert classify_refill_refusal(message) is refusal
+    with pytest.raises(ProviderRejected) as refused:
+        parse_refill(json.dumps({"error": message}))
+    assert outcome_of_error(refused.value) is outcome
+
+
+@pytest.mark.parametrize(("message", "refusal", "outcome"), REFILL_REFUSALS_NAMING_THE_REQUEST)
+def test_the_refill_reading_has_the_first_look_at_a_refill_refusal(
+    message: str, refusal: RefillRefusal, outcome: AttemptOutcome
+) -> None:
+    """Whatever class the message was given, a wording the refill reading knows decides."""
+    assert outcome_of_error(IncorrectRequest("refill", message)) is outcome
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Request Invalid",  # BoostPanel (CodeIgniter), for an action it does not have
+        "This action is invalid",  # SmartPanel
+        "Incorrect request",  # the seed docs' panels, the MSM family
+        "Incorrect request.",
+        "Invalid action",
+        "Incorrect action",
+        "Unknown action",
+        "Unknown action: refill_status",
+        "Action not supported",
+        "The action is not supported",
+        "Invalid request",
+        "Bad request",
+        "Unsupported method",
+    ],
+)
+def test_a_panels_own_incorrect_request_is_still_one(message: str) -> None:
+    assert classify_top_level_error(message) is IncorrectRequest
+    assert outcome_of_error(IncorrectRequest("refill", message)) is AttemptOutcome.BAD_REQUEST
+
+
+def test_boostpanels_captured_answer_to_refill_is_a_bad_request() -> None:
+    body = (REAL_PANELS / "boostpanel_refill.txt").read_text(encoding="utf-8")
+    with pytest.raises(IncorrectRequest) as refused:
+        parse_refill(body)
+    assert refused.value.provider_message == "Request Invalid"
+    assert outcome_of_error(refused.value) is AttemptOutcome.BAD_REQUEST

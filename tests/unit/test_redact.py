@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import html
+from collections.abc import Iterable
 from urllib.parse import quote_plus
 
-from tracker.apiv2.redact import MASK, excerpt, redact
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracker.apiv2 import redact as redact_module
+from tracker.apiv2.redact import MASK, excerpt, redact, redact_head
 
 KEY = "a1b2c3d4e5f6+/=secret"
 
@@ -58,3 +65,72 @@ def test_excerpt_redacts_before_truncating() -> None:
     text = excerpt(body, [KEY], limit=20)
     assert KEY[:4] not in text
     assert text.startswith("y" * 15 + MASK)
+
+
+def test_a_text_cut_short_loses_the_start_of_a_secret_at_its_end() -> None:
+    """What was cut from a longer text may end in the first characters of a secret, which
+    ``redact`` cannot recognise: ``redact_head`` drops them as well."""
+    for size in range(1, len(KEY)):
+        assert redact_head(f"before {KEY} after {KEY[:size]}", [KEY]) == f"before {MASK} after "
+        assert redact_head(f"shouted {KEY.upper()[:size]}", [KEY]) == "shouted "
+    encoded = quote_plus(KEY)
+    assert encoded != KEY
+    for size in range(1, len(encoded)):
+        assert redact_head(f"echo={encoded[:size]}", [KEY]) == "echo="
+    assert redact_head("nothing to hide", [KEY]) == "nothing to hide"
+    assert redact_head("key=zzz9", []) == f"key={MASK}"
+
+
+def test_a_secret_in_html_entities_is_removed() -> None:
+    key = 'a&b<c>"d'
+    assert redact(f"<p>{html.escape(key)}</p>", [key]) == f"<p>{MASK}</p>"
+    assert redact_head(f"<p>{html.escape(key)[:6]}", [key]) == "<p>"
+
+
+def _whole_body_excerpt(text: str, secrets: list[str], limit: int) -> str:
+    """The excerpt read from the whole body: the reference a shorter reading must match."""
+    shown = " ".join(redact(text, secrets).split())
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+_PIECES = st.sampled_from([
+    KEY, quote_plus(KEY), KEY.upper(), " ", "\n", " " * 300, "\t" * 40, "key=", '"key": "', "&action=status",
+    "<b>Warning</b>", "word", "x" * 97, "é", "…",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=120), st.sampled_from([20, 160]))
+def test_an_excerpt_of_a_long_body_is_the_whole_bodys(pieces: list[str], limit: int) -> None:
+    """Only the start of a long body is read (an 8 MB answer is not redacted whole for 160
+    characters of it): what it shows is what reading all of it shows."""
+    text = "".join(pieces)
+    shown = excerpt(text, [KEY], limit=limit)
+    assert shown == _whole_body_excerpt(text, [KEY], limit)
+    assert KEY[:6] not in shown and KEY.upper()[:6] not in shown
+
+
+def test_an_excerpt_reads_only_the_start_of_a_long_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of a 2 MB body, only the start is redacted (how much text redaction is given is
+    counted; no time asserted)."""
+    body = "head " + "x " * 1_000_000 + KEY
+    real = redact_module.redact
+    read: list[int] = []
+
+    def counted(text: str, secrets: Iterable[str]) -> str:
+        read.append(len(text))
+        return real(text, secrets)
+
+    monkeypatch.setattr(redact_module, "redact", counted)
+    assert excerpt(body, [KEY]).startswith("head x x x")
+    assert read and sum(read) < 100_000, read
+
+
+def test_a_key_across_the_end_of_what_an_excerpt_reads_shows_none_of_it() -> None:
+    """Characters shown, then spaces that collapse, then a key across the end of the
+    excerpt's first reading: at every place, the key is masked whole or not shown."""
+    for key_at in range(900, 4200, 7):
+        text = "w" * 150 + " " * (key_at - 150) + KEY + " tail" * 50
+        shown = excerpt(text, [KEY])
+        assert shown == _whole_body_excerpt(text, [KEY], 160), key_at
+        assert not any(KEY[:size] in shown for size in range(3, len(KEY))), (key_at, shown)

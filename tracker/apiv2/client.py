@@ -36,7 +36,7 @@ from tracker.apiv2.errors import (
     TransportError,
 )
 from tracker.apiv2.php_noise import PhpSeverity
-from tracker.apiv2.redact import excerpt, redact
+from tracker.apiv2.redact import excerpt, redact, redact_head
 from tracker.apiv2.types import (
     Balance,
     CancelResult,
@@ -95,13 +95,9 @@ class CallRecord:
     error: str | None = None
     salvaged: PhpSeverity | None = None
 
-    @property
-    def noise(self) -> bool:
-        return self.salvaged is not None
-
 
 class _Parser(Protocol[T_co]):
-    def __call__(self, text: str, *, secrets: Sequence[str] = ...) -> T_co: ...
+    def __call__(self, text: parsing.Body, *, secrets: Sequence[str] = ...) -> T_co: ...
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -468,15 +464,16 @@ class ProviderClient:
         try:
             response = self._post(action, request)
             raw = self._read_body(action, response, started + self._deadline)
-            body = parsing.strip_php_notices(self._text(action, response, raw), self._secrets)
+            body = self._answer(action, response, raw)
             severity = body.severity
             if severity is not None:
                 log.info(
                     "%s answer salvaged from %d PHP diagnostics around its JSON, the worst a %s: %s",
                     action, body.diagnostics, severity.value, body.block,
                 )
-            # A refused body goes to the parser as it came: its NotJSON names the block.
-            result = parse(body.text, secrets=self._secrets)
+            # Read once: the parser takes what the scan found (a refused body's NotJSON
+            # names the block that decided).
+            result = parse(body, secrets=self._secrets)
         except ProviderError as error:
             self._record(action, ids, started, type(error).__name__, severity)
             raise
@@ -555,8 +552,10 @@ class ProviderClient:
                     break
                 size += len(chunk)
                 if size > self._max_body:
+                    # Its first bytes only: a cut that redact_head knows may go through a key.
+                    head = redact_head(b"".join(parts)[:200].decode("utf-8", "replace"), self._secrets)
                     failure = AnswerTooLarge(
-                        action, f"the answer is larger than {self._max_body} bytes", excerpt(b"".join(parts)[:200].decode("utf-8", "replace"), self._secrets)
+                        action, f"the answer is larger than {self._max_body} bytes", excerpt(head, self._secrets)
                     )
                     break
                 parts.append(chunk)
@@ -573,19 +572,23 @@ class ProviderClient:
         response.raw.release_conn()
         return b"".join(parts)
 
-    def _text(self, action: str, response: requests.Response, raw: bytes) -> str:
+    def _answer(self, action: str, response: requests.Response, raw: bytes) -> parsing.Salvaged:
+        """The body for the parser, its PHP diagnostics read (the one scan of it), or the
+        error its HTTP status means."""
         code = response.status_code
         text = _decode(response, raw)
         if 200 <= code < 300:
-            return text
+            return parsing.strip_php_notices(text, self._secrets)
+        if 400 <= code < 500 and code not in (408, 429):
+            answer = parsing.strip_php_notices(text, self._secrets)
+            if parsing.top_level_error_message(answer):
+                return answer  # the parser raises the matching ProviderRejected (PHP noise or not)
         body = excerpt(text, self._secrets)
         if code == 429:
             # A date is read against the answer's own Date: the panel's clock, not this
             # worker's, which may be a minute off the others'.
             retry_after = parse_retry_after(response.headers.get("Retry-After"), _answered_at(response))
             raise RateLimited(action, body, retry_after)
-        if 400 <= code < 500 and code != 408 and parsing.top_level_error_message(text):
-            return text  # the parser raises the matching ProviderRejected (PHP noise or not)
         if 300 <= code < 400:
             location = redact(response.headers.get("Location", "?"), self._secrets)
             body = f"redirect to {location} (not followed); {body}"

@@ -93,11 +93,15 @@ _INSUFFICIENT_FUNDS = _compile(
     r"\b(low|negative) balance\b",
     r"\bbalance (is )?(too )?low\b",
 )
+# API v2's actions, as a panel may name the one it does not know ("Unknown action: refill").
+_ACTION_NAMES = r"(add|status|services|refill|refill status|cancel|balance|orders|refills)"
 _INCORRECT_REQUEST = _compile(
-    r"\b(incorrect|invalid|unknown|bad|wrong|unsupported) (request|action|method|param|"
-    r"params|parameter|parameters)\b",
+    # The whole message, nothing else: "Your request is invalid: order is not completed
+    # yet" or "Refill request is not supported for this service" are refill refusals.
+    r"^(incorrect|invalid|unknown|bad|wrong|unsupported) (request|action|method|param|params|parameter|"
+    rf"parameters)( {_ACTION_NAMES})?$",
     # "Request Invalid" (BoostPanel), "This action is invalid" (SmartPanel)
-    r"\b(request|action|method) (is )?(invalid|incorrect|unknown|not supported|unsupported)\b",
+    r"^(this |the )?(request|action|method) (is )?(invalid|incorrect|unknown|not supported|unsupported)$",
     r"\bmissing (required )?(param|params|parameter|parameters|field|fields|action)\b",
     r"\b(param|parameter|field) \w+ (is )?required\b",
     r"\brequired (param|parameter|field)\b",
@@ -115,10 +119,10 @@ def classify_top_level_error(message: str) -> type[ProviderRejected]:
                          "User inactive", "account is suspended/blocked"
     InsufficientFunds    "Not enough funds", "insufficient balance/funds",
                          "low balance", "balance is too low"
-    IncorrectRequest     "Incorrect request", "Incorrect action", "invalid action",
-                         "Request Invalid", "This action is invalid",
-                         "unknown method", "missing parameter", "parameter X is
-                         required"
+    IncorrectRequest     the whole message: "Incorrect request", "Incorrect action",
+                         "invalid action", "Request Invalid", "This action is
+                         invalid", "unknown method", "Unknown action: refill";
+                         or "missing parameter", "parameter X is required"
     ProviderRefused      anything else (refill refusals, add refusals, ...)
     ===================  ========================================================
 
@@ -166,7 +170,7 @@ _RETRY_LATER = _compile(
     r"\b(order|it) is (still )?(in progress|processing|pending)\b",
 )
 _DISABLED = _compile(
-    r"\brefill (is )?(disabled|unavailable|not (available|allowed|supported|enabled|possible))\b",
+    r"\brefills?( requests?)? (is |are )?(disabled|unavailable|not (available|allowed|supported|enabled|possible))\b",
     r"\bno refill\b",
     r"\bnon refill\b",
     r"\bnot refillable\b",
@@ -191,7 +195,8 @@ def classify_refill_refusal(message: str) -> RefillRefusal:
                      with this link", "try again later", "please wait until",
                      "not available yet"
     DISABLED         "Refill is disabled", "Refill not available for this service",
-                     "No refill", "service does not support refill"
+                     "Refill request is not supported", "No refill", "service
+                     does not support refill"
     OTHER            anything else
     ===============  ============================================================
 
@@ -225,7 +230,9 @@ _REFUSALS = {
 
 def outcome_of_error(error: ProviderError) -> AttemptOutcome:
     """Classify a failed ``refill`` call; refusal wording is read by
-    ``classify_refill_refusal``, nowhere else."""
+    ``classify_refill_refusal``, nowhere else, and first: a wording it knows decides even
+    when the message was read as an incorrect request (giving up on a refill that is
+    only early would be the costly mistake)."""
     if isinstance(error, RateLimited):
         return AttemptOutcome.RATE_LIMITED
     if isinstance(error, NotSent | InsecureProviderURL):
@@ -234,8 +241,9 @@ def outcome_of_error(error: ProviderError) -> AttemptOutcome:
         return AttemptOutcome.BAD_REFILL_ID
     if isinstance(error, InvalidKey):
         return AttemptOutcome.KEY_REJECTED
-    if isinstance(error, IncorrectRequest):
-        return AttemptOutcome.BAD_REQUEST
     if isinstance(error, ProviderRejected):
-        return _REFUSALS[classify_refill_refusal(error.provider_message)]
+        refusal = classify_refill_refusal(error.provider_message)
+        if refusal is RefillRefusal.OTHER and isinstance(error, IncorrectRequest):
+            return AttemptOutcome.BAD_REQUEST
+        return _REFUSALS[refusal]
     return AttemptOutcome.NO_ANSWER

@@ -1,7 +1,9 @@
 """Tolerant, typed parsing of API v2 answers (pure: text in, typed values out).
 
-One function per action. Each takes the decoded body text and returns typed results,
-or raises:
+One function per action. Each takes the decoded body text, or what
+``strip_php_notices`` made of it (the client reads each body once, to log and count what
+it salvaged, and hands that on: the body is not scanned again), and returns typed
+results, or raises:
 
 - ``NotJSON``: the body is not one JSON document (HTML, a Cloudflare page, truncated
   JSON, a PHP fatal error). PHP deprecations, notices and warnings around the JSON (a
@@ -56,7 +58,7 @@ from tracker.core.status import (
 from tracker.apiv2.errors import NotJSON, ProviderRejected, UnexpectedShape, UnusableRefillId
 from tracker.apiv2.messages import classify_top_level_error, means_not_found
 # Re-exported: the client and older callers read PHP noise through this module.
-from tracker.apiv2.php_noise import Salvaged as Salvaged, strip_php_notices as strip_php_notices
+from tracker.apiv2.php_noise import Salvaged as Salvaged, names_a_diagnostic, strip_php_notices as strip_php_notices
 from tracker.apiv2.redact import excerpt, redact
 from tracker.apiv2.types import (
     Balance,
@@ -126,16 +128,8 @@ class _Answer:
 
 # --- loading -------------------------------------------------------------------------
 
-# Left by ``strip_php_notices`` for the parser when nothing before the JSON is a diagnostic
-# it knows; a PHP diagnostic somewhere in such a body still deserves its name.
-_PHP_DIAGNOSTIC = re.compile(
-    r"<b>\s*(warning|notice|deprecated|fatal error|parse error)\s*</b>|"
-    r"^\s*(php )?(warning|notice|deprecated|fatal error|parse error)\s*:",
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-_CODEIGNITER_BLOCK = re.compile(r"<h4>\s*A PHP Error was encountered\s*</h4>", re.IGNORECASE)
+# What the parse functions take: a body as it came, or as ``strip_php_notices`` read it.
+Body = str | Salvaged
 
 
 def _reject_constant(name: str) -> object:
@@ -143,7 +137,9 @@ def _reject_constant(name: str) -> object:
 
 
 def _why_not_json(body: str, error: Exception) -> str:
-    if _PHP_DIAGNOSTIC.search(body) or _CODEIGNITER_BLOCK.search(body):
+    # Left as it came by ``strip_php_notices`` (nothing before the JSON is a diagnostic it
+    # knows): a PHP diagnostic somewhere in it still deserves its name.
+    if names_a_diagnostic(body):
         return "PHP diagnostic in a form not recognised (not salvaged)"
     if body.startswith("<"):
         return "HTML instead of JSON"
@@ -154,11 +150,16 @@ def _why_not_json(body: str, error: Exception) -> str:
     return f"invalid JSON ({error})"
 
 
-def _load(action: str, text: str, secrets: Sequence[str]) -> tuple[_Answer, object]:
-    answer = _Answer(action, text, tuple(secrets))
-    salvaged = strip_php_notices(text, answer.secrets)
+def _salvaged(text: Body, secrets: Sequence[str]) -> Salvaged:
+    return text if isinstance(text, Salvaged) else strip_php_notices(text, secrets)
+
+
+def _load(action: str, text: Body, secrets: Sequence[str]) -> tuple[_Answer, object]:
+    """The answer's JSON, PHP diagnostics around it read first (unless they were)."""
+    salvaged = _salvaged(text, secrets)
+    answer = _Answer(action, salvaged.text, tuple(secrets))
     if salvaged.refusal is not None:
-        raise NotJSON(action, salvaged.refusal, excerpt(text, answer.secrets), block=salvaged.block)
+        raise NotJSON(action, salvaged.refusal, excerpt(salvaged.text, answer.secrets), block=salvaged.block)
     body = salvaged.text.strip().lstrip("\ufeff").strip()
     if not body:
         raise NotJSON(action, "empty body", "")
@@ -168,7 +169,7 @@ def _load(action: str, text: str, secrets: Sequence[str]) -> tuple[_Answer, obje
         reason = _why_not_json(body, error)
     # Raised outside the except block: the decode error holds the whole body (``doc``),
     # which must not travel along as ``__context__``.
-    raise NotJSON(action, reason, excerpt(text, answer.secrets))
+    raise NotJSON(action, reason, excerpt(salvaged.text, answer.secrets))
 
 
 def _error_message(value: object) -> str | None:
@@ -196,10 +197,10 @@ def _raise_top_level_error(answer: _Answer, data: object) -> None:
         raise answer.rejected(message)
 
 
-def top_level_error_message(text: str) -> str | None:
+def top_level_error_message(text: Body) -> str | None:
     """The top-level ``{"error": ...}`` message of a body, or None (also for non-JSON).
     PHP diagnostics around it are read as ``_load`` reads them."""
-    salvaged = strip_php_notices(text)
+    salvaged = _salvaged(text, ())
     if salvaged.refusal is not None:
         return None
     try:
@@ -303,9 +304,10 @@ def _refill_id(value: object) -> str:
     else:
         raise _BadValue(f"not a refill ID: {value!r}")
     if not _USABLE_REFILL_ID.fullmatch(text):
-        shown = text if len(text) <= 80 else text[:79] + "…"
+        # The ID whole, and last: the error redacts it before it shortens the message (cut
+        # here, a key in it could show its first characters).
         raise _UnusableRefillId(
-            f"unusable refill ID {shown!r} (at most {REFILL_ID_MAX_LENGTH} letters, digits or ._:-)"
+            f"unusable refill ID (at most {REFILL_ID_MAX_LENGTH} letters, digits or ._:-): {text!r}"
         )
     return text
 
@@ -506,7 +508,7 @@ def _object(answer: _Answer, data: object) -> dict[str, object]:
 # --- one function per action ---------------------------------------------------------
 
 
-def parse_services(text: str, *, secrets: Sequence[str] = ()) -> list[CatalogService]:
+def parse_services(text: Body, *, secrets: Sequence[str] = ()) -> list[CatalogService]:
     answer, data = _load("services", text, secrets)
     _raise_top_level_error(answer, data)
     if isinstance(data, dict):  # some panels key the catalog by service ID
@@ -516,14 +518,17 @@ def parse_services(text: str, *, secrets: Sequence[str] = ()) -> list[CatalogSer
     return [answer.read(_service, item, f"service #{index}") for index, item in enumerate(data)]
 
 
-def parse_add(text: str, *, secrets: Sequence[str] = ()) -> int:
+def parse_add(text: Body, *, secrets: Sequence[str] = ()) -> int:
     answer, data = _load("add", text, secrets)
     _raise_top_level_error(answer, data)
     return answer.read(_positive_id, _object(answer, data).get("order"), "order")
 
 
-def parse_status(text: str, *, secrets: Sequence[str] = ()) -> OrderResult:
-    answer, data = _load("status", text, secrets)
+def parse_status(text: Body, *, secrets: Sequence[str] = ()) -> OrderResult:
+    return _status(*_load("status", text, secrets))
+
+
+def _status(answer: _Answer, data: object) -> OrderResult:
     message = _top_level_error(data)
     if message is not None:
         if means_not_found(message):
@@ -533,8 +538,11 @@ def parse_status(text: str, *, secrets: Sequence[str] = ()) -> OrderResult:
     return answer.item_error(result.message) if isinstance(result, ItemError) else result
 
 
-def parse_status_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
-    answer, data = _load("status", text, secrets)
+def parse_status_multi(text: Body, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
+    return _status_multi(*_load("status", text, secrets))
+
+
+def _status_multi(answer: _Answer, data: object) -> dict[int, OrderResult]:
     return _batch(answer, data, "order", _positive_id, _order_entry)
 
 
@@ -545,18 +553,18 @@ def parse_status_one_of_multi(order_id: int) -> Callable[..., dict[int, OrderRes
     (an ``ItemError``), as in a batch answer; read as a failed call, it would count
     toward the provider's circuit and the order would never reach Not found."""
 
-    def parse(text: str, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
+    def parse(text: Body, *, secrets: Sequence[str] = ()) -> dict[int, OrderResult]:
         answer, data = _load("status", text, secrets)
         if isinstance(data, dict) and not _is_id_keyed(data):
             message = _top_level_error(data)
             if message is not None or "status" in data:
-                return {order_id: parse_status(text, secrets=secrets)}
-        return parse_status_multi(text, secrets=secrets)
+                return {order_id: _status(answer, data)}
+        return _status_multi(answer, data)
 
     return parse
 
 
-def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:
+def parse_refill(text: Body, *, secrets: Sequence[str] = ()) -> str:
     answer, data = _load("refill", text, secrets)
     _raise_top_level_error(answer, data)
     created = answer.read(_refill_creation, _object(answer, data), "refill")
@@ -565,7 +573,7 @@ def parse_refill(text: str, *, secrets: Sequence[str] = ()) -> str:
     return created
 
 
-def parse_refill_multi(text: str, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
+def parse_refill_multi(text: Body, *, secrets: Sequence[str] = ()) -> dict[int, RefillCreation]:
     answer, data = _load("refill", text, secrets)
     return _batch(answer, data, "order", _positive_id, _refill_creation)
 
@@ -574,7 +582,7 @@ def _is_id_keyed(data: dict[str, Any]) -> bool:
     return bool(data) and all(key.strip().isdigit() for key in data)
 
 
-def parse_refill_status(text: str, *, secrets: Sequence[str] = ()) -> RefillResult:
+def parse_refill_status(text: Body, *, secrets: Sequence[str] = ()) -> RefillResult:
     answer, data = _load("refill_status", text, secrets)
     message = _top_level_error(data)
     if message is not None:
@@ -589,18 +597,18 @@ def parse_refill_status(text: str, *, secrets: Sequence[str] = ()) -> RefillResu
 
 
 def parse_refill_status_multi(
-    text: str, *, secrets: Sequence[str] = ()
+    text: Body, *, secrets: Sequence[str] = ()
 ) -> dict[str, RefillResult]:
     answer, data = _load("refill_status", text, secrets)
     return _batch(answer, data, "refill", _refill_id, _refill_status_entry)
 
 
-def parse_cancel(text: str, *, secrets: Sequence[str] = ()) -> dict[int, CancelResult]:
+def parse_cancel(text: Body, *, secrets: Sequence[str] = ()) -> dict[int, CancelResult]:
     answer, data = _load("cancel", text, secrets)
     return _batch(answer, data, "order", _positive_id, _cancel_entry)
 
 
-def parse_balance(text: str, *, secrets: Sequence[str] = ()) -> Balance:
+def parse_balance(text: Body, *, secrets: Sequence[str] = ()) -> Balance:
     answer, data = _load("balance", text, secrets)
     _raise_top_level_error(answer, data)
     fields = _object(answer, data)

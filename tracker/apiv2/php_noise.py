@@ -27,9 +27,11 @@ Renderings recognised, each one "block":
   Warning</p>...</div>``, levels by name or, for those it does not name, by number
   (8192 for E_DEPRECATED); its "An uncaught Exception was encountered" view is fatal;
 - Xdebug's ``<table class='xdebug-error xe-warning'>`` (in ``<font size='1'>`` or not);
-- a Laravel/Whoops-style ``ErrorException`` block for a deprecation or a notice. Such a
-  framework throws a warning as an exception, which ends the request: its block for a
-  warning, or for any other exception, is fatal.
+- a Laravel/Whoops-style ``ErrorException`` block for a deprecation or a notice, its level
+  read from its header alone (Whoops' ``ErrorException (E_DEPRECATED)``), never from words
+  in its message. Such a framework throws a warning as an exception, which ends the
+  request: its block for a warning, for any other exception, or with no level field, is
+  fatal.
 
 Linear time, whatever the body: at each position its first characters choose one
 recogniser, which reads that one block (or its header only, when the header says fatal);
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from tracker.apiv2.redact import excerpt
+from tracker.apiv2.redact import excerpt, redact_head
 
 
 class PhpSeverity(StrEnum):
@@ -57,7 +59,8 @@ class PhpSeverity(StrEnum):
     WARNING = "warning"
 
 
-_RANK = {PhpSeverity.DEPRECATED: 0, PhpSeverity.NOTICE: 1, PhpSeverity.WARNING: 2}
+# Worse after better, as the enum lists them.
+_RANK = {severity: rank for rank, severity in enumerate(PhpSeverity)}
 
 # A block's verdict: salvageable with its severity, fatal (the script stopped), or a
 # diagnostic whose level PHP does not define (refused: there is no knowing).
@@ -75,8 +78,28 @@ _PHP_LEVELS: dict[str, _Verdict] = {
     "parse error": "fatal",
     "unknown error": "unknown",
 }
-# CodeIgniter 3's names for the levels (CI_Exceptions::$levels), and the numbers it prints
-# for the others: every E_* value, so a panel's own handler printing numbers is read too.
+# PHP's levels by constant (a framework names them so) and value: what the script does
+# after one.
+_PHP_CONSTANTS: dict[str, tuple[int, _Verdict]] = {
+    "E_ERROR": (1, "fatal"),
+    "E_WARNING": (2, PhpSeverity.WARNING),
+    "E_PARSE": (4, "fatal"),
+    "E_NOTICE": (8, PhpSeverity.NOTICE),
+    "E_CORE_ERROR": (16, "fatal"),
+    "E_CORE_WARNING": (32, PhpSeverity.WARNING),
+    "E_COMPILE_ERROR": (64, "fatal"),
+    "E_COMPILE_WARNING": (128, PhpSeverity.WARNING),
+    "E_USER_ERROR": (256, "fatal"),
+    "E_USER_WARNING": (512, PhpSeverity.WARNING),
+    "E_USER_NOTICE": (1024, PhpSeverity.NOTICE),
+    "E_STRICT": (2048, PhpSeverity.NOTICE),
+    "E_RECOVERABLE_ERROR": (4096, "fatal"),
+    "E_DEPRECATED": (8192, PhpSeverity.DEPRECATED),
+    "E_USER_DEPRECATED": (16384, PhpSeverity.DEPRECATED),
+}
+# CodeIgniter 3's names for the levels (CI_Exceptions::$levels; Symfony's ErrorHandler
+# uses the same ones), and the numbers it prints for the others: every E_* value, so a
+# panel's own handler printing numbers is read too.
 _CODEIGNITER_LEVELS: dict[str, _Verdict] = {
     "error": "fatal",
     "warning": PhpSeverity.WARNING,
@@ -92,22 +115,10 @@ _CODEIGNITER_LEVELS: dict[str, _Verdict] = {
     "runtime notice": PhpSeverity.NOTICE,
     "deprecated": PhpSeverity.DEPRECATED,
     "user deprecated": PhpSeverity.DEPRECATED,
-    "1": "fatal",  # E_ERROR
-    "2": PhpSeverity.WARNING,  # E_WARNING
-    "4": "fatal",  # E_PARSE
-    "8": PhpSeverity.NOTICE,  # E_NOTICE
-    "16": "fatal",  # E_CORE_ERROR
-    "32": PhpSeverity.WARNING,  # E_CORE_WARNING
-    "64": "fatal",  # E_COMPILE_ERROR
-    "128": PhpSeverity.WARNING,  # E_COMPILE_WARNING
-    "256": "fatal",  # E_USER_ERROR
-    "512": PhpSeverity.WARNING,  # E_USER_WARNING
-    "1024": PhpSeverity.NOTICE,  # E_USER_NOTICE
-    "2048": PhpSeverity.NOTICE,  # E_STRICT
-    "4096": "fatal",  # E_RECOVERABLE_ERROR
-    "8192": PhpSeverity.DEPRECATED,  # E_DEPRECATED
-    "16384": PhpSeverity.DEPRECATED,  # E_USER_DEPRECATED
+    **{str(value): verdict for value, verdict in _PHP_CONSTANTS.values()},
 }
+# A level named in words, in any of those renderings.
+_NAMED_LEVELS: dict[str, _Verdict] = {**_CODEIGNITER_LEVELS, **_PHP_LEVELS}
 # Xdebug's class names (xdebug_error_type_simple), and its exception tables.
 _XDEBUG_KINDS: dict[str, _Verdict] = {
     "deprecated": PhpSeverity.DEPRECATED,
@@ -142,9 +153,10 @@ _HTML_TAIL = re.compile(r"[^<]*(?<= in )<b>[^<]*</b> on line <b>\d+</b>(?:[ \t]*
 _PLAIN_LINE = re.compile(r"(?P<level>[A-Za-z ]{1,40}?):(?P<message>[^\n]*)(?:\n|$)")
 _PLAIN_ENDING = re.compile(r" on line \d+\s*$")
 
+_CODEIGNITER_ERROR = "A PHP Error was encountered"
+_CODEIGNITER_EXCEPTION = "An uncaught Exception was encountered"
 _CODEIGNITER_HEAD = re.compile(
-    r"<div\b[^>]*>\s*<h4>\s*(?:(?P<error>A PHP Error was encountered)|An uncaught Exception was encountered)"
-    r"\s*</h4>",
+    rf"<div\b[^>]*>\s*<h4>\s*(?:(?P<error>{_CODEIGNITER_ERROR})|{_CODEIGNITER_EXCEPTION})\s*</h4>",
     re.IGNORECASE,
 )
 _CODEIGNITER_SEVERITY = re.compile(r"\s*<p>\s*Severity:\s*(?P<level>[^<]{0,40}?)\s*</p>", re.IGNORECASE)
@@ -156,19 +168,31 @@ _XDEBUG_HEAD = re.compile(
 )
 _XDEBUG_END = re.compile(r"</table>(?:\s*</font>)?", re.IGNORECASE)
 
-# A framework's error block (Laravel/Whoops/Ignition, Symfony) for a PHP error that it
-# turned into an ErrorException.
-_FRAMEWORK_NOTICE = re.compile(r"\b(?:notice|E_NOTICE|E_USER_NOTICE)\b", re.IGNORECASE)
-_FRAMEWORK_DEPRECATION = re.compile(r"\b(?:deprecated|E_DEPRECATED|E_USER_DEPRECATED)\b", re.IGNORECASE)
-_FRAMEWORK_WORSE = re.compile(
-    r"\b(?:warning|fatal|parse error|E_WARNING|E_USER_WARNING|E_ERROR|E_USER_ERROR|E_PARSE|"
-    r"E_CORE_\w+|E_COMPILE_\w+|E_RECOVERABLE_ERROR)\b",
-    re.IGNORECASE,
+# A framework's error block for a PHP error that it turned into an ErrorException, tags
+# dropped. Its level is read from its header only, as Whoops renders it
+# (views/header.html.php): the class, then the severity in parentheses
+# (PrettyPageHandler names it with Misc::translateErrorCode), then the message, which
+# Laravel throws as PHP said it and Symfony's ErrorHandler after a level name.
+_FRAMEWORK_HEADER = re.compile(
+    r"\s*ErrorException\s*\(\s*(?P<code>E_[A-Z_]{1,30})\s*\)\s*(?:(?P<level>[A-Za-z][A-Za-z ]{0,39}?)\s*:\s)?"
 )
 _EXCEPTION_NAME = re.compile(r"\b\w*Exception\b")
 
+# A diagnostic named anywhere in a body, as a heading (PHP's, CodeIgniter's, Xdebug's)
+# or at the start of a line, in a place or rendering the scan does not read.
+_LEVEL_NAMES = "|".join(
+    re.escape(name).replace("\\ ", r"\s+") for name in sorted(_PHP_LEVELS, key=len, reverse=True)
+)
+_DIAGNOSTIC_NAMED = re.compile(
+    rf"<b>\s*(?:{_LEVEL_NAMES})\s*</b>|^\s*(?:php\s+)?(?:{_LEVEL_NAMES})\s*:|"
+    rf"<h4>\s*(?:{_CODEIGNITER_ERROR}|{_CODEIGNITER_EXCEPTION})\s*</h4>|\bxdebug-error\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+
 _INLINE_TAG = re.compile(r"</?(?:b|i|span|font|a)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+# A tag or an entity that a cut went through, at the end of what the excerpt reads.
+_HALF_MARKUP = re.compile(r"(?:<[^<>]*|&#?\w*)\Z")
 # How much of a block whose end is unknown (a fatal one) its excerpt reads.
 _EXCERPT_READS = 2000
 
@@ -269,12 +293,25 @@ def _framework_block(body: str, start: int) -> _Block | None:
     exceptions = set(_EXCEPTION_NAME.findall(text))
     if not exceptions:
         return None  # some other HTML
-    if exceptions == {"ErrorException"} and not _FRAMEWORK_WORSE.search(text):
-        if _FRAMEWORK_NOTICE.search(text):
-            return _Block(PhpSeverity.NOTICE, end, True)
-        if _FRAMEWORK_DEPRECATION.search(text):
-            return _Block(PhpSeverity.DEPRECATED, end, True)
-    return _Block("fatal", end, True)  # an exception page: the request ended there
+    return _Block(_framework_verdict(text, exceptions), end, True)
+
+
+def _framework_verdict(text: str, exceptions: set[str]) -> _Verdict:
+    """An exception page means the request ended there (fatal), save an ErrorException
+    whose header says a deprecation or a notice. Never from a word elsewhere in the block:
+    a message such as 'Undefined array key "deprecated"' is a warning's (Laravel throws
+    every level but deprecations). No level field, or a message naming another level
+    than the field: no knowing, refused."""
+    header = _FRAMEWORK_HEADER.match(text) if exceptions == {"ErrorException"} else None
+    if header is None:
+        return "fatal"
+    verdict = _PHP_CONSTANTS[header["code"]][1] if header["code"] in _PHP_CONSTANTS else "unknown"
+    named = _NAMED_LEVELS.get(_level(header["level"])) if header["level"] else None
+    if named is not None and named != verdict:
+        return "unknown"
+    if verdict in (PhpSeverity.DEPRECATED, PhpSeverity.NOTICE, "unknown"):
+        return verdict
+    return "fatal"  # a warning too: the framework threw it
 
 
 def _xdebug_block(body: str, start: int) -> _Block | None:
@@ -315,11 +352,21 @@ def _skip_space(body: str, position: int) -> int:
 
 
 def _readable(body: str, start: int, end: int | None, is_html: bool, secrets: Sequence[str]) -> str:
-    """A block as a person reads it: tags dropped, entities decoded, key-free, short."""
-    stop = min(end if end is not None else len(body), start + _EXCERPT_READS)
-    chunk = body[start:stop]
+    """A block as a person reads it: tags dropped, entities decoded, key-free, short.
+
+    Only its first ``_EXCERPT_READS`` characters are read, and that cut may go through a
+    key, whose first characters no redaction recognises: once tags and entities are
+    undone, ``redact_head`` drops them too. (Tags and runs of spaces shrink to nothing, so
+    what was at the cut may well be among the characters the excerpt shows.)"""
+    stop = end if end is not None else len(body)
+    cut = stop - start > _EXCERPT_READS
+    chunk = body[start : start + _EXCERPT_READS] if cut else body[start:stop]
     if is_html or chunk.startswith("<"):
+        if cut:
+            chunk = _HALF_MARKUP.sub("", chunk)
         chunk = html.unescape(_TAG.sub(" ", _INLINE_TAG.sub("", chunk)))
+    if cut:
+        chunk = redact_head(chunk, secrets)
     return excerpt(chunk, secrets)
 
 
@@ -359,6 +406,12 @@ class _Scan:
             diagnostics=len(self.salvaged),
             block=_readable(self.body, start, block.end, block.html, self.secrets),
         )
+
+
+def names_a_diagnostic(text: str) -> bool:
+    """Whether a body names a PHP diagnostic anywhere, in any rendering read here: what
+    the parser says of a body ``strip_php_notices`` left as it came and that is no JSON."""
+    return _DIAGNOSTIC_NAMED.search(text) is not None
 
 
 def strip_php_notices(text: str, secrets: Sequence[str] = ()) -> Salvaged:

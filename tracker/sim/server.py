@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from decimal import Decimal
 from http import HTTPStatus
@@ -79,6 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._route("PATCH")
 
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # Any other method (HEAD, OPTIONS, PROPFIND...) is routed too: BaseHTTPRequestHandler
+        # answers 501 to a method it finds no do_<METHOD> for, where the API answers 405.
+        if name.startswith("do_"):
+            return lambda: self._route(self.command)
+        raise AttributeError(name)
+
     # -- plumbing ------------------------------------------------------------------------
 
     def _read_body(self) -> bytes:
@@ -108,6 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command == "HEAD":
+            body = b""  # the headers GET would have, and no body (Content-Length says its size)
         try:
             if trickle_s is None:
                 self.wfile.write(head + body)
