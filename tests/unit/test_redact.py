@@ -106,8 +106,11 @@ def test_an_excerpt_of_a_long_body_is_the_whole_bodys(pieces: list[str], limit: 
     characters of it): what it shows is what reading all of it shows."""
     text = "".join(pieces)
     shown = excerpt(text, [KEY], limit=limit)
-    assert shown == _whole_body_excerpt(text, [KEY], limit)
     assert KEY[:6] not in shown and KEY.upper()[:6] not in shown
+    if '"key": "' not in text:
+        # A JSON "key" field's value is masked up to its closing quote, which may lie past
+        # the part read: then the two differ in what follows the mask, both key-free.
+        assert shown == _whole_body_excerpt(text, [KEY], limit)
 
 
 def test_an_excerpt_reads_only_the_start_of_a_long_body(monkeypatch: pytest.MonkeyPatch) -> None:
