@@ -9,7 +9,6 @@ from typing import Any
 
 from tracker.cli.db import database
 from tracker.cli.errors import CLIError
-from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -48,6 +47,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def _resend(args: argparse.Namespace) -> int:
+    from tracker.db.clock import database_now
     from tracker.outbox.delivery import resend_events, sink_configured
 
     if args.since is not None:
