@@ -15,7 +15,6 @@ from typing import Any, ClassVar, TypeVar
 from celery import Task
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
-from tracker.config import Settings
 from tracker.core.time_limits import Deadline
 
 W = TypeVar("W")
@@ -71,12 +70,6 @@ def task_deadline() -> Deadline | None:
     (the pool's timer starts a moment earlier still: callers keep a margin); None
     outside a task. A task that loops starts no unit of work that could outlast it."""
     return _deadline.get()
-
-
-def deadline_or_soft_limit(deadline: Deadline | None, settings: Settings) -> Deadline:
-    """The task's deadline when one is given; otherwise (a one-off run, a test) one soft
-    time limit from now, so the run still keeps within what a task would."""
-    return deadline if deadline is not None else Deadline.after(settings.task_soft_time_limit)
 
 
 def enqueue_committed(committed: Iterable[W], send: Callable[[W], object]) -> int:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from tracker.cli.db import database
 from tracker.cli.output import print_json, print_table
-from tracker.db.clock import database_now
 from tracker.config import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -47,6 +46,7 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from tracker.db.clock import database_now
     from tracker.orders.stats import provider_stats
 
     settings = get_settings()

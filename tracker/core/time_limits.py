@@ -52,6 +52,13 @@ class Deadline:
 MESSAGE_EXPIRY_FLOOR_SECONDS = 300.0
 
 
+def deadline_or_after(deadline: Deadline | None, seconds: float) -> Deadline:
+    """The task's deadline when one is given; otherwise (a one-off run, a test) one that
+    many seconds from now (the soft time limit), so the run still keeps within what a
+    task would."""
+    return deadline if deadline is not None else Deadline.after(seconds)
+
+
 _interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
 
 

@@ -38,7 +38,7 @@ from sqlalchemy import ColumnElement, Table, delete, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from tracker.config import Settings
-from tracker.core.time_limits import Deadline, interruptions
+from tracker.core.time_limits import Deadline, deadline_or_after, interruptions
 from tracker.db.bulk import insert_rows, release_claimed
 from tracker.db.claims import Claim, claim_due
 from tracker.db.clock import database_clock, database_now
@@ -47,7 +47,6 @@ from tracker.db.session import UnitOfWork, unit_of_work
 from tracker.core.outbox_events import NewEvent, next_delivery_attempt, provider_alert
 from tracker.apiv2.redact import excerpt
 from tracker.outbox.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.outbox")
 
@@ -238,7 +237,7 @@ def deliver_claimed(
     before ``deadline`` (the task's soft time limit; by default TRACKER_TASK_SOFT_TIME_LIMIT
     from now); the rest go back, due now. ``now``: by default the database's clock."""
     settings = sinks.settings
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     with unit_of_work() as session:
         if now is None:
             now = database_clock(session)

@@ -36,7 +36,7 @@ from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
-from tracker.core.time_limits import Deadline
+from tracker.core.time_limits import Deadline, deadline_or_after
 from tracker.db.bulk import insert_rows, release_claimed, update_rows
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
@@ -50,7 +50,6 @@ from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_events, sink_configured
 from tracker.providers.health import base_interval, record_success, retry_delay_after
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.poll")
 
@@ -234,7 +233,7 @@ def poll_batch(
     ``done_calling``: told when the task has no call left to make, before it writes (its
     provider slot may go to the next task while this one writes). ``unit_of_work``: where
     its transactions are opened (tests pass ``tracker.testing``'s)."""
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     # Read-only: on SQLite a deferred transaction, which never waits for the write lock.
     with unit_of_work(read_only=True) as session:
         if clock is None:

@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
-from tracker.core.time_limits import Deadline, interruptions
+from tracker.core.time_limits import Deadline, deadline_or_after, interruptions
 from tracker.db.clock import database_clock, database_time
 from tracker.db.models import Provider, Service
 from tracker.db.session import UnitOfWork, unit_of_work
@@ -30,7 +30,6 @@ from tracker.providers.ratelimit import RateLimitBusy
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
 from tracker.providers.health import record_abandoned_call, record_call
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.catalog")
 
@@ -170,7 +169,7 @@ def check_balances(
     """Fetch the balance of every active provider not checked for a balance interval.
     ``now``: by default the database's clock; ``deadline``: the task's soft time limit
     (by default TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     if now is None:
         # Read once, moved on by the monotonic clock: a failure late in a long run is
         # recorded at its own time, so the circuit it opens is not cut short.
@@ -219,7 +218,7 @@ def sync_due_catalogs(
     and skipped; the others are still refreshed. ``now``: by default the database's
     clock; ``deadline``: the task's soft time limit (by default
     TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     now = now or database_time(unit_of_work)
     due = _active_providers_older_than(
         settings, Provider.catalog_synced_at, now - timedelta(seconds=settings.catalog_sync_interval), unit_of_work

@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
-from tracker.core.time_limits import Deadline, interruptions
+from tracker.core.time_limits import Deadline, deadline_or_after, interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import Provider
 from tracker.db.session import UnitOfWork, unit_of_work
@@ -40,7 +40,6 @@ from tracker.providers.catalog import store_balance
 from tracker.providers.gateway import Gateway, ProviderAccess
 from tracker.outbox.delivery import record_provider_alert
 from tracker.providers.health import next_probe_at
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.health")
 
@@ -104,7 +103,7 @@ def probe_due_keys(
     """Probe every due provider once; returns how many probes ended how. ``clock``: by
     default the database's; ``deadline``: the task's soft time limit (by default
     TRACKER_TASK_SOFT_TIME_LIMIT from now)."""
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     with unit_of_work() as session:
         if clock is None:
             clock = database_clock(session)

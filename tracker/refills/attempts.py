@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
-from tracker.core.time_limits import Deadline, interruptions
+from tracker.core.time_limits import Deadline, deadline_or_after, interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import (
     Order,
@@ -65,7 +65,6 @@ from tracker.refills.drops import (
     eligibility_of,
     next_refill_allowed_at,
 )
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.refills")
 
@@ -138,7 +137,7 @@ def attempt_refill(
     ``"before_call"``, ``"after_call"`` (before each try of the write) and
     ``"after_write"``: tests kill the process or fail the database there.
     ``unit_of_work``: where its transactions are opened (tests pass ``tracker.testing``'s)."""
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     if not deadline.allows(settings.provider_try_seconds + WRITE_MARGIN_SECONDS):
         raise NothingSent(f"refill request {request_id}: too little time left for the call")
     if clock is None:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
-from tracker.core.time_limits import Deadline, interruptions
+from tracker.core.time_limits import Deadline, deadline_or_after, interruptions
 from tracker.db.clock import database_clock
 from tracker.db.models import Order, Provider
 from tracker.db.session import UnitOfWork, unit_of_work
@@ -46,7 +46,6 @@ from tracker.refills.drops import (
     refill_services,
     terms_of,
 )
-from tracker.task_base import deadline_or_soft_limit
 
 log = logging.getLogger("tracker.probe")
 
@@ -83,7 +82,7 @@ def probe_counts(
         if settings.count_probe is None:
             return ProbeSummary()
         probe = load_count_probe(settings.count_probe)
-    deadline = deadline_or_soft_limit(deadline, settings)
+    deadline = deadline_or_after(deadline, settings.task_soft_time_limit)
     if clock is None:
         with unit_of_work(read_only=True) as session:
             clock = database_clock(session)
