@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tracker.cli.db import database
+from tracker.cli.db import database, database_now
 from tracker.cli.errors import CLIError
 from tracker.config import get_settings
 
@@ -47,7 +47,6 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def _resend(args: argparse.Namespace) -> int:
-    from tracker.db.clock import database_now
     from tracker.outbox.delivery import resend_events, sink_configured
 
     if args.since is not None:

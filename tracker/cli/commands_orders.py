@@ -10,11 +10,10 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from tracker.cli.db import database
+from tracker.cli.db import database, database_now
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar, stderr_is_terminal
-from tracker.db.clock import database_now
 from tracker.core.ids import NotTextError, iter_id_tokens, parse_order_id
 
 # IDs per transaction when reading a file: memory stays flat for a million-line file.

@@ -7,11 +7,10 @@ import os
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tracker.cli.db import database
+from tracker.cli.db import database, database_now
 from tracker.cli.errors import CLIError
 from tracker.cli.output import print_json, print_table
 from tracker.cli.progress import progress_bar
-from tracker.db.clock import database_now
 from tracker.config import get_settings
 
 SYNC_STEPS = 3

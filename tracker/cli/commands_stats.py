@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tracker.cli.db import database
+from tracker.cli.db import database, database_now
 from tracker.cli.output import print_json, print_table
 from tracker.config import Settings, get_settings
 
@@ -46,7 +46,6 @@ def call_metrics(settings: Settings) -> CallMetrics | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tracker.db.clock import database_now
     from tracker.orders.stats import provider_stats
 
     settings = get_settings()

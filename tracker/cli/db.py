@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,3 +116,11 @@ def database(*, read_only: bool = False) -> Iterator[Session]:
     ensure_schema()
     with unit_of_work(read_only=read_only) as session:
         yield session
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, which every time the tracker stores is on (imported when a
+    command runs: `tracker --help` loads no SQLAlchemy)."""
+    from tracker.db.clock import database_now as now
+
+    return now(session)
