@@ -10,7 +10,10 @@ broker URL.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +26,8 @@ from tests.conftest import TEST_API_KEY
 from tests.integration.helpers import count_orders, shop_client
 from tests.support.cluster import Cluster
 from tests.support.deployment import applied_settings, settings_under_test
+from tests.support import processes
+from tracker.ops.bundled_redis import free_port
 from tests.support.processes import wait_until
 from tests.support.sentinel import MASTER_NAME, SentinelGroup
 from tracker.apiv2.client import ProviderClient
@@ -195,3 +200,29 @@ def test_a_worker_a_shop_and_the_dispatcher_follow_the_master_through_a_failover
         assert new_master.exists(budget)
         assert worker.alive(), worker.output()
         shop.close()
+
+
+def test_tracker_run_on_a_sentinel_broker_finds_its_workers_at_once(
+    sentinel_group: SentinelGroup, tmp_path: Path
+) -> None:
+    """`tracker run` pings its workers before it starts Flower and says it runs. The ping
+    goes through Sentinel too: without the master's name it reached no worker, and the
+    run waited out its whole minute (WORKERS_READY_SECONDS) before it went on."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("TRACKER_", "FLOWER_"))}
+    env.update(settings_under_test(f"sqlite:///{tmp_path / 'tracker.db'}", sentinel_group.url(), tmp_path / "state"))
+    run = processes.start(
+        "run", [sys.executable, "-m", "tracker.cli.main", "run", "--flower-port", str(free_port())], env, tmp_path
+    )
+    try:
+        wait_until(
+            lambda: "tracker running:" in run.output() or not run.alive(), timeout=40,
+            what="`tracker run` saying it runs",
+        )
+        assert run.alive(), run.output()[-3000:]
+    finally:
+        run.process.send_signal(signal.SIGINT)
+        try:
+            run.process.wait(timeout=60)
+        finally:
+            run.stop()
+    assert run.process.returncode == 0, run.output()[-3000:]

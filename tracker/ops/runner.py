@@ -1,17 +1,22 @@
 """`tracker run`: worker, beat and Flower together, on the embedded defaults, until Ctrl-C.
 
-The pieces (the broker, child processes, stopping them) are shared with `tracker demo`.
+They are forked from this process once it has imported what they run, so they share
+that memory (tracker.ops.forked). The pieces (the broker, child processes, stopping them)
+are shared with `tracker demo`, which starts separate processes instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -21,12 +26,20 @@ from celery.utils.nodenames import default_nodename, host_format
 from kombu.exceptions import OperationalError
 
 from tracker.config import Settings, broker_url_file
-from tracker.db import migrate
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.ops.children import die_with_parent
+from tracker.ops.forked import ForkedChild, preload, run_worker
+from tracker.ops.hosted import BeatThread, serve_flower
 from tracker.ops.local_flower import require_flower_auth
+from tracker.redis_clients import broker_transport_options
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 20.0
+# `tracker run`'s workers send a heartbeat event every 10 s rather than Celery's 2 s:
+# Flower (which reads the interval from the event) still shows a stopped worker offline
+# within 20 s, and an idle small host is not woken every 2 s for it.
+IDLE_HEARTBEAT_SECONDS = 10.0
 # How long Flower waits for the workers to answer a ping before it starts anyway.
 WORKERS_READY_SECONDS = 60.0
 
@@ -34,7 +47,7 @@ WORKERS_READY_SECONDS = 60.0
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedChild
     log: IO[bytes] | None = None
 
     def exited(self) -> bool:
@@ -55,7 +68,11 @@ def worker_command(loglevel: str, index: int = 0) -> list[str]:
 
 
 def wait_for_workers(
-    broker_url: str, nodes: Collection[str], keep_waiting: Callable[[], bool], timeout: float = WORKERS_READY_SECONDS
+    broker_url: str,
+    nodes: Collection[str],
+    keep_waiting: Callable[[], bool],
+    timeout: float = WORKERS_READY_SECONDS,
+    transport_options: Mapping[str, object] | None = None,
 ) -> bool:
     """Until every worker node (``worker_node``) answers a ping, or ``timeout`` passes, or
     ``keep_waiting`` says stop. True when all answered.
@@ -65,6 +82,8 @@ def wait_for_workers(
     this, Flower finds them all, and such a line again means something."""
     expected = {host_format(default_nodename(node)) for node in nodes}
     pinger = Celery("tracker-run-ping", broker=broker_url, set_as_current=False)
+    # A sentinel:// broker needs the master's name (tracker.redis_clients).
+    pinger.conf.broker_transport_options = dict(transport_options or {})
     deadline = time.monotonic() + timeout
     try:
         while keep_waiting() and time.monotonic() < deadline:
@@ -80,6 +99,9 @@ def wait_for_workers(
         return False
     finally:
         pinger.close()
+        # Flower is forked after this: no thread of ours may be left running.
+        if threading.active_count() > 1:
+            log.warning("threads left after the workers' ping: %s", threading.enumerate())
 
 
 def beat_command(loglevel: str, state_dir: Path) -> list[str]:
@@ -159,46 +181,61 @@ def withdraw_broker_url(state_dir: Path, url: str) -> None:
 def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") -> int:
     state_dir = Path(settings.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.database_url)
+    if not migrate_in_subprocess():
+        return 1
 
-    environment = dict(os.environ)
     bundled = start_broker(settings, state_dir)
+    # The workers are forked from this process and read their settings from its
+    # environment (see tracker.ops.forked).
     if bundled is not None:
-        environment["TRACKER_BROKER_URL"] = bundled.url
-    broker = environment.get("TRACKER_BROKER_URL", settings.broker_url)
+        os.environ["TRACKER_BROKER_URL"] = bundled.url
+    broker = os.environ.get("TRACKER_BROKER_URL", settings.broker_url)
     # Even on 127.0.0.1 Flower needs credentials: without them any web page in the
     # operator's browser could use its API (see tracker.ops.local_flower).
-    flower_login = require_flower_auth(environment, state_dir)
-    commands = {
-        **{
-            "worker" if index == 0 else f"worker{index + 1}": worker_command(loglevel, index)
-            for index in range(settings.worker_processes)
-        },
-        "beat": beat_command(loglevel, state_dir),
-    }
-    flower_command = celery_command("flower", "--address=127.0.0.1", f"--port={flower_port}")
+    flower_login = require_flower_auth(os.environ, state_dir)
     children: list[Child] = []
+    beat: BeatThread | None = None
     stopping = False
+    exit_code = 0
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    def keep_running() -> bool:
+        nonlocal exit_code
+        dead = first_exited(children)
+        if dead is not None:
+            exit_code = _report_stopped(dead.name, dead.process.returncode)
+        elif beat is not None and not beat.alive():
+            exit_code = _report_stopped("beat", 1)
+        return not stopping and exit_code == 0
+
     try:
         if bundled is not None:
             publish_broker_url(state_dir, bundled.url)
-        for name, command in commands.items():
-            children.append(spawn(name, command, environment))
+        app = preload()
+        # Handlers after preload, before the forks: a Ctrl-C from here on stops the children.
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        for index in range(settings.worker_processes):
+            name = "worker" if index == 0 else f"worker{index + 1}"
+            target = partial(run_worker, worker_node(index), loglevel, IDLE_HEARTBEAT_SECONDS)
+            children.append(Child(name, ForkedChild(name, target, os.environ)))
         wait_for_workers(
             broker,
             [worker_node(index) for index in range(settings.worker_processes)],
             keep_waiting=lambda: not stopping and first_exited(children) is None,
+            transport_options=broker_transport_options(settings),
         )
-        if stopping:
-            return 0
-        children.append(spawn("flower", flower_command, environment))
+        # A worker that died while we waited (a bad setting, a port in use) ends the run
+        # before anything says it is running.
+        if not keep_running():
+            return exit_code
+        # Beat and Flower live in this process: threads from here on, so no more forks.
+        app.log.setup(loglevel=loglevel)
+        beat = BeatThread(app, state_dir / "celerybeat-schedule")
+        beat.start()
         # The shop's scripts need the bundled broker's URL (a new port each run): say it,
         # and where the other commands read it.
         where = f"{broker} (bundled Redis; also in {broker_url_file(state_dir)})" if bundled else "from TRACKER_BROKER_URL"
@@ -207,18 +244,37 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             f"Flower at http://127.0.0.1:{flower_port} ({flower_login or 'FLOWER_BASIC_AUTH'}). Ctrl-C stops.",
             flush=True,
         )
-        while not stopping:
-            dead = first_exited(children)
-            if dead is not None:
-                print(f"tracker: {dead.name} exited with code {dead.process.returncode}; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        return 0
+        try:
+            serve_flower(app, address="127.0.0.1", port=flower_port, keep_running=keep_running)
+        except OSError as error:
+            print(f"tracker: Flower cannot listen on 127.0.0.1:{flower_port}: {error.strerror or error}; stopping",
+                  file=sys.stderr)
+            return 1
+        return exit_code
     finally:
+        if beat is not None:
+            beat.stop()
         stop_children(children)
         if bundled is not None:
             withdraw_broker_url(state_dir, bundled.url)
             bundled.stop()
+
+
+def migrate_in_subprocess() -> bool:
+    """`tracker db upgrade`, in a process of its own: the children forked from this one
+    must inherit no database connection, and nothing of Alembic."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli.main", "db", "upgrade"], stdout=subprocess.DEVNULL, check=False
+    )
+    if done.returncode != 0:
+        print("tracker: the database schema could not be brought up to date (see above); not started",
+              file=sys.stderr)
+    return done.returncode == 0
+
+
+def _report_stopped(name: str, code: int | None) -> int:
+    print(f"tracker: {name} exited with code {code}; stopping", file=sys.stderr)
+    return 1
 
 
 def _describe_database(url: str) -> str:
