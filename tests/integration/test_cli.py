@@ -152,3 +152,22 @@ def test_tracker_run_starts_everything_on_embedded_defaults(tmp_path: Path) -> N
     assert f"broker {broker_url} (bundled Redis; also in .tracker/broker-url)" in started, started
     assert "Inspect method" not in output, output[-3000:]
     assert "deprecat" not in output.lower(), output[-3000:]
+
+
+def test_tracker_run_with_flower_port_taken_says_so_and_stops(tmp_path: Path) -> None:
+    """Another program on the Flower port: `tracker run` names the port, stops its worker
+    and bundled Redis, exits 1, and never says it is running."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TRACKER_", "FLOWER_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker.cli.main", "run", "--flower-port", str(port)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert f"Flower cannot listen on 127.0.0.1:{port}" in done.stderr, output[-3000:]
+    assert "tracker running" not in output
+    assert not (tmp_path / ".tracker" / "broker-url").exists()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import NoReturn
 
 from celery import Celery
@@ -91,14 +91,14 @@ class ForkedChild:
     """A forked process that runs ``target`` and exits with its result, with the part of
     ``subprocess.Popen`` the runner uses."""
 
-    def __init__(self, name: str, target: Callable[[], int], environment: Mapping[str, str]) -> None:
+    def __init__(self, name: str, target: Callable[[], int]) -> None:
         self.args = [f"tracker-{name}"]
         self.returncode: int | None = None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         pid = os.fork()
         if pid == 0:
-            _run_forked(name, target, environment)
+            _run_forked(name, target)
         self.pid = pid
 
     def poll(self) -> int | None:
@@ -124,16 +124,15 @@ class ForkedChild:
         self.send_signal(signal.SIGKILL)
 
 
-def _run_forked(name: str, target: Callable[[], int], environment: Mapping[str, str]) -> NoReturn:
-    """In the child: run ``target`` and never return into the runner."""
+def _run_forked(name: str, target: Callable[[], int]) -> NoReturn:
+    """In the child: run ``target`` and never return into the runner. The environment is
+    the runner's, as it was at the fork."""
     code = 1
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         die_with_parent()
         _name_process(f"tracker-{name}")
-        os.environ.clear()
-        os.environ.update(environment)
         code = target()
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

@@ -53,37 +53,43 @@ class BeatThread:
         self._thread.join(timeout)
 
 
-def serve_flower(app: Celery, *, address: str, port: int, keep_running: Callable[[], bool]) -> None:
-    """Flower on ``address:port`` until ``keep_running`` says stop (asked every half
-    second). Options come from the FLOWER_* environment and a flowerconfig.py, as for
-    ``celery flower``. Raises OSError when the port cannot be bound."""
-    from flower.app import Flower
-    from flower.command import apply_env_options, apply_options, extract_settings, setup_logging
-    from flower.urls import settings
-    from tornado.ioloop import PeriodicCallback
-    from tornado.options import options
+class HostedFlower:
+    """Flower, listening on ``address:port`` once made (OSError when it cannot). Options
+    come from the FLOWER_* environment and a flowerconfig.py, as for ``celery flower``."""
 
-    apply_env_options()
-    apply_options("flower", [f"--address={address}", f"--port={port}"])
-    extract_settings()
-    setup_logging()
-    # The workers send task events by their own configuration (tracker.worker.app), so
-    # Flower need not broadcast "enable events" to them every 5 s.
-    options.enable_events = False
-    flower = Flower(capp=app, options=options, **settings)
-    flower.start_http_server()
+    def __init__(self, app: Celery, *, address: str, port: int) -> None:
+        from flower.app import Flower
+        from flower.command import apply_env_options, apply_options, extract_settings, setup_logging
+        from flower.urls import settings
+        from tornado.options import options
 
-    def watch() -> None:
-        if not keep_running():
+        apply_env_options()
+        apply_options("flower", [f"--address={address}", f"--port={port}"])
+        extract_settings()
+        setup_logging()
+        # The workers send task events by their own configuration (tracker.worker.app), so
+        # Flower need not broadcast "enable events" to them every 5 s.
+        options.enable_events = False
+        self._flower = Flower(capp=app, options=options, **settings)
+        self._flower.start_http_server()
+
+    def serve(self, keep_running: Callable[[], bool]) -> None:
+        """Until ``keep_running`` says stop (asked every half second)."""
+        from tornado.ioloop import PeriodicCallback
+
+        flower = self._flower
+
+        def watch() -> None:
+            if not keep_running():
+                flower.stop()
+
+        watcher = PeriodicCallback(watch, WATCH_INTERVAL_SECONDS * 1000)
+        watcher.start()
+        try:
+            flower.start()
+        finally:
+            watcher.stop()
             flower.stop()
-
-    watcher = PeriodicCallback(watch, WATCH_INTERVAL_SECONDS * 1000)
-    watcher.start()
-    try:
-        flower.start()
-    finally:
-        watcher.stop()
-        flower.stop()
-        # Flower's event thread cannot be joined and retries its connection until the
-        # process exits: its "connection refused" once Redis has stopped is no news.
-        logging.getLogger("flower.events").setLevel(logging.CRITICAL)
+            # Flower's event thread cannot be joined and retries its connection until the
+            # process exits: its "connection refused" once Redis has stopped is no news.
+            logging.getLogger("flower.events").setLevel(logging.CRITICAL)

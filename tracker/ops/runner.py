@@ -29,7 +29,7 @@ from tracker.config import Settings, broker_url_file
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.ops.children import die_with_parent
 from tracker.ops.forked import ForkedChild, preload, run_worker
-from tracker.ops.hosted import BeatThread, serve_flower
+from tracker.ops.hosted import BeatThread, HostedFlower
 from tracker.ops.local_flower import require_flower_auth
 from tracker.redis_clients import broker_transport_options
 
@@ -221,7 +221,7 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
         for index in range(settings.worker_processes):
             name = "worker" if index == 0 else f"worker{index + 1}"
             target = partial(run_worker, worker_node(index), loglevel, IDLE_HEARTBEAT_SECONDS)
-            children.append(Child(name, ForkedChild(name, target, os.environ)))
+            children.append(Child(name, ForkedChild(name, target)))
         wait_for_workers(
             broker,
             [worker_node(index) for index in range(settings.worker_processes)],
@@ -236,6 +236,12 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
         app.log.setup(loglevel=loglevel)
         beat = BeatThread(app, state_dir / "celerybeat-schedule")
         beat.start()
+        try:
+            flower = HostedFlower(app, address="127.0.0.1", port=flower_port)
+        except OSError as error:
+            print(f"tracker: Flower cannot listen on 127.0.0.1:{flower_port}: {error.strerror or error}; stopping",
+                  file=sys.stderr)
+            return 1
         # The shop's scripts need the bundled broker's URL (a new port each run): say it,
         # and where the other commands read it.
         where = f"{broker} (bundled Redis; also in {broker_url_file(state_dir)})" if bundled else "from TRACKER_BROKER_URL"
@@ -244,12 +250,7 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
             f"Flower at http://127.0.0.1:{flower_port} ({flower_login or 'FLOWER_BASIC_AUTH'}). Ctrl-C stops.",
             flush=True,
         )
-        try:
-            serve_flower(app, address="127.0.0.1", port=flower_port, keep_running=keep_running)
-        except OSError as error:
-            print(f"tracker: Flower cannot listen on 127.0.0.1:{flower_port}: {error.strerror or error}; stopping",
-                  file=sys.stderr)
-            return 1
+        flower.serve(keep_running)
         return exit_code
     finally:
         if beat is not None:
