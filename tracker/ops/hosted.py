@@ -31,13 +31,11 @@ class BeatThread:
     def __init__(self, app: Celery, schedule: Path) -> None:
         self._service = Service(app, schedule_filename=str(schedule), scheduler_cls=app.conf.beat_scheduler)
         self._thread = threading.Thread(target=self._run, name="tracker-beat", daemon=True)
-        self.failure: BaseException | None = None
 
     def _run(self) -> None:
         try:
             self._service.start()
-        except BaseException as error:  # reported by alive(): the runner stops everything
-            self.failure = error
+        except BaseException:  # alive() then says no, and the runner stops everything
             log.exception("beat stopped")
 
     def start(self) -> None:

@@ -7,12 +7,10 @@ are shared with `tracker demo`, which starts separate processes instead.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,7 +31,6 @@ from tracker.ops.hosted import BeatThread, HostedFlower
 from tracker.ops.local_flower import require_flower_auth
 from tracker.redis_clients import broker_transport_options
 
-log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 20.0
 # `tracker run`'s workers send a heartbeat event every 10 s rather than Celery's 2 s:
@@ -99,9 +96,6 @@ def wait_for_workers(
         return False
     finally:
         pinger.close()
-        # Flower is forked after this: no thread of ours may be left running.
-        if threading.active_count() > 1:
-            log.warning("threads left after the workers' ping: %s", threading.enumerate())
 
 
 def beat_command(loglevel: str, state_dir: Path) -> list[str]:
