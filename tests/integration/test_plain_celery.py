@@ -79,3 +79,27 @@ def test_plain_worker_starts_in_an_empty_directory(
         assert "Traceback" not in worker.output(), worker.output()
     finally:
         worker.stop()
+
+
+def test_plain_worker_on_the_default_sqlite_creates_its_schema(
+    broker_url: str, empty_dir: Path, tmp_path: Path
+) -> None:
+    """Nothing configured but the broker: local mode, SQLite in the working directory. As
+    `tracker run` and every CLI command do in local mode, the worker brings the schema up to
+    date at start; it used to fail every task with "no such table: providers"."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
+    env.update(TRACKER_BROKER_URL=broker_url)
+    worker = processes.start(
+        "worker",
+        [CELERY, "-A", "tracker", "worker", "--loglevel", "INFO", "--hostname", f"plain-sqlite-{os.getpid()}@%h"],
+        env, tmp_path / "logs", cwd=empty_dir,
+    )
+    try:
+        worker.wait_for_output(" ready.", timeout=60)
+        shop_client(broker_url).send_task("tracker.dispatch_polls")
+        worker.wait_for_output("succeeded", timeout=30)
+        for trouble in ("no such table", "Traceback", "retry:"):
+            assert trouble not in worker.output(), worker.output()[-3000:]
+    finally:
+        worker.stop()
+    assert (empty_dir / "tracker.db").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tracker.cli.db import shipped_head
+from tracker.db.migrate import shipped_head
 from tracker.db import migrate
 
 

@@ -8,11 +8,9 @@ files decides.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tracker.cli.errors import CLIError
@@ -24,87 +22,18 @@ if TYPE_CHECKING:
 _checked = False
 
 
-def _assigned(tree: ast.Module, name: str) -> ast.expr | None:
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return node.value
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
-            return node.value
-    return None
-
-
-def _revisions(tree: ast.Module) -> tuple[str, set[str]]:
-    """(revision, the revisions it follows); ValueError unless both are literal."""
-    revision = ast.literal_eval(_assigned(tree, "revision") or ast.Constant(None))
-    down = ast.literal_eval(_assigned(tree, "down_revision") or ast.Constant(None))
-    if not isinstance(revision, str):
-        raise ValueError("no literal revision")
-    follows = {down} if isinstance(down, str) else set(down or ())
-    return revision, follows
-
-
-def shipped_head(script_location: str) -> str | None:
-    """The one head revision of the migration scripts, read without importing Alembic;
-    None when there is not exactly one or a script does not name its revisions plainly
-    (then Alembic decides)."""
-    revisions: set[str] = set()
-    followed: set[str] = set()
-    try:
-        for path in sorted(Path(script_location, "versions").glob("*.py")):
-            revision, follows = _revisions(ast.parse(path.read_text(encoding="utf-8")))
-            revisions.add(revision)
-            followed |= follows
-    except (OSError, SyntaxError, ValueError, TypeError):
-        return None
-    heads = revisions - followed
-    return heads.pop() if len(heads) == 1 else None
-
-
-def _current_revision() -> str | None:
-    """The database's one revision, or None (no version table, several rows, ...)."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
-    from tracker.db.session import read_only_engine
-
-    try:
-        with read_only_engine().connect() as connection:
-            rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    except DBAPIError:
-        return None
-    return rows[0] if len(rows) == 1 else None
-
-
-def _ensure_schema_with_alembic() -> None:
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from tracker.db import migrate
-    from tracker.db.session import read_only_engine
-
-    config = Config()
-    config.set_main_option("script_location", migrate.script_location())
-    head = ScriptDirectory.from_config(config).get_current_head()
-    with read_only_engine().connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-    if current != head:
-        if not get_settings().local_mode:
-            raise CLIError("the database schema is not up to date: run `tracker db upgrade` first")
-        migrate.upgrade()
-
-
 def ensure_schema() -> None:
     """Local mode upgrades the schema on first use; production asks the operator to,
     because there a migration is a deploy step (the Procfile's release, compose's migrate)."""
     global _checked
     if _checked:
         return
-    from tracker.db.migrate import script_location
+    from tracker.db import migrate
 
-    head = shipped_head(script_location())
-    if head is None or _current_revision() != head:
-        _ensure_schema_with_alembic()
+    if not migrate.schema_is_current():
+        if not get_settings().local_mode:
+            raise CLIError("the database schema is not up to date: run `tracker db upgrade` first")
+        migrate.upgrade()
     _checked = True
 
 

@@ -29,8 +29,9 @@ from celery.signals import (
 )
 
 from tracker import logs
-from tracker.config import DEFAULT_SENTINEL_MASTER
+from tracker.config import DEFAULT_SENTINEL_MASTER, get_settings
 from tracker.core.time_limits import treat_as_interruption
+from tracker.db import migrate
 from tracker.db.session import dispose_engines
 from tracker.polling.capacity import Capacity, poll_slots_of
 from tracker.polling.slots import dispatch_soon
@@ -121,6 +122,23 @@ def stop_queue_keeper(**_kwargs: Any) -> None:
             Capacity(broker_redis_of(app, timeout=2)).withdraw(announcement.worker)
         except redis.RedisError as error:
             log.debug("capacity not withdrawn (it lapses): %s", error)
+
+
+@worker_init.connect
+def bring_schema_up_to_date(**_kwargs: Any) -> None:
+    """Local mode (SQLite, nothing configured) migrates the database at start, as `tracker
+    run` and every CLI command do, so a plain `celery -A tracker worker` in an empty
+    directory works instead of failing every task with "no such table". Production leaves
+    migrations to the deploy step (`tracker db upgrade`), and a worker there does not wait
+    on a database server at start."""
+    if not get_settings().local_mode:
+        return
+    try:
+        if not migrate.schema_is_current():
+            migrate.upgrade()
+            log.info("database schema brought up to date (local mode)")
+    finally:
+        dispose_engines()
 
 
 @worker_init.connect
