@@ -89,7 +89,8 @@ class PhpPanel:
         (self.state_dir / "calls.log").write_text("")
         env = {**os.environ, "PHP_PANEL_STATE": str(self.state_dir), "PHP_CLI_SERVER_WORKERS": str(self._workers)}
         command = [php, "-n", "-S", f"127.0.0.1:{self.port}", "-t", str(PANEL_DIR), str(PANEL_DIR / "index.php")]
-        self._proc = processes.start("php-panel", command, env, self.state_dir, cwd=PANEL_DIR)
+        # Its own process group: php -S leaves its worker processes running when it is stopped alone.
+        self._proc = processes.start("php-panel", command, env, self.state_dir, cwd=PANEL_DIR, group=True)
         deadline = time.monotonic() + 20
         while not listening(self.port):
             if not self._proc.alive() or time.monotonic() > deadline:
