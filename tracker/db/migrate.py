@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tracker.config import get_settings, normalize_database_url
 from tracker.db.session import get_engine, read_only_engine
 
 if TYPE_CHECKING:
@@ -81,10 +82,21 @@ def _current_revision(url: str | None) -> str | None:
     return rows[0] if len(rows) == 1 else None
 
 
+# Databases this process knows to be current: `tracker run` upgrades in a subprocess and
+# then forks its workers, which need not open the database again to check.
+_known_current: set[str] = set()
+
+
+def remember_schema_current(url: str) -> None:
+    _known_current.add(normalize_database_url(url))
+
+
 def schema_is_current(url: str | None = None) -> bool:
     """Whether the database is at the shipped migrations' head: a read (no write lock),
     and without Alembic (0.1-0.2 s to import) when the version table and the scripts'
     revision lines decide it."""
+    if normalize_database_url(url or get_settings().database_url) in _known_current:
+        return True
     head = shipped_head(script_location())
     if head is not None and _current_revision(url) == head:
         return True

@@ -24,6 +24,7 @@ from celery.utils.nodenames import default_nodename, host_format
 from kombu.exceptions import OperationalError
 
 from tracker.config import Settings, broker_url_file
+from tracker.db import migrate
 from tracker.ops.bundled_redis import BundledRedis
 from tracker.ops.children import die_with_parent
 from tracker.ops.forked import ForkedChild, preload, run_worker
@@ -177,6 +178,7 @@ def run(settings: Settings, *, flower_port: int = 5555, loglevel: str = "INFO") 
     state_dir.mkdir(parents=True, exist_ok=True)
     if not migrate_in_subprocess():
         return 1
+    migrate.remember_schema_current(settings.database_url)
 
     bundled = start_broker(settings, state_dir)
     # The workers are forked from this process and read their settings from its
