@@ -171,3 +171,49 @@ def test_tracker_run_with_flower_port_taken_says_so_and_stops(tmp_path: Path) ->
     assert f"Flower cannot listen on 127.0.0.1:{port}" in done.stderr, output[-3000:]
     assert "tracker running" not in output
     assert not (tmp_path / ".tracker" / "broker-url").exists()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def test_tracker_run_stops_at_once_when_its_worker_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the forked worker: `tracker run` hears of it from SIGCHLD, not from its
+    next look, says which process died, stops the rest and exits 1; the worker's pool
+    children die with it (their parent-death signal), and nothing is left running."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TRACKER_", "FLOWER_"))}
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli.main", "run", "--flower-port", str(_free_port())],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while "tracker running" not in log_path.read_text():
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            [worker] = [pid for pid in _children(process.pid)
+                        if Path(f"/proc/{pid}/comm").read_text().strip() == "tracker-worker"]
+            pool_children = _children(worker)
+            assert pool_children, "the worker has started no pool child"
+            killed = time.monotonic()
+            os.kill(worker, signal.SIGKILL)
+            code = process.wait(timeout=30)
+            stopped_in = time.monotonic() - killed
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    output = log_path.read_text()
+    assert code == 1, output[-3000:]
+    assert "tracker: worker exited with code -9; stopping" in output, output[-3000:]
+    assert stopped_in < 15, (stopped_in, output[-3000:])
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pool_children):
+        assert time.monotonic() < deadline, f"pool children left running: {pool_children}"
+        time.sleep(0.1)
+    assert not (tmp_path / ".tracker" / "broker-url").exists()

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Float, Integer, Numeric, String
-from sqlalchemy.dialects import mysql
+from sqlalchemy import DOUBLE, BigInteger, DateTime, Dialect, Float, Integer, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from tracker.core.money import MONEY_PRECISION, MONEY_SCALE
@@ -15,8 +14,10 @@ from tracker.core.money import MONEY_PRECISION, MONEY_SCALE
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
-# MySQL's plain FLOAT is single precision: 0.1 would read back as 0.100000001.
-Real = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+# MySQL's plain FLOAT is single precision: 0.1 would read back as 0.100000001. The
+# generic DOUBLE, which MySQL's dialect renders as its own: importing MySQL's dialect on
+# SQLite or PostgreSQL would cost every process 1 MB.
+Real = Float().with_variant(DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -32,6 +33,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime())
 

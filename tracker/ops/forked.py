@@ -34,14 +34,33 @@ from sqlalchemy.orm import configure_mappers
 
 from tracker.ops.children import die_with_parent
 
-# What the workers run, beyond the tracker app and its task modules. Not Celery's
-# command line (celery.bin): it loads `celery shell`'s prompt toolkit and its tables,
-# some MB that no child needs, so the workers start through app.Worker. Not Flower
-# either: only the runner uses it, so it is imported there after the forks.
+# What the workers run, beyond the tracker app and its task modules: what a worker's
+# main process imports as it builds its consumer and pool, which its pool children and
+# (for beat and Flower) the runner would otherwise each import again after the fork. Not
+# Celery's command line (celery.bin): it loads `celery shell`'s prompt toolkit and its
+# tables, some MB that no child needs, so the workers start through app.Worker. Not
+# Flower either: only the runner uses it, so it is imported there after the forks.
 PRELOADED_MODULES = (
     "celery.apps.worker",
     "celery.worker.consumer",
+    "celery.worker.components",
+    "celery.worker.autoscale",
     "celery.concurrency.prefork",
+    "celery.app.amqp",
+    "celery.app.control",
+    "celery.app.events",
+    "celery.app.log",
+    "celery.app.routes",
+    "celery.backends.base",
+    "celery.events.dispatcher",
+    "celery.events.receiver",
+    "celery.events.state",
+    "kombu.transport.redis",
+    "kombu.mixins",
+    "kombu.pidbox",
+    "billiard.popen_fork",
+    "billiard.sharedctypes",
+    "billiard.synchronize",
     "sqlite3",
 )
 PR_SET_NAME = 15
@@ -59,7 +78,10 @@ def preload() -> Celery:
     app = tracker_app()
     app.loader.import_default_modules()
     for module in PRELOADED_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError:  # moved in another Celery release: only less is shared
+            pass
     # SQLAlchemy builds its mappers' internals on the first query: here, once, shared,
     # rather than in every pool child.
     configure_mappers()
@@ -73,9 +95,17 @@ def run_worker(node: str, loglevel: str, heartbeat_interval: float) -> int:
     does, without loading Celery's command line: the banner, logging, signals, the pool."""
     from celery.utils.nodenames import default_nodename, host_format
 
+    # Without gossip and mingle: they keep other workers' clocks and revoked-task lists
+    # in step, which the tracker does not use, and on one host they cost every worker an
+    # event consumer (and mingle a second's wait at start).
     worker = tracker_app().Worker(
-        hostname=host_format(default_nodename(node)), loglevel=loglevel, heartbeat_interval=heartbeat_interval
+        hostname=host_format(default_nodename(node)), loglevel=loglevel, heartbeat_interval=heartbeat_interval,
+        without_gossip=True, without_mingle=True,
     )
+    # What building the worker allocated is shared with the pool children it forks next:
+    # frozen too, so their collections leave it unwritten.
+    gc.collect()
+    gc.freeze()
     worker.start()
     return int(worker.exitcode or 0)
 

@@ -12,6 +12,7 @@ processes of their own, as Celery and Flower document; this is for one small hos
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,10 @@ from celery.beat import Service
 
 log = logging.getLogger(__name__)
 
-# How often Flower's event loop looks at the workers and at a stop request.
-WATCH_INTERVAL_SECONDS = 0.5
+# A signal (a stop request, a child's exit) wakes Flower's event loop at once; beyond
+# that it looks at the workers and beat this often, for what sends no signal.
+WATCH_INTERVAL_SECONDS = 5.0
+WAKING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
 
 
 class BeatThread:
@@ -72,7 +75,9 @@ class HostedFlower:
         self._flower.start_http_server()
 
     def serve(self, keep_running: Callable[[], bool]) -> None:
-        """Until ``keep_running`` says stop (asked every half second)."""
+        """Until ``keep_running`` says stop: asked when one of WAKING_SIGNALS arrives (after
+        the handler installed for it has run) and every WATCH_INTERVAL_SECONDS. An idle
+        loop that woke every half second to ask cost more CPU than Flower itself."""
         from tornado.ioloop import PeriodicCallback
 
         flower = self._flower
@@ -81,13 +86,29 @@ class HostedFlower:
             if not keep_running():
                 flower.stop()
 
+        loop = flower.io_loop.asyncio_loop
+        installed = {signum: signal.getsignal(signum) for signum in WAKING_SIGNALS}
+        for signum, handler in installed.items():
+            loop.add_signal_handler(signum, _then, handler, signum, watch)
         watcher = PeriodicCallback(watch, WATCH_INTERVAL_SECONDS * 1000)
         watcher.start()
         try:
             flower.start()
         finally:
             watcher.stop()
+            for signum, handler in installed.items():
+                loop.remove_signal_handler(signum)
+                # Back to what the runner installed: a second Ctrl-C while it stops the
+                # workers must not interrupt that.
+                signal.signal(signum, handler)
             flower.stop()
             # Flower's event thread cannot be joined and retries its connection until the
             # process exits: its "connection refused" once Redis has stopped is no news.
             logging.getLogger("flower.events").setLevel(logging.CRITICAL)
+
+
+def _then(handler: object, signum: int, watch: Callable[[], None]) -> None:
+    """asyncio's signal handler: the one the runner had installed, then ``watch``."""
+    if callable(handler):
+        handler(signum, None)
+    watch()

@@ -6,12 +6,18 @@ without persistence) deletes that binding, and from then on kombu drops such mes
 silently, including a shop's ``send_task`` calls, until a worker declares its queues
 again, which it otherwise does only when it starts. So each worker re-declares its
 queues every few seconds; a declaration is one idempotent SADD.
+
+Pool children: what they share with the worker's main process stays shared (the
+collector's freeze, the parent-death signal without cffi); see docs/performance.md,
+"Footprint".
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +47,13 @@ from tracker.worker.queues import POLLS_QUEUE
 log = logging.getLogger("tracker.worker")
 
 REDECLARE_EVERY_SECONDS = 5.0
+PR_SET_PDEATHSIG = 1
 _stop = threading.Event()
 
 
 def redeclare_queues(app: Celery) -> None:
+    # A new connection each time: kombu remembers, per connection, the bindings it has
+    # declared, and would not declare again the ones a FLUSHDB has deleted.
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         for queue in app.amqp.queues.consume_from.values():
@@ -139,6 +148,26 @@ def bring_schema_up_to_date(**_kwargs: Any) -> None:
             log.info("database schema brought up to date (local mode)")
     finally:
         dispose_engines()
+
+
+@worker_init.connect
+def set_parent_death_signal_through_ctypes(**_kwargs: Any) -> None:
+    """Each pool child asks the kernel to be killed with the worker that forked it
+    (PR_SET_PDEATHSIG). Celery has billiard make that call, and billiard makes it through
+    cffi whenever cffi is importable (cryptography installs it): every pool child then
+    builds cffi's C parser to read the one-line declaration of prctl, 6 MB apiece, and on
+    a small host two or three children are most of the worker. The same call through
+    ctypes costs a few kB. Celery ignores an OSError here, as it does billiard's."""
+    import celery.platforms
+
+    if sys.platform.startswith("linux") and hasattr(celery.platforms, "_set_pdeathsig"):
+        celery.platforms._set_pdeathsig = set_parent_death_signal
+
+
+def set_parent_death_signal(signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 @worker_init.connect
