@@ -5,6 +5,7 @@ the monitor that lists every task with arguments made of IDs only."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -222,3 +223,33 @@ def test_local_flower_of_tracker_run_needs_its_password_and_refuses_other_origin
             run.process.wait(timeout=60)
         finally:
             run.stop()
+
+
+HOSTED_FLOWER_HISTORY = """
+import json, sys
+from tracker.ops.forked import tracker_app
+from tracker.ops.hosted import HostedFlower
+
+flower = HostedFlower(tracker_app(), address="127.0.0.1", port=int(sys.argv[1]))
+print(json.dumps({"max_tasks": flower._flower.options.max_tasks}))
+"""
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, 1000), ("5000", 5000)])
+def test_flower_under_tracker_run_keeps_a_bounded_task_history(
+    tmp_path: Path, configured: str | None, expected: int
+) -> None:
+    """Flower keeps every task it has seen in memory, 10,000 by default: about 5 KB each,
+    50 MB once an idle `tracker run` has ticked for ten hours, on a host whose whole
+    tracker holds 155 MB. Under `tracker run` it keeps the last 1,000 unless the operator
+    says otherwise (FLOWER_MAX_TASKS, as for `celery flower`)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TRACKER_", "FLOWER_"))}
+    env.update(TRACKER_STATE_DIR=str(tmp_path / "state"), FLOWER_BASIC_AUTH="user:password-of-the-test")
+    if configured is not None:
+        env["FLOWER_MAX_TASKS"] = configured
+    done = subprocess.run(
+        [sys.executable, "-c", HOSTED_FLOWER_HISTORY, str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"max_tasks": expected}

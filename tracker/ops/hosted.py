@@ -12,6 +12,7 @@ processes of their own, as Celery and Flower document; this is for one small hos
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 # that it looks at the workers and beat this often, for what sends no signal.
 WATCH_INTERVAL_SECONDS = 5.0
 WAKING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+# Flower keeps every task it has seen in memory, 100,000 by default: about 5 KB each, so
+# 50 MB once an idle tracker has ticked for ten hours, on a host where the whole of
+# `tracker run` holds 155 MB. The tracker's own history is in its database.
+HOSTED_MAX_TASKS = 1000
 
 
 class BeatThread:
@@ -56,7 +61,8 @@ class BeatThread:
 
 class HostedFlower:
     """Flower, listening on ``address:port`` once made (OSError when it cannot). Options
-    come from the FLOWER_* environment and a flowerconfig.py, as for ``celery flower``."""
+    come from the FLOWER_* environment and a flowerconfig.py, as for ``celery flower``,
+    except that it keeps the last HOSTED_MAX_TASKS tasks unless FLOWER_MAX_TASKS is set."""
 
     def __init__(self, app: Celery, *, address: str, port: int) -> None:
         from flower.app import Flower
@@ -71,6 +77,8 @@ class HostedFlower:
         # The workers send task events by their own configuration (tracker.worker.app), so
         # Flower need not broadcast "enable events" to them every 5 s.
         options.enable_events = False
+        if "FLOWER_MAX_TASKS" not in os.environ:
+            options.max_tasks = min(options.max_tasks, HOSTED_MAX_TASKS)
         self._flower = Flower(capp=app, options=options, **settings)
         self._flower.start_http_server()
 
