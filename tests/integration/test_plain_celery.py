@@ -58,16 +58,25 @@ def test_plain_beat_starts_in_an_empty_directory(
     assert list((empty_dir / ".tracker").glob("celerybeat-schedule*")), "beat keeps its schedule in the state dir"
 
 
-def test_plain_worker_starts_in_an_empty_directory(
-    plain_env: dict[str, str], broker_url: str, empty_dir: Path, tmp_path: Path
-) -> None:
+def _start_plain_worker(name: str, env: dict[str, str], cwd: Path, logs: Path) -> processes.Proc:
+    """`celery -A tracker worker` as an operator types it, once it says it is ready."""
     worker = processes.start(
-        "worker",
-        [CELERY, "-A", "tracker", "worker", "--loglevel", "INFO", "--hostname", f"plain-{os.getpid()}@%h"],
-        plain_env, tmp_path / "logs", cwd=empty_dir,
+        "worker", [CELERY, "-A", "tracker", "worker", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+        env, logs, cwd=cwd,
     )
     try:
         worker.wait_for_output(" ready.", timeout=60)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def test_plain_worker_starts_in_an_empty_directory(
+    plain_env: dict[str, str], broker_url: str, empty_dir: Path, tmp_path: Path
+) -> None:
+    worker = _start_plain_worker(f"plain-{os.getpid()}", plain_env, empty_dir, tmp_path / "logs")
+    try:
         # Every core by default: one prefork child per core, and one for control tasks.
         assert f"concurrency: {len(os.sched_getaffinity(0)) + 1} (prefork)" in worker.output()
         # Both queues, control first.
@@ -89,13 +98,8 @@ def test_plain_worker_on_the_default_sqlite_creates_its_schema(
     date at start; it used to fail every task with "no such table: providers"."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
     env.update(TRACKER_BROKER_URL=broker_url)
-    worker = processes.start(
-        "worker",
-        [CELERY, "-A", "tracker", "worker", "--loglevel", "INFO", "--hostname", f"plain-sqlite-{os.getpid()}@%h"],
-        env, tmp_path / "logs", cwd=empty_dir,
-    )
+    worker = _start_plain_worker(f"plain-sqlite-{os.getpid()}", env, empty_dir, tmp_path / "logs")
     try:
-        worker.wait_for_output(" ready.", timeout=60)
         shop_client(broker_url).send_task("tracker.dispatch_polls")
         worker.wait_for_output("succeeded", timeout=30)
         for trouble in ("no such table", "Traceback", "retry:"):

@@ -102,10 +102,6 @@ def run_worker(node: str, loglevel: str, heartbeat_interval: float) -> int:
         hostname=host_format(default_nodename(node)), loglevel=loglevel, heartbeat_interval=heartbeat_interval,
         without_gossip=True, without_mingle=True,
     )
-    # What building the worker allocated is shared with the pool children it forks next:
-    # frozen too, so their collections leave it unwritten.
-    gc.collect()
-    gc.freeze()
     worker.start()
     return int(worker.exitcode or 0)
 

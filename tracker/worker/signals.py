@@ -28,6 +28,7 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    celeryd_after_setup,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -170,11 +171,12 @@ def set_parent_death_signal(signum: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-@worker_init.connect
+@celeryd_after_setup.connect
 def freeze_imported_objects(**_kwargs: Any) -> None:
-    """Before the pool forks its children: everything imported so far moves out of the
-    garbage collector's sight, so a child's collections do not write to (and so copy)
-    the memory pages it shares with the parent. Measured in docs/performance.md."""
+    """Once the worker is built, before its pool forks the children: everything imported
+    and built so far (the consumer's objects too, which worker_init comes too early for)
+    moves out of the garbage collector's sight, so a child's collections do not write to
+    (and so copy) the memory pages it shares with the parent. See docs/performance.md."""
     gc.collect()
     gc.freeze()
 
