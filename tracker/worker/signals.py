@@ -4,8 +4,8 @@ Queue bindings: with the Redis transport, a message published to the ``celery``
 exchange finds its queue through a binding stored in Redis. A FLUSHDB (or a Redis restart
 without persistence) deletes that binding, and from then on kombu drops such messages
 silently, including a shop's ``send_task`` calls, until a worker declares its queues
-again, which it otherwise does only when it starts. So each worker re-declares its
-queues every few seconds; a declaration is one idempotent SADD.
+again, which it otherwise does only when it starts. So each worker looks every few
+seconds, with one EXISTS, and declares its queues again when a binding is gone.
 
 Pool children: what they share with the worker's main process stays shared (the
 collector's freeze, the parent-death signal without cffi); see docs/performance.md,
@@ -34,6 +34,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from kombu.transport.redis import Channel as RedisChannel
 
 from tracker import logs
 from tracker.config import DEFAULT_SENTINEL_MASTER, get_settings
@@ -50,6 +51,19 @@ log = logging.getLogger("tracker.worker")
 REDECLARE_EVERY_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
 _stop = threading.Event()
+
+
+def binding_keys(app: Celery) -> list[str]:
+    """The Redis keys holding the bindings of the queues this worker consumes from: what
+    a FLUSHDB deletes and ``redeclare_queues`` writes again."""
+    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", ""))
+    exchanges = sorted({queue.exchange.name for queue in app.amqp.queues.consume_from.values()})
+    return [prefix + RedisChannel.keyprefix_queue % exchange for exchange in exchanges]
+
+
+def bindings_missing(client: redis.Redis, app: Celery) -> bool:
+    keys = binding_keys(app)
+    return int(client.exists(*keys)) < len(keys)
 
 
 def redeclare_queues(app: Celery) -> None:
@@ -87,7 +101,8 @@ def broker_redis_of(app: Celery, timeout: float) -> redis.Redis:
 
 
 def _keep_queues_declared(app: Celery, announcement: _Announcement | None) -> None:
-    capacity = Capacity(broker_redis_of(app, timeout=5))
+    client = broker_redis_of(app, timeout=5)
+    capacity = Capacity(client)
     # A worker that lends poll slots has the dispatcher run as soon as they are announced:
     # after a start or restart, polling resumes at once, not at beat's next tick (and a
     # beat started after the worker ticks first one interval after its own start).
@@ -96,7 +111,11 @@ def _keep_queues_declared(app: Celery, announcement: _Announcement | None) -> No
         try:
             if announcement is not None:
                 capacity.announce(announcement.worker, announcement.poll_slots)
-            redeclare_queues(app)
+            # Looked for rather than declared each time: a declaration needs a connection
+            # of its own (see redeclare_queues), and an idle worker's main process spent a
+            # fifth of its CPU opening one every 5 s (docs/performance.md, "Footprint").
+            if bindings_missing(client, app):
+                redeclare_queues(app)
             if dispatch_wanted:
                 dispatch_soon()
                 dispatch_wanted = False
