@@ -24,6 +24,7 @@ from tracker.db.session import get_engine, unit_of_work
 from tracker.db.types import UTCDateTime
 from tracker.apiv2.errors import InvalidKey
 from tracker.sim.server import SimServer
+from tracker.polling.dispatch_runs import run_dispatcher
 from tracker.providers.gateway import Gateway
 from tracker.providers.key_probe import ProbeOutcome, claim_due_probes, probe_due_keys, probe_key
 from tracker.providers.health import record_failure
@@ -122,6 +123,31 @@ def test_probes_back_off_while_the_key_is_rejected_and_resume_once_it_works(
     assert (resumed.key_probe_at, resumed.key_probe_failures, resumed.circuit_open_until) == (None, 0, None)
     assert resumed.balance == Decimal("7.5"), "the probe's balance is kept"
     assert alerts() == ["provider.paused", "provider.resumed"]
+
+
+def test_the_dispatcher_sends_the_probe_task_only_while_a_probe_is_due(
+    settings: Settings, sim: SimServer
+) -> None:
+    """Key probes have no beat entry of their own: each dispatcher run looks (on the
+    database's clock) and sends ``tracker.probe_keys`` once, only when one is due."""
+    asked: list[str] = []
+
+    def dispatch() -> int:
+        return run_dispatcher(settings, lambda piece: None, send_key_probe=lambda: asked.append("probe"))
+
+    dispatch()
+    assert asked == [], "nothing paused"
+    reject_key(settings, utcnow())
+    dispatch()
+    assert asked == [], "paused, its probe due in a minute"
+    with unit_of_work() as session:
+        session.execute(sa.update(Provider).values(key_probe_at=utcnow() - timedelta(seconds=1)))
+    dispatch()
+    assert asked == ["probe"], "due: one probe task per run"
+    with unit_of_work() as session:
+        session.execute(sa.update(Provider).values(paused=False, key_probe_at=None))
+    dispatch()
+    assert asked == ["probe"], "resumed"
 
 
 def test_an_operators_pause_is_never_probed(settings: Settings, sim: SimServer, gateway: Gateway) -> None:

@@ -19,17 +19,13 @@ def intervals(env: dict[str, str]) -> dict[str, float]:
     return {name: float(entry["schedule"]) for name, entry in beat_schedule(Settings.from_env(env)).items()}
 
 
-def test_key_probes_are_looked_for_every_15_seconds_not_every_tick() -> None:
-    # A probe is due a minute after a rejection at the earliest: every 5 s tick was 3x the work.
+def test_an_idle_tracker_runs_its_dispatcher_every_tick_and_nothing_else_more_than_once_a_minute() -> None:
+    # Key probes have no entry: the dispatcher sends the probe task when one is due, which
+    # saves an idle host four tasks a minute that found nothing to do.
     every = intervals({})
     assert every["dispatch-polls"] == 5.0
-    assert every["probe-keys"] == 15.0
-
-
-def test_a_short_key_probe_base_is_looked_for_four_times_per_base_but_not_faster_than_a_tick() -> None:
-    assert intervals({"TRACKER_KEY_PROBE_BASE": "20"})["probe-keys"] == 5.0
-    assert intervals({"TRACKER_KEY_PROBE_BASE": "8", "TRACKER_TICK_INTERVAL": "1"})["probe-keys"] == 2.0
-    assert intervals({"TRACKER_KEY_PROBE_BASE": "1", "TRACKER_TICK_INTERVAL": "1"})["probe-keys"] == 1.0
+    assert "probe-keys" not in every
+    assert {name: seconds for name, seconds in every.items() if seconds < 60} == {"dispatch-polls": 5.0}
 
 
 def test_beat_sleeps_until_a_run_is_due_instead_of_spinning(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from tracker.db.session import unit_of_work
 from tracker.polling.capacity import Capacity, LastServed, TokenBudgets, attempt_token, poll_token
 from tracker.polling.dispatch import AttemptWork, PollWork, SlotShare, claim_rounds
 from tracker.polling.slots import AGAIN_KEY, QUEUED_KEY, dispatch_soon, in_flight
+from tracker.providers.key_probe import key_probe_due
 from tracker.redis_clients import coordination
 from tracker.task_base import enqueue_committed
 
@@ -32,13 +33,19 @@ log = logging.getLogger("tracker.task_base")
 
 
 def run_dispatcher(
-    settings: Settings, send: Callable[[AttemptWork | PollWork], object], deadline: Deadline | None = None
+    settings: Settings,
+    send: Callable[[AttemptWork | PollWork], object],
+    deadline: Deadline | None = None,
+    *,
+    send_key_probe: Callable[[], object] | None = None,
 ) -> int:
     """One dispatcher run, and the rounds it claims: every call kind of every provider,
     within each provider's slots and budget (see ``tracker.polling.dispatch``). ``send``
     enqueues one piece's task; it is called only once the piece's claim is committed.
     ``deadline``: the task's soft time limit; no round starts that might outlast it.
-    Returns how many tasks were sent."""
+    ``send_key_probe``: enqueues the key probe task, called once when a paused provider's
+    key probe is due (the task claims its probes itself). Returns how many poll and
+    refill tasks were sent."""
     # One dispatcher at a time. Claims stay exclusive without it, but a tick that starts
     # while a long one (a large backlog) is still claiming would skip the rows it has
     # locked and fill batches only partly, and the two would spend one budget twice.
@@ -57,9 +64,9 @@ def run_dispatcher(
             return 0
     enqueued = 0
     try:
-        for _ in range(MAX_PASSES):
+        for turn in range(MAX_PASSES):
             redis_client.delete(AGAIN_KEY, QUEUED_KEY)
-            passed = _dispatch_pass(settings, lock, send, deadline)
+            passed = _dispatch_pass(settings, lock, send, deadline, send_key_probe if turn == 0 else None)
             if passed is None:
                 break
             enqueued += passed
@@ -75,13 +82,22 @@ def run_dispatcher(
 
 
 def _dispatch_pass(
-    settings: Settings, lock: redis.lock.Lock, send: Callable[[AttemptWork | PollWork], object], deadline: Deadline | None
+    settings: Settings,
+    lock: redis.lock.Lock,
+    send: Callable[[AttemptWork | PollWork], object],
+    deadline: Deadline | None,
+    send_key_probe: Callable[[], object] | None,
 ) -> int | None:
     """One pass over every provider; None when the lock was lost."""
     # The database's clock, not this worker's: every worker then agrees on what is due.
     with unit_of_work(read_only=True) as session:
         now = database_now(session)
         provider_ids = list(session.scalars(select(Provider.id)))
+        # Key probes are calls too: looked for here rather than by a beat entry of their
+        # own, whose task an idle host paid for four times a minute to find nothing due.
+        probe_due = send_key_probe is not None and key_probe_due(session, now)
+    if send_key_probe is not None and probe_due:
+        send_key_probe()
     tracked = in_flight()
     served = LastServed(coordination())
     share = SlotShare(Capacity(coordination()).poll_slots(), tracked.counts(provider_ids, now), served.load())

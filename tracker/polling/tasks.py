@@ -23,6 +23,7 @@ from tracker.polling.orders import ORDERS
 from tracker.polling.refills import REFILLS
 from tracker.polling.slots import holding_slot
 from tracker.providers.gateway import shared_gateway
+from tracker.providers.tasks import probe_keys
 from tracker.refills.attempts import NothingSent, attempt_refill
 from tracker.task_base import TrackerTask, task_deadline
 
@@ -30,8 +31,8 @@ from tracker.task_base import TrackerTask, task_deadline
 @shared_task(base=TrackerTask, name="tracker.dispatch_polls")
 def dispatch_polls() -> int:
     """The one dispatcher: every call kind of every provider, within one budget per
-    provider per tick."""
-    return run_dispatcher(get_settings(), _enqueue, task_deadline())
+    provider per tick, and the key probe task when a probe is due."""
+    return run_dispatcher(get_settings(), _enqueue, task_deadline(), send_key_probe=probe_keys.delay)
 
 
 def _enqueue(piece: AttemptWork | PollWork) -> None:

@@ -13,7 +13,8 @@ compare-and-set, so two workers never probe one provider at once, and a worker t
 mid-call only delays the next probe. Its answer applies only while the provider is still
 paused for the key with the key the probe used; an operator's new key wins. A run starts
 a probe only while its call can still end before the task's soft time limit; the claims
-it did not get to are handed back, due now, for the next run (every tick).
+it did not get to are handed back, due now, for the next run. The dispatcher looks for
+due probes every tick (``key_probe_due``) and only then sends ``tracker.probe_keys``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, exists, select, update
 from sqlalchemy.orm import Session
 
 from tracker.config import WRITE_MARGIN_SECONDS, Settings
@@ -63,15 +64,19 @@ class ProbeClaim:
     claimed_until: datetime
 
 
+def _probe_due(now: datetime) -> ColumnElement[bool]:
+    return and_(Provider.paused.is_(True), Provider.key_probe_at.is_not(None), Provider.key_probe_at <= now)
+
+
+def key_probe_due(session: Session, now: datetime) -> bool:
+    """Whether some provider's key probe is due: the dispatcher asks every tick (one read
+    of the providers table), so the probe task runs only when it has a call to make."""
+    return bool(session.scalar(select(exists().where(_probe_due(now)))))
+
+
 def claim_due_probes(session: Session, settings: Settings, now: datetime) -> list[ProbeClaim]:
     """Claim every provider whose key probe is due. The caller commits before calling."""
-    due = session.scalars(
-        select(Provider).where(
-            Provider.paused.is_(True),
-            Provider.key_probe_at.is_not(None),
-            Provider.key_probe_at <= now,
-        )
-    ).all()
+    due = session.scalars(select(Provider).where(_probe_due(now))).all()
     claims = []
     for provider in due:
         # Compare-and-set on the due time: of two workers that read the same row, only one

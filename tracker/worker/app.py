@@ -23,10 +23,6 @@ from tracker.worker.queues import queue_config
 
 VISIBILITY_TIMEOUT = 900
 CATALOG_CHECK_SECONDS = 3600.0
-# A key probe is due key_probe_base seconds (a minute) or more after a rejection.
-# Looking four times per base interval, and at most every 15 s, finds it at most a
-# quarter late, without a task every tick that an idle small host would pay for.
-KEY_PROBE_CHECK_SECONDS = 15.0
 
 
 def build_config() -> dict[str, Any]:
@@ -97,17 +93,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule["check-balances"] = every(
         "tracker.check_balances", min(CATALOG_CHECK_SECONDS, settings.balance_check_interval)
     )
-    # Cheap when nothing is due: it calls a provider only when its key probe is due.
-    schedule["probe-keys"] = every("tracker.probe_keys", key_probe_check_interval(settings))
+    # No entry for key probes: the dispatcher sends tracker.probe_keys when one is due.
     if settings.webhook_url or settings.event_task:
         schedule["dispatch-outbox"] = every("tracker.dispatch_outbox", tick_interval)
     if settings.count_probe is not None:
         schedule["probe-counts"] = every("tracker.probe_counts", settings.count_probe_interval)
     return schedule
-
-
-def key_probe_check_interval(settings: Settings) -> float:
-    return max(settings.tick_interval, min(KEY_PROBE_CHECK_SECONDS, settings.key_probe_base / 4))
 
 
 app = Celery("tracker")
