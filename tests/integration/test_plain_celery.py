@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet
 
 from tests.integration.helpers import shop_client
 from tests.support import processes
+from tests.support.databases import SERVER_DATABASES, server_database
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,88 @@ def test_plain_worker_on_the_default_sqlite_creates_its_schema(
     finally:
         worker.stop()
     assert (empty_dir / "tracker.db").exists()
+
+
+@pytest.fixture(params=SERVER_DATABASES)
+def unmigrated_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database server's fresh database that nobody ran `tracker db upgrade` on."""
+    create, drop = server_database(request, str(request.param))
+    url = create()
+    try:
+        yield url
+    finally:
+        drop(url)
+
+
+def test_a_plain_worker_on_an_unmigrated_database_says_to_run_the_upgrade(
+    unmigrated_database_url: str, broker_url: str, empty_dir: Path, tmp_path: Path
+) -> None:
+    """Outside local mode migrations are the deploy step's (`tracker db upgrade`). A worker
+    started before it (or instead of it) used to retry every task on "relation
+    "providers" does not exist" (MariaDB: "Table ... doesn't exist") at INFO and never
+    said what to do."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")}
+    env.update(
+        TRACKER_DATABASE_URL=unmigrated_database_url,
+        TRACKER_BROKER_URL=broker_url,
+        TRACKER_SECRET_KEY=Fernet.generate_key().decode(),
+    )
+    worker = _start_plain_worker(f"plain-unmigrated-{os.getpid()}", env, empty_dir, tmp_path / "logs")
+    try:
+        shop_client(broker_url).send_task("tracker.dispatch_polls")
+        worker.wait_for_output("tracker db upgrade", timeout=30)
+    finally:
+        worker.stop()
+    advice = [line for line in worker.output().splitlines() if "tracker db upgrade" in line]
+    assert "ERROR" in advice[0], advice
+    assert "schema" in advice[0], advice
+
+
+def test_an_idle_plain_worker_waits_on_its_queues_five_seconds_a_call(
+    plain_env: dict[str, str], broker_url: str, empty_dir: Path, tmp_path: Path
+) -> None:
+    """kombu's BRPOP on empty queues times out after 1 s, and the worker's main process then
+    wakes and asks again: 60 wake-ups a minute, a fifth of an idle small host's CPU. A
+    message pushed meanwhile ends the wait at once, whatever its timeout, so the worker
+    waits 5 s a call (see docs/performance.md)."""
+    worker = _start_plain_worker(f"plain-brpop-{os.getpid()}", plain_env, empty_dir, tmp_path / "logs")
+    database = int(broker_url.rsplit("/", 1)[1])
+    try:
+        commands = monitored_commands(broker_url, seconds=7.0)
+    finally:
+        worker.stop()
+    waits = [command for db, command in commands if db == database and command.startswith("BRPOP ")]
+    assert waits, commands
+    assert {wait.rsplit(" ", 1)[1] for wait in waits} == {"5"}, waits
+    # One consuming connection, 7 s: two or three calls, not seven.
+    assert len(waits) <= 3, waits
+
+
+def monitored_commands(url: str, seconds: float) -> list[tuple[int, str]]:
+    """What Redis's MONITOR shows over ``seconds``: (database number, command) pairs."""
+    import threading
+    import time
+
+    import redis
+
+    seen: list[tuple[int, str]] = []
+    ends = time.monotonic() + seconds
+    marker = f"monitor-ends-{os.getpid()}"
+    client = redis.Redis.from_url(url)
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            while True:
+                entry = monitor.next_command()
+                if marker in str(entry["command"]):
+                    return
+                seen.append((int(entry["db"]), str(entry["command"])))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(max(0.0, ends - time.monotonic()))
+    # MONITOR blocks until Redis sees a command: this one ends the watch.
+    client.echo(marker)
+    watcher.join(timeout=10)
+    client.close()
+    return seen

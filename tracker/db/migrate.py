@@ -116,3 +116,32 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+# What each database says when a statement names a table or column the schema lacks.
+_UNDEFINED_SQLSTATES = {"42P01", "42703"}  # PostgreSQL: undefined table, undefined column
+_UNDEFINED_MYSQL_ERRORS = {1146, 1054}  # MySQL/MariaDB: no such table, unknown column
+_UNDEFINED_SQLITE_MESSAGES = ("no such table", "no such column")
+
+
+def says_schema_missing(error: DBAPIError) -> bool:
+    """Whether the database refused a statement because a table or column the code uses
+    does not exist: the database was never migrated, or is behind this release."""
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _UNDEFINED_SQLSTATES:
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] in _UNDEFINED_MYSQL_ERRORS:
+        return True
+    return str(original).startswith(_UNDEFINED_SQLITE_MESSAGES)
+
+
+def database_message(error: DBAPIError) -> str:
+    """The database's own words, first line, without SQLAlchemy's statement and parameters
+    (a parameter may be anything a caller wrote)."""
+    original = error.orig
+    arguments: tuple[object, ...] = tuple(getattr(original, "args", ()))
+    # PyMySQL: (error number, message).
+    text = str(arguments[1]) if len(arguments) == 2 and isinstance(arguments[0], int) else str(original)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(original).__name__

@@ -19,6 +19,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,16 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     celeryd_after_setup,
+    task_failure,
+    task_retry,
     worker_init,
     worker_process_init,
     worker_ready,
     worker_shutdown,
 )
 from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport.redis import Transport as RedisTransport
+from sqlalchemy.exc import DBAPIError
 
 from tracker import logs
 from tracker.config import DEFAULT_SENTINEL_MASTER, get_settings
@@ -49,6 +54,8 @@ from tracker.worker.queues import POLLS_QUEUE
 log = logging.getLogger("tracker.worker")
 
 REDECLARE_EVERY_SECONDS = 5.0
+# How long a worker's BRPOP waits on empty queues before it asks again (kombu: 1 s).
+WORKER_BRPOP_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 _stop = threading.Event()
 
@@ -168,6 +175,53 @@ def bring_schema_up_to_date(**_kwargs: Any) -> None:
             log.info("database schema brought up to date (local mode)")
     finally:
         dispose_engines()
+
+
+@worker_init.connect
+def wait_longer_on_empty_queues(**_kwargs: Any) -> None:
+    """An idle worker's main process woke every second only because kombu's BRPOP on its
+    empty queues timed out and was sent again: a fifth of that process's CPU. A
+    message pushed meanwhile ends the wait at once whatever the timeout, so a longer one
+    delays nothing. It is set on the transport class in the worker's process only:
+    ``brpop_timeout`` alone, not the ``polling_interval`` transport option, which would
+    also make every synchronous ``drain_events`` (``celery inspect``, Flower's events)
+    sleep that long between polls. A half-open broker link is still found by kombu's
+    health check, 4 s later than before (brpop_timeout + health_check_interval)."""
+    RedisTransport.brpop_timeout = WORKER_BRPOP_SECONDS
+
+
+# One advice a minute per process: every task meets the same missing table.
+ADVISE_UPGRADE_EVERY_SECONDS = 60.0
+_last_advice: float | None = None
+
+
+@task_retry.connect
+def advise_upgrade_on_retry(reason: object = None, **_kwargs: Any) -> None:
+    # Celery's automatic retry hands over its Retry, which carries the error.
+    advise_upgrade_if_schema_missing(getattr(reason, "exc", reason))
+
+
+@task_failure.connect
+def advise_upgrade_on_failure(exception: object = None, **_kwargs: Any) -> None:
+    advise_upgrade_if_schema_missing(exception)
+
+
+def advise_upgrade_if_schema_missing(error: object) -> None:
+    """Outside local mode a worker does not migrate (the deploy step runs `tracker db
+    upgrade`), so one started on a database never migrated, or behind this release,
+    meets "relation ... does not exist" in every task. Celery logs each retry at INFO
+    and the final failure without a word on what to do; this names the command."""
+    global _last_advice
+    if not isinstance(error, DBAPIError) or not migrate.says_schema_missing(error):
+        return
+    now = time.monotonic()
+    if _last_advice is not None and now - _last_advice < ADVISE_UPGRADE_EVERY_SECONDS:
+        return
+    _last_advice = now
+    log.error(
+        "the database schema is missing or older than this tracker (%s): run `tracker db upgrade`",
+        migrate.database_message(error),
+    )
 
 
 @worker_init.connect
