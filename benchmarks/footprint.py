@@ -10,7 +10,9 @@ and then, over ``--window`` seconds, reads /proc for the whole process tree:
 - PSS summed (each shared page split between the processes sharing it: what the tree
   really holds) and RSS summed (a shared page counted once per process), both the peak of
   the samples taken every 0.5 s;
-- CPU: the tree's user + system seconds over the window, as % of one core.
+- CPU: the tree's user + system seconds over the window, as % of one core, from the
+  clock ticks of /proc/<pid>/stat and, finer, from each thread's schedstat (nanoseconds;
+  an idle tree uses about 50 ticks a minute, so the ticks round by a few percent).
 
 With ``--cores 0`` the whole tree runs under ``taskset -c 0``, as on a one-core VPS
 (one core also means one poll slot: the defaults follow the CPU set).
@@ -18,6 +20,7 @@ With ``--cores 0`` the whole tree runs under ``taskset -c 0``, as on a one-core 
     python benchmarks/footprint.py                 # all cores of this machine
     python benchmarks/footprint.py --cores 0       # one core
     python benchmarks/footprint.py --window 120
+    python benchmarks/footprint.py --tracker /other/venv/bin/tracker   # another install
 
 It prints figures and the targets from docs/performance.md beside them; it asserts
 nothing.
@@ -37,14 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procs import Sampler, cpu_seconds, tree, tree_cpu_seconds  # noqa: E402
+from benchmarks.procs import Sampler, cpu_seconds, run_seconds, tree, tree_cpu_seconds  # noqa: E402
 
 # docs/performance.md, "Footprint": idle, worker + beat + Flower + Redis.
 TARGET_PSS_MB = {"all": 200, "one": 160}
 TARGET_CORE_PERCENT = 0.5
 
 
-def start_tracker(directory: Path, cores: str | None) -> tuple[subprocess.Popen[str], list[str]]:
+def start_tracker(directory: Path, cores: str | None, tracker: str) -> tuple[subprocess.Popen[str], list[str]]:
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("TRACKER_", "CELERY_", "FLOWER_"))
     }
@@ -53,7 +56,6 @@ def start_tracker(directory: Path, cores: str | None) -> tuple[subprocess.Popen[
         TRACKER_DATABASE_URL=f"sqlite:///{directory / 'tracker.db'}",
         FLOWER_BASIC_AUTH="bench:bench-password",
     )
-    tracker = str(Path(sys.executable).with_name("tracker"))
     command = [tracker, "run", "--flower-port", str(free_port())]
     if cores is not None:
         command = ["taskset", "-c", cores, *command]
@@ -106,10 +108,14 @@ def main() -> int:
     parser.add_argument("--cores", help="run under taskset -c CORES (e.g. 0 for one core)")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds after start-up before measuring")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument(
+        "--tracker", default=str(Path(sys.executable).with_name("tracker")),
+        help="the tracker command to measure (default: this Python's); another install's, to compare",
+    )
     arguments = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tracker-footprint-") as temporary:
-        process, lines = start_tracker(Path(temporary), arguments.cores)
+        process, lines = start_tracker(Path(temporary), arguments.cores, arguments.tracker)
         try:
             startup = wait_running(process, lines, timeout=120)
             time.sleep(arguments.settle)
@@ -117,14 +123,17 @@ def main() -> int:
             with Sampler(lambda: [root], interval=0.5) as sampler:
                 cpu_before = tree_cpu_seconds(root)
                 each_before = {pid: cpu_seconds(pid) for pid in tree(root)}
+                run_before = {pid: run_seconds(pid) for pid in tree(root)}
                 started = time.monotonic()
                 time.sleep(arguments.window)
                 cpu_used = tree_cpu_seconds(root) - cpu_before
                 each_used = {pid: cpu_seconds(pid) - seconds for pid, seconds in each_before.items()}
+                each_run = {pid: run_seconds(pid) - seconds for pid, seconds in run_before.items()}
                 elapsed = time.monotonic() - started
             alive = tree(root)
             alive_names = names(alive)
             used_by = sorted(zip(names(list(each_used)), each_used.values()))
+            run_by = sorted(zip(names(list(each_run)), each_run.values()))
         finally:
             os.killpg(process.pid, signal.SIGINT)
             try:
@@ -148,6 +157,9 @@ def main() -> int:
           f"   (target <= {TARGET_CORE_PERCENT}%)")
     print("  CPU by process      " + ", ".join(
         f"{name} {seconds:.2f} s" for name, seconds in used_by))
+    run_total = sum(each_run.values())
+    print(f"  schedstat, {elapsed:.0f} s      {run_total:.3f} s = {100 * run_total / elapsed:.3f}% of a core: " + ", ".join(
+        f"{name} {seconds:.3f} s" for name, seconds in run_by))
     if sampler.errors:
         print(f"  sampler errors      {sampler.errors}")
     return 0
