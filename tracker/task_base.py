@@ -28,6 +28,13 @@ class InvalidTaskInput(ValueError):
 # (``LookupError``), a malformed ID or service (``ValueError``).
 SHOP_INPUT_ERRORS: tuple[type[Exception], ...] = (LookupError, ValueError)
 
+# The options of a task a shop sends by name. Its message is the only copy of what the shop
+# handed over (order IDs, a drop): while the database is unreachable it is retried, every
+# ``retry_backoff_max`` seconds at the most, until the database is back, never dropped
+# after ``max_retries`` tries as the tracker's own tasks are (their work comes back by
+# itself: the next tick, a lease). A value the database refuses is still not retried.
+SHOP_TASK_OPTIONS: dict[str, Any] = {"bad_input": SHOP_INPUT_ERRORS, "max_retries": None}
+
 
 # Celery ships no type information: its Task is Any to mypy.
 class TrackerTask(Task):  # type: ignore[misc]

@@ -216,3 +216,46 @@ def test_database_connections_killed_mid_transaction_half_write_nothing(
         f"database connections killed {db_kind(tracker_env)}",
         {"orders": 300, "connections_terminated": killer.terminated, "task_retries": retries},
     )
+
+
+@pytest.mark.parametrize("database_url", [SERVER_DATABASES[0]], indirect=True)
+def test_orders_a_shop_sends_while_the_database_is_down_are_tracked_once_it_is_back(
+    tracker_env: dict[str, str], broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shop's message is the only copy of the order IDs it hands over. While the database
+    refuses connections (here for 45 s: a restart, an upgrade, a failover), the task is
+    retried until it is back. It used to give up after five tries, about half a minute with
+    Celery's backoff and jitter, and the orders were never tracked."""
+    import psycopg
+    from psycopg import sql
+
+    from tests.support.databases import POSTGRES_ADMIN_URL
+
+    database = tracker_env["TRACKER_DATABASE_URL"].rpartition("/")[2]
+
+    def allow_connections(allowed: bool) -> None:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(database), sql.Literal(allowed)
+                )
+            )
+            if not allowed:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+                )
+
+    with SimServer(dialect="standard", speed=1.0, seed=31) as sim, Cluster(tracker_env, tmp_path / "logs") as cluster:
+        add_provider("panel", sim.url, monkeypatch)
+        ids = sim.seed_orders(count=20, service=1)
+        worker = cluster.worker(concurrency=2)
+        allow_connections(False)
+        try:
+            shop_client(broker_url).send_task("tracker.track_orders", args=["panel", ids])
+            time.sleep(45)
+            retries = worker.output().count("Retry in")
+            assert retries >= 2, worker.output()[-3000:]
+        finally:
+            allow_connections(True)
+        wait_until(lambda: count_orders("panel") == 20, timeout=90, what="the orders tracked once the database is back")
+    print_figures("database down 45 s", {"orders": 20, "task_retries_while_down": retries})

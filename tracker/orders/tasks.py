@@ -15,14 +15,14 @@ from celery import shared_task
 from tracker.db.clock import database_now
 from tracker.db.session import unit_of_work
 from tracker.orders import enqueue
-from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask
+from tracker.task_base import SHOP_TASK_OPTIONS, InvalidTaskInput, TrackerTask
 
 log = logging.getLogger("tracker.task_base")
 
 
 # Flower shows a task's result as its repr, cut at ``resultrepr_maxsize`` (1 KiB by
 # default): room for the refusals the result names.
-@shared_task(base=TrackerTask, name="tracker.track_orders", bad_input=SHOP_INPUT_ERRORS, resultrepr_maxsize=4096)
+@shared_task(base=TrackerTask, name="tracker.track_orders", resultrepr_maxsize=4096, **SHOP_TASK_OPTIONS)
 def track_orders(
     provider: str, order_ids: list[int | str], service: int | None = None, quantity: int | None = None
 ) -> dict[str, Any]:

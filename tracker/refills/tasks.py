@@ -17,12 +17,12 @@ from tracker.config import get_settings
 from tracker.db.clock import database_now, database_time
 from tracker.db.session import unit_of_work
 from tracker.refills import auto_refill, count_probes, drops
-from tracker.task_base import SHOP_INPUT_ERRORS, InvalidTaskInput, TrackerTask, task_deadline
+from tracker.task_base import SHOP_TASK_OPTIONS, InvalidTaskInput, TrackerTask, task_deadline
 
 log = logging.getLogger("tracker.task_base")
 
 
-@shared_task(base=TrackerTask, name="tracker.report_drop", bad_input=SHOP_INPUT_ERRORS)
+@shared_task(base=TrackerTask, name="tracker.report_drop", **SHOP_TASK_OPTIONS)
 def report_drop(provider: str, order_id: int | str) -> dict[str, Any]:
     # An unknown provider or order fails as InvalidTaskInput through the base.
     try:
