@@ -112,4 +112,6 @@ app.conf.include = [
     "tracker.outbox.tasks",
 ]
 
-import tracker.worker.signals  # noqa: F401 - registers the worker hooks
+from tracker.worker.signals import add_worker_steps  # noqa: E402 - also registers the worker hooks
+
+add_worker_steps(app)

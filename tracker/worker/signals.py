@@ -8,8 +8,10 @@ again, which it otherwise does only when it starts. So each worker looks every f
 seconds, with one EXISTS, and declares its queues again when a binding is gone.
 
 Pool children: what they share with the worker's main process stays shared (the
-collector's freeze, the parent-death signal without cffi); see docs/performance.md,
-"Footprint".
+collector's freeze, the parent-death signal without cffi); and the task consumer's BRPOP
+waits 5 s on empty queues (a consumer bootstep); see docs/performance.md, "Footprint".
+
+Tasks that meet a missing table or column name `tracker db upgrade` in the log.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -38,7 +40,6 @@ from celery.signals import (
     worker_shutdown,
 )
 from kombu.transport.redis import Channel as RedisChannel
-from kombu.transport.redis import Transport as RedisTransport
 from sqlalchemy.exc import DBAPIError
 
 from tracker import logs
@@ -177,17 +178,32 @@ def bring_schema_up_to_date(**_kwargs: Any) -> None:
         dispose_engines()
 
 
-@worker_init.connect
-def wait_longer_on_empty_queues(**_kwargs: Any) -> None:
-    """An idle worker's main process woke every second only because kombu's BRPOP on its
-    empty queues timed out and was sent again: a fifth of that process's CPU. A
-    message pushed meanwhile ends the wait at once whatever the timeout, so a longer one
-    delays nothing. It is set on the transport class in the worker's process only:
-    ``brpop_timeout`` alone, not the ``polling_interval`` transport option, which would
-    also make every synchronous ``drain_events`` (``celery inspect``, Flower's events)
-    sleep that long between polls. A half-open broker link is still found by kombu's
-    health check, 4 s later than before (brpop_timeout + health_check_interval)."""
-    RedisTransport.brpop_timeout = WORKER_BRPOP_SECONDS
+class WaitLongerOnEmptyQueues(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The task consumer's BRPOP waits ``WORKER_BRPOP_SECONDS`` on empty queues.
+
+    An idle worker's main process woke every second only because kombu's BRPOP on its
+    empty queues timed out (1 s) and was sent again: a fifth of that process's CPU. A
+    message pushed meanwhile ends the wait at once, whatever the timeout.
+
+    Set on the task consumer's channel alone, after each (re)start of it: every other
+    consumer keeps kombu's 1 s. Those read replies synchronously (mingle's at start,
+    ``celery inspect``), and closing a channel waits for its BRPOP in flight, so a 5 s
+    timeout there held a plain worker's start-up 4 s. The ``polling_interval`` transport
+    option would have made every synchronous ``drain_events`` sleep as long. The costs that
+    remain: a warm shutdown waits for the task consumer's BRPOP (up to 5 s), and kombu's
+    health check finds a half-open broker link 4 s later (brpop_timeout +
+    health_check_interval)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        channel = c.task_consumer.channel
+        if isinstance(channel, RedisChannel):
+            channel.brpop_timeout = WORKER_BRPOP_SECONDS
+
+
+def add_worker_steps(app: Celery) -> None:
+    app.steps["consumer"].add(WaitLongerOnEmptyQueues)
 
 
 # One advice a minute per process: every task meets the same missing table.
